@@ -1,0 +1,5 @@
+import sys
+
+from edgecompress.cli import main
+
+sys.exit(main())

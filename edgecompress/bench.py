@@ -1,0 +1,175 @@
+"""Latency, size and kernel analysis of ONNX files with onnxruntime — numpy + onnxruntime only.
+
+This module must not import torch: ``edgecompress bench`` and ``predict`` run on an edge
+board with just numpy and onnxruntime installed (tested with torch made unimportable).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+INT8_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile",
+              "asimd", "asimddp", "i8mm")  # fmt: skip
+# Compute ops: int8 kernels vs float kernels, as they appear after onnxruntime's optimiser.
+INT8_COMPUTE = {"QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger", "QGemm",
+                "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention", "DynamicQuantizeLSTM"}
+FLOAT_COMPUTE = {"Conv", "MatMul", "Gemm", "FusedConv", "FusedMatMul", "FusedGemm", "ConvTranspose"}
+
+
+def cpu_info() -> dict[str, Any]:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, val = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "Model", "Hardware") and model in ("", platform.machine(), platform.processor()):
+                model = val.strip()
+            elif key in ("flags", "Features"):
+                flags |= set(val.split())
+    except OSError:
+        pass
+    return {
+        "model": model,
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
+        "isa": {f: f in flags for f in INT8_FLAGS},
+    }
+
+
+def make_session(path: Path | str, threads: int = 1, optimized_out: Path | None = None):
+    """An onnxruntime CPU session with graph optimisation ALL (QDQ fusion needs >= EXTENDED)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    if optimized_out is not None:
+        so.optimized_model_filepath = str(optimized_out)
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def run_batched(sess, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    outs = [sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)]
+    return np.concatenate(outs)
+
+
+def input_shape_of(sess, batch: int) -> tuple[int, ...]:
+    shape = []
+    for i, d in enumerate(sess.get_inputs()[0].shape):
+        if isinstance(d, int) and d > 0:
+            shape.append(d)
+        elif i == 0:
+            shape.append(batch)
+        else:
+            raise ValueError(f"input dimension {i} is symbolic ({d!r}); pass --input-shape")
+    if shape[0] != batch and not isinstance(sess.get_inputs()[0].shape[0], int):
+        shape[0] = batch
+    return tuple(shape)
+
+
+_NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+             "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int64)": np.int64,
+             "tensor(int32)": np.int32}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Latency:
+    threads: int
+    batch: int
+    runs: int
+    p50_ms: float
+    p90_ms: float
+    mean_ms: float
+    min_ms: float
+    throughput_per_s: float  # samples per second at p50
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measure_latency(path: Path | str, *, threads: int = 1, batch: int = 1, warmup: int = 20, runs: int = 200,
+                    input_shape: tuple[int, ...] | None = None, seed: int = 0) -> Latency:
+    sess = make_session(path, threads)
+    inp = sess.get_inputs()[0]
+    shape = tuple(input_shape) if input_shape else input_shape_of(sess, batch)
+    shape = (batch, *shape[1:])
+    rng = np.random.default_rng(seed)
+    x = rng.random(shape).astype(_NP_TYPES.get(inp.type, np.float32))
+    feed = {inp.name: x}
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1e3)
+    p50 = float(np.percentile(times, 50))
+    return Latency(threads, batch, runs, p50, float(np.percentile(times, 90)), statistics.fmean(times),
+                   min(times), batch * 1e3 / p50 if p50 > 0 else float("inf"))
+
+
+def file_bytes(path: Path | str) -> int:
+    """Size of an ONNX model including any external-data files it references."""
+    import onnx
+
+    path = Path(path)
+    total = path.stat().st_size
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return total
+    seen = set()
+    for init in m.graph.initializer:
+        for entry in init.external_data:
+            if entry.key == "location" and entry.value not in seen:
+                seen.add(entry.value)
+                f = path.parent / entry.value
+                if f.exists():
+                    total += f.stat().st_size
+    return total
+
+
+@dataclass(frozen=True)
+class KernelReport:
+    int8_ops: int
+    float_ops: int
+    int8_op_fraction: float  # int8 compute kernels / all compute kernels after optimisation
+    float_islands: list[str]  # names of compute nodes left in float
+    op_counts: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def kernel_report(path: Path | str) -> KernelReport:
+    """Which compute nodes onnxruntime actually runs as int8 kernels, after its optimiser."""
+    import onnx
+
+    with tempfile.TemporaryDirectory() as d:
+        opt = Path(d) / "optimized.onnx"
+        make_session(path, 1, optimized_out=opt)
+        m = onnx.load(str(opt))
+    counts: dict[str, int] = {}
+    int8, flt, islands = 0, 0, []
+    for n in m.graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+        if n.op_type in INT8_COMPUTE:
+            int8 += 1
+        elif n.op_type in FLOAT_COMPUTE:
+            flt += 1
+            islands.append(n.name or n.op_type)
+    total = int8 + flt
+    return KernelReport(int8, flt, int8 / total if total else 0.0, islands, dict(sorted(counts.items())))

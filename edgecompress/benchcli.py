@@ -1,0 +1,49 @@
+"""``edgecompress bench MODEL.onnx``: latency/size table or JSON for any ONNX file.
+numpy + onnxruntime only (no torch), so it runs on an edge board."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from edgecompress.errors import BadInput
+
+
+def check_model_file(path: Path) -> None:
+    import onnx
+
+    if not path.is_file():
+        raise BadInput(f"{path}: no such file")
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as e:
+        raise BadInput(f"{path}: not a valid ONNX model ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from edgecompress.bench import cpu_info, file_bytes, measure_latency
+
+    path = Path(args.onnx)
+    check_model_file(path)
+    if args.runs < 1 or args.warmup < 0 or min(args.threads) < 1 or min(args.batch) < 1:
+        raise BadInput("--runs, --threads and --batch must be >= 1 and --warmup >= 0")
+    rows = []
+    for t in args.threads:
+        for b in args.batch:
+            try:
+                lat = measure_latency(path, threads=t, batch=b, warmup=args.warmup, runs=args.runs,
+                                      input_shape=tuple(args.input_shape) if args.input_shape else None)
+            except ValueError as e:
+                raise BadInput(f"{path}: {e}") from None
+            rows.append(lat.to_dict())
+    out = {"model": str(path), "bytes": file_bytes(path), "cpu": cpu_info(), "results": rows}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{path}  {out['bytes']:,} bytes  on {out['cpu']['model']}")
+    print(f"{'threads':>7} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'mean ms':>9} {'samples/s':>10}")
+    for r in rows:
+        print(f"{r['threads']:>7} {r['batch']:>5} {r['p50_ms']:>9.3f} {r['p90_ms']:>9.3f} {r['mean_ms']:>9.3f} "
+              f"{r['throughput_per_s']:>10.1f}")
+    return 0

@@ -1,0 +1,219 @@
+"""Command line: builds configs from flags (over an optional TOML recipe) and calls the
+pipeline. No logic of its own. Exit codes: 0 ok, 1 a verification gate failed, 2 bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from edgecompress.errors import BadInput, ConfigError, EdgeCompressError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other bad input
+        raise ConfigError(f"{message} (see {self.prog} --help)")
+
+
+def _shape(s: str) -> list[int]:
+    try:
+        dims = [int(v) for v in s.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not N,C,H,W (e.g. 1,1,28,28)") from None
+    return dims
+
+
+def _ints(s: str) -> list[int]:
+    try:
+        return [int(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of integers") from None
+
+
+# flag dest -> (recipe section, key)
+_EXPORT_FLAGS: dict[str, tuple[str, str]] = {
+    "model": ("model", "name"), "weights": ("model", "weights"), "input_shape": ("model", "input_shape"),
+    "trust_checkpoint": ("model", "trust_checkpoint"),
+    "data": ("data", "data"), "eval_data": ("data", "eval_data"), "max_train": ("data", "max_train"),
+    "max_eval": ("data", "max_eval"),
+    "prune_ratio": ("prune", "ratio"), "importance": ("prune", "importance"),
+    "allocation": ("prune", "allocation"), "round_to": ("prune", "round_to"), "ignore": ("prune", "ignore"),
+    "distill_epochs": ("distill", "epochs"), "lr": ("distill", "lr"), "alpha": ("distill", "alpha"),
+    "temperature": ("distill", "temperature"),
+    "quant": ("quant", "mode"), "calib_samples": ("quant", "calib_samples"), "calib_method": ("quant", "method"),
+    "min_agreement": ("verify", "min_int8_agreement"), "max_accuracy_drop": ("verify", "max_accuracy_drop"),
+    "parity_tol": ("verify", "parity_tol"),
+    "threads": ("bench", "threads"), "runs": ("bench", "runs"),
+    "exporter": ("onnx", "exporter"),
+    "out": ("", "out"), "overwrite": ("", "overwrite"), "seed": ("", "seed"),
+}  # fmt: skip
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="prune, distill, quantize, export, verify and benchmark a model",
+                       description="Compress MODEL into an INT8 ONNX file and prove it: parity, top-1 of every "
+                       "artifact under onnxruntime, latency and size. With no MODEL, compresses the shipped "
+                       "resnet20 teacher on Fashion-MNIST. MODEL may be a zoo name (edgecompress models), or "
+                       "path/to/file.py:factory / package.module:factory, which runs that code.")
+    a = p.add_argument
+    a("model", nargs="?", help="zoo name, path/to/file.py:factory or package.module:factory")
+    a("--recipe", help="TOML file with [model] [data] [prune] [distill] [quant] [verify] [bench] tables; flags override it")
+    a("--weights", help="state_dict .pt for MODEL (loaded with weights_only=True)")
+    a("--trust-checkpoint", action="store_true", default=None,
+      help="allow full unpickling of --weights (can run code from the file: only for files you trust)")
+    a("--input-shape", type=_shape, help="N,C,H,W (default: from the data or the zoo entry)")
+    a("--data", help="fashion-mnist (default), random, a directory of IDX files, or FILE.npz with x and y")
+    a("--eval-data", help="evaluation set: FILE.npz or IDX directory (default: official test split / held-out part)")
+    a("--max-train", type=int, help="use at most N training samples (quick runs)")
+    a("--max-eval", type=int, help="evaluate on at most N samples (quick runs)")
+    a("--prune-ratio", type=float, help="fraction of MACs to remove, in [0, 1) (default 0.5)")
+    a("--importance", help="l2 (default), l1, bn, taylor, lamp, fpgm, random")
+    a("--allocation", help="uniform (default) or global")
+    a("--round-to", type=int, help="keep channel counts multiples of N (default 8; 1 = off)")
+    a("--ignore", action="append", help="module name to leave unpruned (repeatable)")
+    a("--distill-epochs", type=float, help="epochs of distillation after pruning (default 1; 0 = none)")
+    a("--lr", type=float, help="distillation learning rate (default 0.01)")
+    a("--alpha", type=float, help="weight of the KD term vs cross-entropy (default 0.9)")
+    a("--temperature", type=float, help="KD temperature (default 4)")
+    a("--quant", help="ptq (default) or none")
+    a("--calib-samples", type=int, help="training samples for INT8 calibration (default 512)")
+    a("--calib-method", help="minmax (default), entropy, percentile")
+    a("--min-agreement", type=float, help="gate: INT8 vs FP32 top-1 agreement >= F (default 0: report only)")
+    a("--max-accuracy-drop", type=float, help="gate: INT8 top-1 at most F points below the original")
+    a("--parity-tol", type=float, help="gate: FP32 ONNX vs PyTorch max-abs <= F * max(1,|logit|) (default 1e-4)")
+    a("--threads", type=int, help="onnxruntime intra-op threads for latency (default 1)")
+    a("--runs", type=int, help="timed runs per artifact (default 200)")
+    a("--exporter", help="dynamo (default) or torchscript")
+    a("--out", help="output directory (default: a new one under ./edgecompress-out/)")
+    a("--overwrite", action="store_true", default=None, help="replace a previous run in --out")
+    a("--seed", type=int)
+    a("--dry-run", action="store_true", help="print the resolved configuration and stages, then exit")
+
+
+def _build_run_config(args: argparse.Namespace):
+    from edgecompress.config import RunConfig, load_recipe, merge
+
+    recipe: dict[str, Any] = load_recipe(args.recipe) if args.recipe else {}
+    flags: dict[str, Any] = {}
+    for dest, (section, key) in _EXPORT_FLAGS.items():
+        v = getattr(args, dest, None)
+        if v is None:
+            continue
+        if section:
+            flags.setdefault(section, {})[key] = v
+        else:
+            flags[key] = v
+    return RunConfig.from_dict(merge(recipe, flags)).validate()
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    cfg = _build_run_config(args)
+    if args.dry_run:
+        stages = ["export original"]
+        if cfg.prune.ratio > 0:
+            stages += ["prune"] + (["distill"] if cfg.distill.epochs > 0 else []) + ["export pruned"]
+        if cfg.quant.mode == "ptq":
+            stages.append("ptq")
+        stages += ["verify", "bench", "manifest"]
+        print(json.dumps({"stages": stages, "config": cfg.to_dict()}, indent=2))
+        return 0
+    from edgecompress.pipeline import run
+
+    res = run(cfg)
+    arts = res.manifest["artifacts"]
+    base = arts["original"]
+    for name, a in arts.items():
+        top1 = "" if a.get("top1") is None else f"top-1 {100 * a['top1']:.2f}%  "
+        print(f"{name:9s} {a['path']:18s} {a['bytes']:>10,d} B  {top1}p50 {a['latency_ms_p50']:.3f} ms  "
+              f"({base['latency_ms_p50'] / a['latency_ms_p50']:.2f}x faster, {base['bytes'] / a['bytes']:.1f}x smaller)")
+    if res.exit_code:
+        print(f"error: verification gate failed: {'; '.join(res.failures)} (see {res.out_dir}/report.md)",
+              file=sys.stderr)
+    return res.exit_code
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from edgecompress.models import shipped_checkpoint
+    from edgecompress.zoo import list_models
+
+    for e in list_models():
+        ck = shipped_checkpoint(e.name)
+        trained = f"trained: top-1 {ck[1]['test_top1']:.4f}" if ck else "random init"
+        print(f"{e.name:20s} input {','.join(map(str, e.default_input)):9s} {trained:22s} {e.description}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edgecompress.benchcli import run_bench
+
+    return run_bench(args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from edgecompress.io import atomic_write_text
+    from edgecompress.manifest import load_manifest, render_report
+
+    m = load_manifest(Path(args.out_dir))
+    atomic_write_text(Path(args.out_dir) / "report.md", render_report(m))
+    print(f"wrote {Path(args.out_dir) / 'report.md'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="edgecompress", description="Prune, distill and quantize a PyTorch CNN into a "
+                "smaller, faster INT8 ONNX model, and prove it.")
+    sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
+    _add_export(sub)
+    sub.add_parser("models", help="list the model zoo")
+    b = sub.add_parser("bench", help="latency and size of any ONNX file with onnxruntime")
+    b.add_argument("onnx", help="model.onnx")
+    b.add_argument("--threads", type=_ints, default=[1], help="comma-separated, e.g. 1,2")
+    b.add_argument("--batch", type=_ints, default=[1], help="comma-separated, e.g. 1,8")
+    b.add_argument("--warmup", type=int, default=20)
+    b.add_argument("--runs", type=int, default=200)
+    b.add_argument("--input-shape", type=_shape, help="N,C,H,W when the model's input has symbolic dims")
+    b.add_argument("--json", action="store_true", help="print only JSON on stdout")
+    r = sub.add_parser("report", help="regenerate report.md from a run's manifest.json")
+    r.add_argument("out_dir")
+    return p
+
+
+COMMANDS = {"export": cmd_export, "models": cmd_models, "bench": cmd_bench, "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.cmd is None:
+            parser.print_help()
+            return 2
+        return COMMANDS[args.cmd](args)
+    except EdgeCompressError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was delivered (partial output was removed)", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("error: out of memory; lower --max-train or the batch size", file=sys.stderr)
+        return 2
+    except OSError as e:  # disk full, permissions, ... during the run
+        print(f"error: {e.strerror or e} ({getattr(e, 'filename', '') or 'I/O'}); free space or choose "
+              "another --out", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug in edgecompress or a library: one line, traceback on request
+        if os.environ.get("EDGECOMPRESS_DEBUG"):
+            raise
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        print(f"error: internal error {type(e).__name__}: {first} (set EDGECOMPRESS_DEBUG=1 for the "
+              "traceback and report it)", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

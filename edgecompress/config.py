@@ -1,0 +1,294 @@
+"""Configuration: one frozen dataclass per stage, strict parsing, TOML recipes.
+
+Precedence is defaults < recipe file (``--recipe``) < command-line flags. Every parser
+rejects unknown keys and wrong types with a one-line ``ConfigError`` that names the key
+and the valid choices. ``RunConfig.to_dict()`` is what the manifest records, and
+``RunConfig.from_dict(cfg.to_dict()) == cfg`` holds (tested).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from edgecompress.errors import ConfigError
+
+IMPORTANCES = ("l1", "l2", "bn", "taylor", "lamp", "fpgm", "random")
+ALLOCATIONS = ("uniform", "global")
+QUANT_MODES = ("ptq", "none")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+QTYPES = ("uint8", "int8")
+EXPORTERS = ("dynamo", "torchscript")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    name: str | None = None  # zoo name, path/to/file.py:factory, package.module:factory; None = default
+    weights: str | None = None  # state_dict path; None = the zoo's shipped checkpoint if any
+    input_shape: tuple[int, ...] | None = None  # N,C,H,W; None = from the data or the zoo entry
+    num_classes: int | None = None  # zoo models only; None = 10
+    trust_checkpoint: bool = False  # allow full unpickling of --weights (runs code in the file)
+
+    def validate(self) -> None:
+        if self.input_shape is not None:
+            if len(self.input_shape) != 4 or any(d <= 0 for d in self.input_shape):
+                raise ConfigError(
+                    f"--input-shape {','.join(map(str, self.input_shape))}: expected 4 positive "
+                    "integers N,C,H,W, e.g. 1,1,28,28"
+                )
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ConfigError(f"num_classes={self.num_classes}: needs at least 2 classes")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    data: str | None = None  # fashion-mnist | random | DIR with IDX files | FILE.npz; None = fashion-mnist
+    eval_data: str | None = None  # FILE.npz or IDX DIR; None = official test split / held-out part
+    val_fraction: float = 0.1  # of the training data, for validation (never the eval set)
+    eval_fraction: float = 0.2  # held out of --data when no eval set is given (npz only)
+    max_train: int | None = None  # use at most this many training samples (quick runs)
+    max_eval: int | None = None  # evaluate on at most this many samples (quick runs)
+    random_samples: int = 256  # with data=random
+
+    def validate(self) -> None:
+        for k in ("val_fraction", "eval_fraction"):
+            v = getattr(self, k)
+            if not 0 < v < 1:
+                raise ConfigError(f"{k}={v}: must be in (0, 1)")
+        for k in ("max_train", "max_eval", "random_samples"):
+            v = getattr(self, k)
+            if v is not None and v < 1:
+                raise ConfigError(f"{k}={v}: must be a positive integer")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneConfig:
+    ratio: float = 0.5  # fraction of MACs removed; 0 = no pruning
+    importance: str = "l2"  # see IMPORTANCES
+    allocation: str = "uniform"  # uniform: same channel ratio per layer; global: ranked across layers
+    round_to: int = 8  # keep channel counts multiples of this (SIMD / INT8 kernels); 1 = off
+    max_layer_ratio: float = 0.9  # no layer loses more than this fraction of its channels
+    ignore: tuple[str, ...] = ()  # module names to leave alone (the classifier always is)
+    taylor_batches: int = 4  # batches of gradients for taylor importance
+
+    def validate(self) -> None:
+        if not 0 <= self.ratio < 1:
+            raise ConfigError(f"--prune-ratio {self.ratio}: must be in [0, 1), e.g. 0.5 removes half the MACs")
+        _choice("importance", self.importance, IMPORTANCES)
+        _choice("allocation", self.allocation, ALLOCATIONS)
+        if self.round_to < 1:
+            raise ConfigError(f"--round-to {self.round_to}: must be >= 1 (1 turns rounding off)")
+        if not 0 < self.max_layer_ratio < 1:
+            raise ConfigError(f"max_layer_ratio={self.max_layer_ratio}: must be in (0, 1)")
+        if self.taylor_batches < 1:
+            raise ConfigError(f"taylor_batches={self.taylor_batches}: must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig:
+    epochs: float = 1.0  # passes over the training data; 0 skips fine-tuning
+    lr: float = 0.01
+    alpha: float = 0.9  # weight of the KD term; (1 - alpha) weighs cross-entropy on labels
+    temperature: float = 4.0
+    batch_size: int = 128
+    weight_decay: float = 5e-4
+
+    def validate(self) -> None:
+        if self.epochs < 0:
+            raise ConfigError(f"--distill-epochs {self.epochs}: must be >= 0")
+        if self.lr <= 0:
+            raise ConfigError(f"--lr {self.lr}: must be > 0")
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"--alpha {self.alpha}: must be in [0, 1]")
+        if self.temperature <= 0:
+            raise ConfigError(f"--temperature {self.temperature}: must be > 0")
+        if self.batch_size < 2:
+            raise ConfigError(f"batch_size={self.batch_size}: must be >= 2 (BatchNorm)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantConfig:
+    mode: str = "ptq"  # ptq | none
+    calib_samples: int = 512  # drawn from the training split, never the eval set
+    method: str = "minmax"  # calibration: minmax | entropy | percentile
+    per_channel: bool = True
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+    reduce_range: bool = False
+    op_types: tuple[str, ...] = ()  # empty = onnxruntime's default set
+    exclude_nodes: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        _choice("--quant", self.mode, QUANT_MODES)
+        _choice("calibration method", self.method, CALIB_METHODS)
+        _choice("activation_type", self.activation_type, QTYPES)
+        _choice("weight_type", self.weight_type, QTYPES)
+        if self.calib_samples < 1:
+            raise ConfigError(f"--calib-samples {self.calib_samples}: must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyConfig:
+    parity_tol: float = 1e-4  # FP32 ONNX vs PyTorch: max-abs <= tol * max(1, max|logit|)
+    min_int8_agreement: float = 0.0  # INT8 vs FP32 top-1 agreement gate (0 = report only)
+    max_accuracy_drop: float | None = None  # points of top-1, INT8 vs teacher; None = report only
+
+    def validate(self) -> None:
+        if self.parity_tol <= 0:
+            raise ConfigError(f"parity_tol={self.parity_tol}: must be > 0")
+        if not 0 <= self.min_int8_agreement <= 1:
+            raise ConfigError(f"min_int8_agreement={self.min_int8_agreement}: must be in [0, 1]")
+        if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
+            raise ConfigError(f"max_accuracy_drop={self.max_accuracy_drop}: must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchConfig:
+    threads: int = 1
+    batch: int = 1
+    warmup: int = 20
+    runs: int = 200
+
+    def validate(self) -> None:
+        if self.threads < 1 or self.batch < 1:
+            raise ConfigError("--threads and batch must be >= 1")
+        if self.warmup < 0 or self.runs < 1:
+            raise ConfigError(f"warmup={self.warmup} runs={self.runs}: need warmup >= 0, runs >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportOnnxConfig:
+    exporter: str = "dynamo"  # torch.onnx's maintained path; torchscript is the legacy one
+    opset: int = 18
+
+    def validate(self) -> None:
+        _choice("exporter", self.exporter, EXPORTERS)
+        if not 13 <= self.opset <= 23:
+            raise ConfigError(f"opset={self.opset}: use 13..23")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    onnx: ExportOnnxConfig = field(default_factory=ExportOnnxConfig)
+    out: str | None = None  # None = a new directory under ./edgecompress-out/
+    overwrite: bool = False
+    seed: int = 0
+
+    def validate(self) -> RunConfig:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if dataclasses.is_dataclass(v):
+                v.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        return _from_dict(cls, d, "top level")
+
+    def replace(self, **sections: Any) -> RunConfig:
+        return dataclasses.replace(self, **sections)
+
+
+def _choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{what} {value!r} is not one of: {', '.join(choices)}")
+
+
+def _to_plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _to_plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_to_plain(x) for x in v]
+    return v
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Checks ``value`` against annotation ``tp`` (str|None, tuple[str, ...], float, ...)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        (item,) = typing.get_args(tp)[:1]
+        return tuple(_coerce(x, item, where) for x in value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table of settings, got {value!r}")
+        return _from_dict(tp, value, where.split("] ")[-1])
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def _from_dict(cls: type, d: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    valid = {f.name for f in fields(cls)}
+    unknown = set(d) - valid
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(unknown)} in [{where}]; valid: {sorted(valid)}")
+    kwargs = {k: _coerce(v, hints[k], f"[{where}] {k}") for k, v in d.items()}
+    return cls(**kwargs)
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"--recipe {p}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"--recipe {p}: not valid TOML ({e})") from None
+    except OSError as e:
+        raise ConfigError(f"--recipe {p}: cannot read ({e.strerror})") from None
+    RunConfig.from_dict(data).validate()  # fail early, with the key named
+    return data
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge for recipe < flags: tables merge, values replace."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

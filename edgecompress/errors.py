@@ -1,0 +1,24 @@
+"""One exception family. The CLI maps BadInput to exit code 2 and GateFailed to exit code 1,
+printing the message as one line; nothing else should reach the user as a traceback."""
+
+from __future__ import annotations
+
+
+class EdgeCompressError(Exception):
+    exit_code = 2
+
+
+class BadInput(EdgeCompressError):
+    """The user's input (model, weights, data, options, paths) cannot be used as given."""
+
+    exit_code = 2
+
+
+class ConfigError(BadInput):
+    """A configuration value, recipe key or flag is invalid."""
+
+
+class GateFailed(EdgeCompressError):
+    """A verification gate (parity, INT8 agreement, accuracy drop) failed."""
+
+    exit_code = 1

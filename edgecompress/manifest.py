@@ -1,0 +1,119 @@
+"""The record of a run: versions, CPU, config, seeds, per-artifact metrics and lineage.
+
+Everything a run measures lands in ``manifest.json``; ``report.md`` is generated from it
+(``render_report``), so ``edgecompress report DIR`` can regenerate it at any time.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "edgecompress-manifest/1"
+ARTIFACT_ORDER = ("original", "pruned", "int8")
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for dist, key in (("torch", "torch"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime"),
+                      ("torch-pruning", "torch_pruning"), ("onnxscript", "onnxscript"),
+                      ("numpy", "numpy"), ("neural-compressor-pt", "neural_compressor"),
+                      ("torchao", "torchao"), ("edgecompress", "edgecompress")):  # fmt: skip
+        try:
+            out[key] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[key] = None
+    return out
+
+
+def load_manifest(out_dir: Path) -> dict[str, Any]:
+    from edgecompress.errors import BadInput
+
+    p = Path(out_dir) / "manifest.json"
+    if not p.is_file():
+        raise BadInput(f"{out_dir}: no manifest.json; pass the --out directory of an export run")
+    try:
+        m = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadInput(f"{p}: not valid JSON ({e})") from None
+    if m.get("schema") != SCHEMA:
+        raise BadInput(f"{p}: not an edgecompress manifest (schema {m.get('schema')!r})")
+    return m
+
+
+def _fmt(v: Any, spec: str, dash: str = "–") -> str:
+    return dash if v is None else format(v, spec)
+
+
+def render_report(m: dict[str, Any]) -> str:
+    arts = m["artifacts"]
+    base = arts.get("original", {})
+    lines = [
+        f"# edgecompress report — {m.get('model', {}).get('ref', '?')}",
+        "",
+        f"Status: **{m.get('status', '?')}**. Stages: {' → '.join(m.get('stages', []))}. "
+        f"Seed {m.get('seed')}. CPU: {m['cpu']['model']} "
+        f"({', '.join(k for k, v in m['cpu']['isa'].items() if v) or 'no INT8 ISA flags'}).",
+        "",
+        f"Latency: onnxruntime {m['versions'].get('onnxruntime')}, graph optimisation ALL, "
+        f"{m['bench']['threads']} thread(s), batch {m['bench']['batch']}, {m['bench']['runs']} timed runs "
+        f"after {m['bench']['warmup']} warm-up. Top-1 on {m.get('data', {}).get('eval_source', 'the eval set')} "
+        f"({m.get('data', {}).get('eval', '?')} samples).",
+        "",
+        "| artifact | MACs | params | bytes | top-1 | p50 ms | p90 ms | speed-up | size ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in ARTIFACT_ORDER + tuple(k for k in arts if k not in ARTIFACT_ORDER):
+        a = arts.get(name)
+        if a is None:
+            continue
+        speed = base.get("latency_ms_p50", 0) / a["latency_ms_p50"] if a.get("latency_ms_p50") else None
+        size = base.get("bytes", 0) / a["bytes"] if a.get("bytes") else None
+        top1 = None if a.get("top1") is None else 100 * a["top1"]
+        label = f"`{a['path']}`" + (" (FAILED gate)" if a.get("status") == "failed" else "")
+        lines.append(
+            f"| {name} {label} | {_fmt(a.get('macs'), ',')} | {_fmt(a.get('params'), ',')} | "
+            f"{a['bytes']:,} | {_fmt(top1, '.2f')} | {_fmt(a.get('latency_ms_p50'), '.3f')} | "
+            f"{_fmt(a.get('latency_ms_p90'), '.3f')} | {_fmt(speed, '.2f')}× | {_fmt(size, '.1f')}× |"
+        )
+    st = m.get("stage_results", {})
+    if "prune" in st:
+        p = st["prune"]
+        lines += ["", f"**Pruning**: {p['macs_removed']:.1%} of MACs removed ({p['importance']} importance, "
+                  f"{p['allocation']} allocation, round-to {p['round_to']}); params "
+                  f"{p['params_before']:,} → {p['params_after']:,}."]
+    if "distill" in st:
+        d = st["distill"]
+        lines += [f"**Distillation**: {d['epochs']} epoch(s), {d['steps']} steps. Top-1 on the eval set "
+                  f"right after pruning {_fmt(d.get('eval_top1_after_prune'), '.4f')}, after distillation "
+                  f"{_fmt(d.get('eval_top1_after_distill'), '.4f')}."]
+    if "quantize" in st:
+        q = st["quantize"]
+        k = q.get("kernels", {})
+        lines += [f"**INT8**: onnxruntime static PTQ ({q['settings']['format']}, per-channel "
+                  f"{q['settings']['per_channel']}, {q['settings']['method']} calibration on {q['calib_samples']} "
+                  f"training samples); int8 compute kernels after optimisation: "
+                  f"{k.get('int8_ops', '?')}/{k.get('int8_ops', 0) + k.get('float_ops', 0)} "
+                  f"(int8_op_fraction {_fmt(k.get('int8_op_fraction'), '.2f')})."]
+        if k.get("float_islands"):
+            lines.append(f"Float compute left: {', '.join(k['float_islands'][:20])}.")
+        if q.get("agreement_with_fp32") is not None:
+            lines.append(f"INT8 vs FP32 top-1 agreement on the eval set: {q['agreement_with_fp32']:.2%}.")
+    gates = m.get("gates", [])
+    if gates:
+        lines += ["", "| gate | value | bound | result |", "|---|---:|---:|---|"]
+        for g in gates:
+            lines.append(f"| {g['name']} | {g['value']:.3g} | {g['bound']:.3g} | {'pass' if g['passed'] else '**FAIL**'} |")
+    for w in m.get("warnings", []):
+        lines.append(f"\n> warning: {w}")
+    lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items() if v)}.",
+              f"Wall time: {m.get('wall_seconds', 0):.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def command_line() -> str:
+    return " ".join(["edgecompress", *sys.argv[1:]])

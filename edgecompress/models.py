@@ -1,0 +1,229 @@
+"""Resolve what the user names as MODEL into an ``nn.Module`` with its weights.
+
+MODEL is a zoo name, ``path/to/file.py:factory`` or ``package.module:factory``. A factory is
+the user's own code and runs as such (documented). Weights are a state_dict loaded with
+``torch.load(weights_only=True)``; a checkpoint that needs full unpickling can execute code,
+so it is refused unless ``trust_checkpoint`` is set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import pickle
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from edgecompress.config import ModelConfig
+from edgecompress.errors import BadInput
+
+DEFAULT_MODEL = "resnet20"
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to rebuild the architecture in another process (recorded with pruned checkpoints)."""
+
+    kind: str  # "zoo" | "factory"
+    ref: str  # zoo name or "file.py:fn" / "pkg.mod:fn"
+    kwargs: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "ref": self.ref, "kwargs": dict(self.kwargs)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        return cls(str(d["kind"]), str(d["ref"]), dict(d.get("kwargs", {})))
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    spec: ModelSpec
+    weights: str | None  # path of the loaded state_dict
+    weights_sha256: str | None
+    input_shape: tuple[int, int, int, int]
+    num_classes: int
+    classes: tuple[str, ...] = ()
+
+
+def build(spec: ModelSpec) -> nn.Module:
+    if spec.kind == "zoo":
+        from edgecompress.zoo import create_model
+
+        return create_model(spec.ref, **spec.kwargs)
+    fn = _import_factory(spec.ref)
+    try:
+        model = fn(**spec.kwargs)
+    except Exception as e:  # the user's code: report, don't crash
+        raise BadInput(f"factory {spec.ref} raised {type(e).__name__}: {_first_line(e)}; fix the factory") from None
+    if not isinstance(model, nn.Module):
+        raise BadInput(f"factory {spec.ref} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return s[0] if s else type(e).__name__
+
+
+def _import_factory(ref: str):
+    mod_part, _, fn_name = ref.rpartition(":")
+    if not mod_part or not fn_name:
+        raise BadInput(f"model {ref!r}: expected a zoo name, path/to/file.py:factory or package.module:factory")
+    if mod_part.endswith(".py"):
+        path = Path(mod_part)
+        if not path.is_file():
+            raise BadInput(f"model {ref!r}: file {path} not found")
+        name = f"_edgecompress_user_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise BadInput(f"model {ref!r}: cannot import {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            raise BadInput(f"importing {path} raised {type(e).__name__}: {_first_line(e)}") from None
+    else:
+        try:
+            module = importlib.import_module(mod_part)
+        except Exception as e:
+            raise BadInput(f"model {ref!r}: cannot import {mod_part} ({type(e).__name__}: {_first_line(e)})") from None
+    fn = getattr(module, fn_name, None)
+    if fn is None or not callable(fn):
+        raise BadInput(f"model {ref!r}: {mod_part} has no callable {fn_name!r}")
+    return fn
+
+
+def spec_for(name: str | None, num_classes: int | None) -> ModelSpec:
+    name = name or DEFAULT_MODEL
+    if ":" in name:
+        return ModelSpec("factory", name, {})
+    from edgecompress.zoo import get_entry
+
+    entry = get_entry(name)  # raises BadInput for unknown names
+    return ModelSpec("zoo", entry.name, {"num_classes": num_classes or 10,
+                                         "in_chans": entry.default_input[0]})
+
+
+def load_state_dict_file(path: Path, *, trust: bool) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise BadInput(f"--weights {path}: no such file")
+    if path.is_dir():
+        raise BadInput(f"--weights {path}: is a directory; pass a .pt state_dict file")
+    if path.stat().st_size == 0:
+        raise BadInput(f"--weights {path}: file is empty; re-save it with torch.save(model.state_dict(), path)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as e:
+        if not trust and "weights_only" in str(e):
+            raise BadInput(
+                f"--weights {path}: needs full unpickling, which can run arbitrary code; save a plain "
+                "state_dict, or pass --trust-checkpoint if you trust where the file came from"
+            ) from None
+        raise BadInput(f"--weights {path}: corrupt checkpoint ({_first_line(e)}); re-save it") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError) as e:
+        raise BadInput(f"--weights {path}: not a readable torch checkpoint ({_first_line(e)}); "
+                       "re-save it with torch.save(model.state_dict(), path)") from None
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise BadInput(f"--weights {path}: not a state_dict (a dict of tensors); save model.state_dict()")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def apply_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], where: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    extra = [k for k in sd if k not in own]
+    wrong = [(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or extra or wrong:
+        parts = []
+        if wrong:
+            k, got, want = wrong[0]
+            parts.append(f"{k} has shape {list(got)}, the model expects {list(want)}"
+                         + (f" (+{len(wrong) - 1} more)" if len(wrong) > 1 else ""))
+        if missing:
+            parts.append(f"missing {missing[0]}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
+        if extra:
+            parts.append(f"unexpected {extra[0]}" + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else ""))
+        raise BadInput(f"{where}: state_dict does not fit the model: {'; '.join(parts)}; "
+                       "check that MODEL and --weights belong together")
+    model.load_state_dict(sd, strict=True)
+
+
+def shipped_checkpoint(name: str) -> tuple[Path, dict[str, Any]] | None:
+    pt, side = MODELS_DIR / f"{name}.pt", MODELS_DIR / f"{name}.json"
+    if pt.exists() and side.exists():
+        return pt, json.loads(side.read_text())
+    return None
+
+
+def load_model(cfg: ModelConfig, data_shape: tuple[int, ...] | None = None) -> LoadedModel:
+    """Builds the model, loads weights, settles the input shape and checks that it runs."""
+    from edgecompress.io import sha256_file
+
+    spec = spec_for(cfg.name, cfg.num_classes)
+    model = build(spec)
+    weights = cfg.weights
+    sidecar: dict[str, Any] = {}
+    if weights is None and spec.kind == "zoo":
+        shipped = shipped_checkpoint(spec.ref)
+        if shipped is not None:
+            weights, sidecar = str(shipped[0]), shipped[1]
+            if sha256_file(shipped[0]) != sidecar.get("sha256"):
+                raise BadInput(f"{shipped[0]}: sha256 does not match {spec.ref}.json; restore it from git")
+    sha = None
+    if weights is not None:
+        sd = load_state_dict_file(Path(weights), trust=cfg.trust_checkpoint)
+        apply_state_dict(model, sd, f"--weights {weights}")
+        sha = sha256_file(Path(weights))
+    model.eval()
+
+    if cfg.input_shape is not None:
+        shape = tuple(cfg.input_shape)
+    elif data_shape is not None:
+        shape = (1, *data_shape)
+    elif spec.kind == "zoo":
+        from edgecompress.zoo import get_entry
+
+        shape = (1, *get_entry(spec.ref).default_input)
+    else:
+        raise BadInput(f"model {spec.ref}: pass --input-shape N,C,H,W (no data to infer it from)")
+    out = probe(model, shape)
+    if out.ndim != 2:
+        raise BadInput(f"model output has shape {list(out.shape)}; edgecompress expects classifier "
+                       "logits of shape [N, num_classes]")
+    classes = tuple(sidecar.get("classes", ()))
+    return LoadedModel(model, spec, weights, sha, shape, int(out.shape[1]), classes)  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def probe(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
+    if len(shape) != 4:
+        raise BadInput(f"--input-shape {','.join(map(str, shape))}: expected N,C,H,W")
+    try:
+        out = model(torch.zeros(shape))
+    except Exception as e:
+        raise BadInput(
+            f"input shape {','.join(map(str, shape))} does not fit the model ({type(e).__name__}: "
+            f"{_first_line(e)[:200]}); pass the right --input-shape N,C,H,W"
+        ) from None
+    if not isinstance(out, torch.Tensor):
+        raise BadInput(f"model returned {type(out).__name__}; edgecompress expects a logits tensor")
+    return out

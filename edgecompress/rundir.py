@@ -1,0 +1,69 @@
+"""All-or-nothing run directories.
+
+A run writes into a hidden staging directory beside ``--out`` and renames it onto ``--out``
+only at the end, after ``manifest.json`` (with ``status``) is written. A run killed at any
+point leaves only ``.<name>.partial-*``; a previous good run in ``--out`` stays untouched
+until the new one is complete, and is only replaced with ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from edgecompress.errors import BadInput
+
+MARKER = "manifest.json"
+
+
+def resolve_out(out: str | None, overwrite: bool) -> Path:
+    if out is None:
+        base = Path("edgecompress-out")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        p, i = base / stamp, 1
+        while p.exists():
+            i += 1
+            p = base / f"{stamp}-{i}"
+    else:
+        p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise BadInput(f"--out {p}: is a file; pass a directory path")
+    if p.is_dir() and any(p.iterdir()) and not overwrite:
+        what = "holds a previous run" if (p / MARKER).exists() else "is not empty"
+        raise BadInput(f"--out {p}: {what}; pass --overwrite to replace it, or choose another --out")
+    parent = p.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"--out {p}: cannot create {parent} ({e.strerror}); choose a writable location") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BadInput(f"--out {p}: {parent} is not writable; choose a writable location")
+    return p
+
+
+def staging_dir(out: Path) -> Path:
+    d = out.resolve().parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(d, ignore_errors=True)
+    try:
+        d.mkdir(parents=True)
+    except OSError as e:
+        raise BadInput(f"--out {out}: cannot write there ({e.strerror}); choose a writable location") from None
+    return d
+
+
+def finalize(staging: Path, out: Path) -> None:
+    """Atomically moves the finished staging directory onto ``out``."""
+    out = out.resolve()
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def discard(staging: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
