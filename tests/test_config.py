@@ -1,0 +1,55 @@
+import pytest
+
+from edgecompress.config import PruneConfig, RunConfig, load_recipe, merge
+from edgecompress.errors import ConfigError
+
+
+def test_config_round_trips_through_dict():
+    cfg = RunConfig(prune=PruneConfig(ratio=0.7, ignore=("layer1.0.conv1",)), seed=3)
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    "d, needle",
+    [
+        ({"prune": {"ratoi": 0.5}}, "ratoi"),
+        ({"prune": {"ratio": "half"}}, "ratio"),
+        ({"seed": 1.5}, "seed"),
+        ({"quant": {"per_channel": "yes"}}, "per_channel"),
+        ({"bogus": {}}, "bogus"),
+    ],
+)
+def test_strict_parsing_names_the_key(d, needle):
+    with pytest.raises(ConfigError, match=needle):
+        RunConfig.from_dict(d)
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5])
+def test_ratio_outside_range_rejected(ratio):
+    with pytest.raises(ConfigError, match="prune-ratio"):
+        RunConfig(prune=PruneConfig(ratio=ratio)).validate()
+
+
+def test_recipe_then_flags_precedence(tmp_path):
+    r = tmp_path / "r.toml"
+    r.write_text('seed = 7\n[prune]\nratio = 0.6\nimportance = "l1"\n[distill]\nepochs = 2.0\n')
+    recipe = load_recipe(r)
+    cfg = RunConfig.from_dict(merge(recipe, {"prune": {"ratio": 0.3}}))
+    assert cfg.prune.ratio == 0.3 and cfg.prune.importance == "l1"  # flag beats recipe, recipe kept
+    assert cfg.distill.epochs == 2.0 and cfg.seed == 7
+
+
+def test_recipe_bad_toml_is_config_error(tmp_path):
+    r = tmp_path / "r.toml"
+    r.write_text("[prune\nratio=")
+    with pytest.raises(ConfigError, match="TOML"):
+        load_recipe(r)
+
+
+def test_import_edgecompress_stays_light():
+    import subprocess
+    import sys
+
+    code = "import sys, edgecompress; print(any(m in sys.modules for m in ('torch', 'onnxruntime', 'torch_pruning')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -1,0 +1,48 @@
+import copy
+
+import numpy as np
+import torch
+
+from edgecompress.config import DistillConfig
+from edgecompress.data import Dataset
+from edgecompress.distill import distill, kd_loss
+from edgecompress.train import TrainConfig, cross_entropy, fit, top1
+from edgecompress.zoo import create_model
+
+
+def _quadrants(n: int, seed: int) -> Dataset:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    x = rng.random((n, 1, 16, 16), dtype=np.float32) * 0.3
+    for i, k in enumerate(y):
+        r, q = divmod(int(k), 2)
+        x[i, :, r * 8 : r * 8 + 8, q * 8 : q * 8 + 8] += 0.6
+    return Dataset(x, y.astype(np.int64), f"quadrants:{seed}")
+
+
+def test_kd_loss_is_zero_when_student_equals_teacher_and_alpha_one():
+    logits = torch.randn(8, 5)
+    assert float(kd_loss(logits, logits, None, 1.0, 4.0)) < 1e-6
+    assert float(kd_loss(logits, logits + torch.randn(8, 5), None, 1.0, 4.0)) > 1e-3
+
+
+def test_distillation_repairs_a_damaged_student():
+    torch.manual_seed(0)
+    train, test = _quadrants(1024, 0), _quadrants(512, 1)
+    teacher = create_model("resnet8-tiny", num_classes=4)
+    fit(teacher, train, TrainConfig(epochs=2, lr=0.05, augment_flip=False, augment_shift=0), cross_entropy)
+    teacher_acc = top1(teacher, test)
+    assert teacher_acc > 0.9
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():  # damage: heavy noise on every conv weight
+        for m in student.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.add_(torch.randn_like(m.weight) * m.weight.std() * 1.5)
+    before = top1(student, test)
+    res = distill(student, teacher, train, DistillConfig(epochs=1, lr=0.02), val=test)
+    after = top1(student, test)
+    assert res.steps > 0
+    assert after > before + 0.1, (before, after)
+    assert after > 0.85
+    # the teacher is left as it was
+    assert top1(teacher, test) == teacher_acc

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Sets up a virtualenv (.venv) with edgecompress and its dependencies, and the Fashion-MNIST
+# Debian package. torch is installed first and pinned by constraints.txt everywhere, because
+# an unpinned torch pulls a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null
+  else
+    echo "note: install the Debian package dataset-fashion-mnist (as root) for the default data set" >&2
+  fi
+fi
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q -c constraints.txt torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[compress,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import torch, onnxruntime, torch_pruning; print('edgecompress env ready: torch', torch.__version__, 'onnxruntime', onnxruntime.__version__)"
