@@ -6,7 +6,7 @@
 
 Everything is written into a staging directory that replaces ``--out`` only when complete.
 A failing gate still delivers the directory (for inspection) but with ``status: failed``, the
-INT8 file renamed to ``int8.failed.onnx``, and exit code 1.
+failed file renamed to ``<name>.failed.onnx`` (never under a deliverable name), and exit 1.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import json
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import numpy as np
 
 from edgecompress import rundir
 from edgecompress.config import RunConfig
-from edgecompress.errors import BadInput, GateFailed
+from edgecompress.errors import BadInput
 from edgecompress.io import atomic_write_bytes, atomic_write_text, sha256_file
 
 
@@ -34,6 +35,31 @@ class RunResult:
     manifest: dict[str, Any]
     exit_code: int
     failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Ctx:
+    """What the stages share: inputs, and the records they append to."""
+
+    cfg: RunConfig
+    d: Path  # staging directory
+    log: Callable[[str], None]
+    t_start: float
+    lm: Any = None  # models.LoadedModel
+    splits: Any = None  # data.Splits
+    example: Any = None  # torch.Tensor, batch 1
+    calib_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+    meta: dict[str, str] = field(default_factory=dict)
+    arts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gates: list[dict[str, Any]] = field(default_factory=list)
+    stage_results: dict[str, Any] = field(default_factory=dict)
+    stages: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    fp32_parent: str = "original"  # the FP32 artifact the INT8 one was made from
+
+
+class _Stop(Exception):
+    """A gate failed in a way that makes later stages meaningless: deliver what exists, as failed."""
 
 
 def _log(msg: str) -> None:
@@ -48,13 +74,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run(cfg: RunConfig, *, log=_log) -> RunResult:
+def run(cfg: RunConfig, *, log: Callable[[str], None] = _log) -> RunResult:
     cfg.validate()
     t_start = time.time()
     out = rundir.resolve_out(cfg.out, cfg.overwrite)
     stage_dir = rundir.staging_dir(out)
     try:
-        result = _run(cfg, stage_dir, log, t_start)
+        ctx = _Ctx(cfg, stage_dir, log, t_start)
+        _load_inputs(ctx)
+        try:
+            _compress(ctx)
+        except _Stop:
+            pass
+        result = _finish(ctx)
         rundir.finalize(stage_dir, out)
     except BaseException:
         rundir.discard(stage_dir)
@@ -64,18 +96,13 @@ def run(cfg: RunConfig, *, log=_log) -> RunResult:
     return result
 
 
-def _run(cfg: RunConfig, d: Path, log, t_start: float) -> RunResult:
+def _load_inputs(c: _Ctx) -> None:
     import torch
 
-    from edgecompress import bench, data, export, models, prune, quantize
-    from edgecompress.distill import distill
-    from edgecompress.train import top1
+    from edgecompress import data, models
 
+    cfg, t = c.cfg, time.time()
     seed_everything(cfg.seed)
-    timings: dict[str, float] = {}
-    t = time.time()
-
-    # --- inputs ------------------------------------------------------------------------
     kind, _ = data.resolve_data(cfg.data.data)
     if kind == "random":
         lm = models.load_model(cfg.model)
@@ -96,172 +123,190 @@ def _run(cfg: RunConfig, d: Path, log, t_start: float) -> RunResult:
     if cfg.quant.mode == "ptq" and cfg.quant.calib_samples > len(splits.train):
         raise BadInput(f"--calib-samples {cfg.quant.calib_samples} exceeds the {len(splits.train)} training "
                        "samples; lower --calib-samples or pass more data")
-    classes = lm.classes or splits.train.classes
-    teacher = lm.model
-    example = torch.zeros(lm.input_shape[0:1] + tuple(lm.input_shape[1:]))
-    log(f"model {lm.spec.ref} ({lm.num_classes} classes, input {list(lm.input_shape)}); data "
-        f"{splits.description['kind']}: {len(splits.train)} train / {len(splits.val)} val / "
-        f"{0 if splits.eval is None else len(splits.eval)} eval")
-    timings["load"] = time.time() - t
-
+    c.lm, c.splits = lm, splits
+    c.example = torch.zeros((1, *lm.input_shape[1:]))
     rng = np.random.default_rng(cfg.seed)
-    parity_x = (splits.eval.x[:64] if splits.eval is not None else splits.train.x[:64]).astype(np.float32)
-    calib_idx = np.sort(rng.choice(len(splits.train), cfg.quant.calib_samples, replace=False)) \
-        if cfg.quant.mode == "ptq" else np.zeros(0, int)
-    gates: list[dict[str, Any]] = []
-    arts: dict[str, dict[str, Any]] = {}
-    stage_results: dict[str, Any] = {}
-    stages: list[str] = []
-    meta = _metadata(lm, classes)
+    if cfg.quant.mode == "ptq":
+        c.calib_idx = np.sort(rng.choice(len(splits.train), cfg.quant.calib_samples, replace=False))
+    c.meta = _metadata(lm, lm.classes or splits.train.classes)
+    c.log(f"model {lm.spec.ref} ({lm.num_classes} classes, input {list(lm.input_shape)}); data "
+          f"{splits.description['kind']}: {len(splits.train)} train / {len(splits.val)} val / "
+          f"{0 if splits.eval is None else len(splits.eval)} eval")
+    c.timings["load"] = time.time() - t
 
-    def fp32_artifact(name: str, model, parent: str | None) -> None:
-        t0 = time.time()
-        path = d / f"{name}.onnx"
-        export.export_onnx(model, example, path, cfg.onnx)
-        _stamp(path, meta | {"edgecompress.artifact": name})
-        par = export.parity(model, path, parity_x, cfg.verify.parity_tol)
-        gates.append({"name": f"parity {name}.onnx vs PyTorch (max-abs logit)", "value": par.max_abs,
-                      "bound": par.tol, "passed": par.passed})
-        macs, params = prune.count_macs_params(model, example)
-        arts[name] = {"path": path.name, "macs": macs, "params": params, "parent": parent,
-                      "parity": par.to_dict(), "status": "ok" if par.passed else "failed"}
-        timings[f"export_{name}"] = time.time() - t0
-        if not par.passed:
-            raise GateFailed(f"{name}.onnx differs from PyTorch by {par.max_abs:.3g} (bound {par.tol:.3g}); "
-                             "the exported graph is wrong, try --exporter torchscript")
 
-    # --- original ------------------------------------------------------------------------
-    log("exporting original.onnx")
-    fp32_artifact("original", teacher, None)
-    fp32_parent, student = "original", teacher
+def _fp32_artifact(c: _Ctx, name: str, model, parent: str | None) -> None:
+    from edgecompress import export, prune
 
-    # --- prune + distill -----------------------------------------------------------------
+    t0 = time.time()
+    path = c.d / f"{name}.onnx"
+    export.export_onnx(model, c.example, path, c.cfg.onnx)
+    _stamp(path, c.meta | {"edgecompress.artifact": name})
+    src = c.splits.eval if c.splits.eval is not None else c.splits.train
+    par = export.parity(model, path, src.x[:64], c.cfg.verify.parity_tol)
+    c.gates.append({"name": f"parity {name}.onnx vs PyTorch (max-abs logit)", "value": par.max_abs,
+                    "bound": par.tol, "passed": par.passed})
+    macs, params = prune.count_macs_params(model, c.example)
+    c.arts[name] = {"path": path.name, "macs": macs, "params": params, "parent": parent,
+                    "parity": par.to_dict(), "status": "ok" if par.passed else "failed"}
+    c.timings[f"export_{name}"] = time.time() - t0
+    if not par.passed:
+        path.rename(c.d / f"{name}.failed.onnx")
+        c.arts[name]["path"] = f"{name}.failed.onnx"
+        c.log(f"gate failed: {name}.onnx differs from PyTorch by {par.max_abs:.3g} (bound {par.tol:.3g}); "
+              "try --exporter torchscript")
+        raise _Stop()
+
+
+def _compress(c: _Ctx) -> None:
+    from edgecompress import bench, export, prune, quantize
+    from edgecompress.distill import distill
+    from edgecompress.train import top1
+
+    cfg, splits, teacher = c.cfg, c.splits, c.lm.model
+    c.log("exporting original.onnx")
+    _fp32_artifact(c, "original", teacher, None)
+
     if cfg.prune.ratio > 0:
         t0 = time.time()
-        log(f"pruning {cfg.prune.ratio:.0%} of MACs ({cfg.prune.importance}, {cfg.prune.allocation}, "
-            f"round-to {cfg.prune.round_to})")
-        pr = prune.prune(teacher, example, cfg.prune, calib_x=splits.train.x[calib_idx[:256]] if len(calib_idx)
-                         else splits.train.x[:256], calib_y=None if splits.train.y is None else
-                         (splits.train.y[calib_idx[:256]] if len(calib_idx) else splits.train.y[:256]))
+        c.log(f"pruning {cfg.prune.ratio:.0%} of MACs ({cfg.prune.importance}, {cfg.prune.allocation}, "
+              f"round-to {cfg.prune.round_to})")
+        idx = c.calib_idx[:256] if len(c.calib_idx) else np.arange(min(256, len(splits.train)))
+        pr = prune.prune(teacher, c.example, cfg.prune, calib_x=splits.train.x[idx],
+                         calib_y=None if splits.train.y is None else splits.train.y[idx])
         student = pr.model
-        stages.append("prune")
-        stage_results["prune"] = pr.summary() | {"importance": cfg.prune.importance,
-                                                  "allocation": cfg.prune.allocation,
-                                                  "round_to": cfg.prune.round_to}
-        timings["prune"] = time.time() - t0
-        log(f"pruned: MACs {pr.macs_before:,} -> {pr.macs_after:,} ({1 - pr.macs_after / pr.macs_before:.1%} "
-            f"removed), params {pr.params_before:,} -> {pr.params_after:,}")
+        c.stages.append("prune")
+        c.stage_results["prune"] = pr.summary() | {"importance": cfg.prune.importance,
+                                                    "allocation": cfg.prune.allocation, "round_to": cfg.prune.round_to}
+        c.timings["prune"] = time.time() - t0
+        c.log(f"pruned: MACs {pr.macs_before:,} -> {pr.macs_after:,} ({1 - pr.macs_after / pr.macs_before:.1%} "
+              f"removed), params {pr.params_before:,} -> {pr.params_after:,}")
         labelled = splits.eval is not None and splits.eval.y is not None
         after_prune = top1(student, splits.eval) if labelled else None
-        t0 = time.time()
         if cfg.distill.epochs > 0:
-            log(f"distilling for {cfg.distill.epochs} epoch(s) (T={cfg.distill.temperature}, "
-                f"alpha={cfg.distill.alpha}, lr={cfg.distill.lr})")
+            t0 = time.time()
+            c.log(f"distilling for {cfg.distill.epochs:g} epoch(s) (T={cfg.distill.temperature:g}, "
+                  f"alpha={cfg.distill.alpha:g}, lr={cfg.distill.lr:g})")
             dr = distill(student, teacher, splits.train, cfg.distill, val=splits.val, seed=cfg.seed)
-            stages.append("distill")
+            c.stages.append("distill")
             after = top1(student, splits.eval) if labelled else None
-            stage_results["distill"] = {"epochs": cfg.distill.epochs, "steps": dr.steps,
-                                        "final_loss": dr.final_loss,
-                                        "val_top1_before": dr.val_top1_before, "val_top1_after": dr.val_top1_after,
-                                        "eval_top1_after_prune": after_prune, "eval_top1_after_distill": after}
-            timings["distill"] = time.time() - t0
+            c.stage_results["distill"] = {
+                "epochs": cfg.distill.epochs, "steps": dr.steps, "final_loss": dr.final_loss,
+                "val_top1_before": dr.val_top1_before, "val_top1_after": dr.val_top1_after,
+                "eval_top1_after_prune": after_prune, "eval_top1_after_distill": after,
+            }  # fmt: skip
+            c.timings["distill"] = time.time() - t0
             if labelled:
-                log(f"top-1 after pruning {after_prune:.4f}, after distillation {after:.4f}")
-        _save_pruned(d / "pruned.pt", lm, pr)
-        log("exporting pruned.onnx")
-        fp32_artifact("pruned", student, "original")
-        arts["pruned"]["checkpoint"] = "pruned.pt"
-        fp32_parent = "pruned"
+                c.log(f"top-1 after pruning {after_prune:.4f}, after distillation {after:.4f}")
+        _save_pruned(c.d / "pruned.pt", c.lm, pr)
+        c.log("exporting pruned.onnx")
+        _fp32_artifact(c, "pruned", student, "original")
+        c.arts["pruned"]["checkpoint"] = "pruned.pt"
+        c.fp32_parent = "pruned"
 
-    # --- INT8 ----------------------------------------------------------------------------
     if cfg.quant.mode == "ptq":
         t0 = time.time()
-        log(f"quantizing {fp32_parent}.onnx to INT8 (onnxruntime static QDQ, {cfg.quant.method}, "
-            f"{len(calib_idx)} calibration samples)")
-        qr = quantize.quantize_ptq(d / f"{fp32_parent}.onnx", d / "int8.onnx", splits.train.x[calib_idx], cfg.quant)
-        _stamp(d / "int8.onnx", meta | {"edgecompress.artifact": "int8"})
-        export.check_onnx(d / "int8.onnx")
-        kr = bench.kernel_report(d / "int8.onnx")
-        stages.append("ptq")
-        arts["int8"] = dict(arts[fp32_parent]) | {"path": "int8.onnx", "parent": fp32_parent, "status": "ok",
-                                                 "int8_op_fraction": kr.int8_op_fraction}
-        arts["int8"].pop("parity", None)
-        arts["int8"].pop("checkpoint", None)
-        stage_results["quantize"] = {"settings": qr.settings, "calib_samples": qr.calib_samples,
-                                     "kernels": kr.to_dict()}
-        timings["quantize"] = time.time() - t0
+        parent = c.fp32_parent
+        c.log(f"quantizing {parent}.onnx to INT8 (onnxruntime static QDQ, {cfg.quant.method}, "
+              f"{len(c.calib_idx)} calibration samples)")
+        qr = quantize.quantize_ptq(c.d / f"{parent}.onnx", c.d / "int8.onnx", splits.train.x[c.calib_idx], cfg.quant)
+        _stamp(c.d / "int8.onnx", c.meta | {"edgecompress.artifact": "int8"})
+        export.check_onnx(c.d / "int8.onnx")
+        kr = bench.kernel_report(c.d / "int8.onnx")
+        c.stages.append("ptq")
+        a = {k: v for k, v in c.arts[parent].items() if k not in ("parity", "checkpoint")}
+        c.arts["int8"] = a | {"path": "int8.onnx", "parent": parent, "status": "ok",
+                              "int8_op_fraction": kr.int8_op_fraction}
+        c.stage_results["quantize"] = {"settings": qr.settings, "calib_samples": qr.calib_samples,
+                                       "kernels": kr.to_dict()}
+        c.timings["quantize"] = time.time() - t0
 
-    # --- verify: top-1 of every artifact under onnxruntime -------------------------------
+
+def _evaluate(c: _Ctx) -> None:
+    """Top-1 of every artifact under onnxruntime; INT8 agreement and accuracy gates."""
+    import torch
+
+    from edgecompress import bench
+
     t0 = time.time()
+    ev, cfg = c.splits.eval, c.cfg
     preds: dict[str, np.ndarray] = {}
-    if splits.eval is not None and splits.eval.y is not None:
-        log(f"evaluating {len(arts)} artifact(s) on {len(splits.eval)} samples with onnxruntime")
-        for name, a in arts.items():
-            logits = bench.run_batched(bench.make_session(d / a["path"], threads=torch.get_num_threads()),
-                                       splits.eval.x)
-            preds[name] = logits.argmax(1)
-            a["top1"] = float((preds[name] == splits.eval.y).mean())
-    if "int8" in arts and "int8" in preds:
-        agree = float((preds["int8"] == preds[fp32_parent]).mean())
-        stage_results["quantize"]["agreement_with_fp32"] = agree
-        gates.append({"name": f"INT8 vs {fp32_parent} top-1 agreement", "value": agree,
-                      "bound": cfg.verify.min_int8_agreement, "passed": agree >= cfg.verify.min_int8_agreement})
+    if ev is not None and ev.y is not None:
+        c.log(f"evaluating {len(c.arts)} artifact(s) on {len(ev)} samples with onnxruntime")
+        for name, a in c.arts.items():
+            sess = bench.make_session(c.d / a["path"], threads=torch.get_num_threads())
+            preds[name] = bench.run_batched(sess, ev.x).argmax(1)
+            a["top1"] = float((preds[name] == ev.y).mean())
+    if "int8" in preds and c.fp32_parent in preds:
+        agree = float((preds["int8"] == preds[c.fp32_parent]).mean())
+        c.stage_results["quantize"]["agreement_with_fp32"] = agree
+        c.gates.append({"name": f"INT8 vs {c.fp32_parent} top-1 agreement", "value": agree,
+                        "bound": cfg.verify.min_int8_agreement, "passed": agree >= cfg.verify.min_int8_agreement})
         if cfg.verify.max_accuracy_drop is not None:
-            drop = 100 * (arts["original"]["top1"] - arts["int8"]["top1"])
-            gates.append({"name": "INT8 top-1 drop vs original (points)", "value": drop,
-                          "bound": cfg.verify.max_accuracy_drop, "passed": drop <= cfg.verify.max_accuracy_drop})
-    timings["evaluate"] = time.time() - t0
+            drop = 100 * (c.arts["original"]["top1"] - c.arts["int8"]["top1"])
+            c.gates.append({"name": "INT8 top-1 drop vs original (points)", "value": drop,
+                            "bound": cfg.verify.max_accuracy_drop, "passed": drop <= cfg.verify.max_accuracy_drop})
+    c.timings["evaluate"] = time.time() - t0
 
-    # --- benchmark -----------------------------------------------------------------------
-    t0 = time.time()
-    b = cfg.bench
-    log(f"benchmarking ({b.threads} thread(s), batch {b.batch}, {b.runs} runs)")
-    for name, a in arts.items():
-        lat = bench.measure_latency(d / a["path"], threads=b.threads, batch=b.batch, warmup=b.warmup,
-                                    runs=b.runs, input_shape=lm.input_shape, seed=cfg.seed)
+
+def _benchmark(c: _Ctx) -> None:
+    from edgecompress import bench
+
+    t0, b = time.time(), c.cfg.bench
+    c.log(f"benchmarking ({b.threads} thread(s), batch {b.batch}, {b.runs} runs)")
+    for a in c.arts.values():
+        lat = bench.measure_latency(c.d / a["path"], threads=b.threads, batch=b.batch, warmup=b.warmup,
+                                    runs=b.runs, input_shape=c.lm.input_shape, seed=c.cfg.seed)
         a |= {"latency_ms_p50": lat.p50_ms, "latency_ms_p90": lat.p90_ms, "latency_ms_mean": lat.mean_ms}
-    timings["bench"] = time.time() - t0
+    c.timings["bench"] = time.time() - t0
 
-    # --- gates, manifest, report -----------------------------------------------------------
-    failures = [g["name"] for g in gates if not g["passed"]]
+
+def _finish(c: _Ctx) -> RunResult:
+    from edgecompress import bench
+    from edgecompress.manifest import SCHEMA, command_line, render_report, versions
+
+    _evaluate(c)
+    _benchmark(c)
+    failures = [g["name"] for g in c.gates if not g["passed"]]
     warnings_: list[str] = []
-    if "int8" in arts:
-        if failures:
-            (d / "int8.onnx").rename(d / "int8.failed.onnx")
-            arts["int8"] |= {"path": "int8.failed.onnx", "status": "failed"}
-        if arts["int8"]["latency_ms_p50"] >= arts[fp32_parent]["latency_ms_p50"]:
-            warnings_.append(f"INT8 p50 {arts['int8']['latency_ms_p50']:.3f} ms is not below {fp32_parent} "
-                             f"{arts[fp32_parent]['latency_ms_p50']:.3f} ms on this CPU")
-    for a in arts.values():
-        p = d / a["path"]
+    int8 = c.arts.get("int8")
+    if int8 is not None:
+        if failures and int8["path"] == "int8.onnx":
+            (c.d / "int8.onnx").rename(c.d / "int8.failed.onnx")
+            int8 |= {"path": "int8.failed.onnx", "status": "failed"}
+        base = c.arts[c.fp32_parent]
+        if int8["latency_ms_p50"] >= base["latency_ms_p50"]:
+            warnings_.append(f"INT8 p50 {int8['latency_ms_p50']:.3f} ms is not below {c.fp32_parent} "
+                             f"{base['latency_ms_p50']:.3f} ms on this CPU")
+    for a in c.arts.values():
+        p = c.d / a["path"]
         a |= {"bytes": bench.file_bytes(p), "sha256": sha256_file(p)}
+    lm, b = c.lm, c.cfg.bench
     manifest = {
-        "schema": "edgecompress-manifest/1",
+        "schema": SCHEMA,
         "status": "failed" if failures else "complete",
-        "command": _command(),
+        "command": command_line(),
         "model": lm.spec.to_dict() | {"weights": lm.weights, "weights_sha256": lm.weights_sha256,
                                       "input_shape": list(lm.input_shape), "num_classes": lm.num_classes},
-        "data": splits.description,
-        "stages": stages,
-        "artifacts": arts,
-        "stage_results": stage_results,
-        "gates": gates,
+        "data": c.splits.description,
+        "stages": c.stages,
+        "artifacts": c.arts,
+        "stage_results": c.stage_results,
+        "gates": c.gates,
         "warnings": warnings_,
         "bench": {"threads": b.threads, "batch": b.batch, "warmup": b.warmup, "runs": b.runs},
-        "versions": _versions(),
+        "versions": versions(),
         "cpu": bench.cpu_info(),
-        "config": cfg.to_dict(),
-        "seed": cfg.seed,
-        "timings_s": {k: round(v, 2) for k, v in timings.items()},
-        "wall_seconds": round(time.time() - t_start, 1),
+        "config": c.cfg.to_dict(),
+        "seed": c.cfg.seed,
+        "timings_s": {k: round(v, 2) for k, v in c.timings.items()},
+        "wall_seconds": round(time.time() - c.t_start, 1),
     }
-    from edgecompress.manifest import render_report
-
-    atomic_write_text(d / "report.md", render_report(manifest))
-    atomic_write_text(d / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(c.d / "report.md", render_report(manifest))
+    atomic_write_text(c.d / "manifest.json", json.dumps(manifest, indent=2) + "\n")  # written last
     for w in warnings_:
-        log(f"warning: {w}")
-    return RunResult(d, manifest, 1 if failures else 0, failures)
+        c.log(f"warning: {w}")
+    return RunResult(c.d, manifest, 1 if failures else 0, failures)
 
 
 def _limit(splits, cfg: RunConfig):
@@ -315,15 +360,3 @@ def _save_pruned(path: Path, lm, pr) -> None:
                 "input_shape": list(lm.input_shape),
                 "state_dict": {k: v.detach().clone() for k, v in pr.model.state_dict().items()}}, buf)
     atomic_write_bytes(path, buf.getvalue())
-
-
-def _versions():
-    from edgecompress.manifest import versions
-
-    return versions()
-
-
-def _command() -> str:
-    from edgecompress.manifest import command_line
-
-    return command_line()
