@@ -13,12 +13,15 @@ from edgecompress.errors import BadInput
 def check_model_file(path: Path) -> None:
     import onnx
 
+    if path.is_dir():
+        raise BadInput(f"{path}: is a directory; pass the .onnx file inside it")
     if not path.is_file():
-        raise BadInput(f"{path}: no such file")
+        raise BadInput(f"{path}: no such file; check the path")
     try:
         onnx.checker.check_model(str(path))
     except Exception as e:
-        raise BadInput(f"{path}: not a valid ONNX model ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+        raise BadInput(f"{path}: not a valid ONNX model ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}); "
+                       "pass a .onnx file (e.g. one written by edgecompress export)") from None
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -36,6 +39,12 @@ def run_bench(args: argparse.Namespace) -> int:
                                       input_shape=tuple(args.input_shape) if args.input_shape else None)
             except ValueError as e:
                 raise BadInput(f"{path}: {e}") from None
+            except Exception as e:  # onnxruntime's own errors (Fail, InvalidArgument, ...) subclass Exception
+                if not type(e).__module__.startswith("onnxruntime"):
+                    raise
+                msg = " ".join(str(e).split())[:240]
+                raise BadInput(f"{path}: onnxruntime cannot run it ({type(e).__name__}: {msg}); check "
+                               "--input-shape (N,C,H,W of the model input) and that the ops are standard ONNX") from None
             rows.append(lat.to_dict())
     out = {"model": str(path), "bytes": file_bytes(path), "cpu": cpu_info(), "results": rows}
     if args.json:

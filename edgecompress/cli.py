@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any
 
-from edgecompress.errors import BadInput, ConfigError, EdgeCompressError
+from edgecompress.errors import ConfigError, EdgeCompressError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,14 +40,17 @@ _EXPORT_FLAGS: dict[str, tuple[str, str]] = {
     "max_eval": ("data", "max_eval"),
     "prune_ratio": ("prune", "ratio"), "importance": ("prune", "importance"),
     "allocation": ("prune", "allocation"), "round_to": ("prune", "round_to"), "ignore": ("prune", "ignore"),
+    "target_params": ("prune", "target_params"), "target_latency_ms": ("prune", "target_latency_ms"),
+    "prune_steps": ("prune", "steps"),
     "distill_epochs": ("distill", "epochs"), "lr": ("distill", "lr"), "alpha": ("distill", "alpha"),
     "temperature": ("distill", "temperature"),
     "quant": ("quant", "mode"), "calib_samples": ("quant", "calib_samples"), "calib_method": ("quant", "method"),
+    "target": ("quant", "target"),
     "min_agreement": ("verify", "min_int8_agreement"), "max_accuracy_drop": ("verify", "max_accuracy_drop"),
     "parity_tol": ("verify", "parity_tol"),
     "threads": ("bench", "threads"), "runs": ("bench", "runs"),
     "exporter": ("onnx", "exporter"),
-    "out": ("", "out"), "overwrite": ("", "overwrite"), "seed": ("", "seed"),
+    "out": ("", "out"), "overwrite": ("", "overwrite"), "seed": ("", "seed"), "stages": ("", "stages"),
 }  # fmt: skip
 
 
@@ -73,13 +76,19 @@ def _add_export(sub) -> None:
     a("--allocation", help="uniform (default) or global")
     a("--round-to", type=int, help="keep channel counts multiples of N (default 8; 1 = off)")
     a("--ignore", action="append", help="module name to leave unpruned (repeatable)")
+    a("--target-params", type=float, help="instead of --prune-ratio: fraction of parameters to remove")
+    a("--target-latency-ms", type=float, help="instead of --prune-ratio: prune until the p50 latency measured "
+      "here with onnxruntime (1 thread, batch 1; INT8 unless --quant none) is at most this")
+    a("--prune-steps", type=int, help="iterative schedule: N rounds of prune -> distill (default 1)")
     a("--distill-epochs", type=float, help="epochs of distillation after pruning (default 1; 0 = none)")
     a("--lr", type=float, help="distillation learning rate (default 0.01)")
     a("--alpha", type=float, help="weight of the KD term vs cross-entropy (default 0.9)")
     a("--temperature", type=float, help="KD temperature (default 4)")
-    a("--quant", help="ptq (default) or none")
+    a("--quant", help="ptq (default, static, calibrated), dynamic (int8 weights, for MatMul/Gemm-heavy models) or none")
     a("--calib-samples", type=int, help="training samples for INT8 calibration (default 512)")
     a("--calib-method", help="minmax (default), entropy, percentile")
+    a("--target", help="CPU the INT8 file is for: auto (default: this machine), x86-vnni, x86-avx2 (7-bit "
+      "weights against U8S8 saturation) or arm64 (S8S8)")
     a("--min-agreement", type=float, help="gate: INT8 vs FP32 top-1 agreement >= F (default 0: report only)")
     a("--max-accuracy-drop", type=float, help="gate: INT8 top-1 at most F points below the original")
     a("--parity-tol", type=float, help="gate: FP32 ONNX vs PyTorch max-abs <= F * max(1,|logit|) (default 1e-4)")
@@ -89,6 +98,8 @@ def _add_export(sub) -> None:
     a("--out", help="output directory (default: a new one under ./edgecompress-out/)")
     a("--overwrite", action="store_true", default=None, help="replace a previous run in --out")
     a("--seed", type=int)
+    a("--stages", type=lambda v: [x.strip() for x in v.split(",") if x.strip()],
+      help="stage order: prune,kd,ptq (default) | prune,qat | ptq | prune | prune,kd | qat")
     a("--dry-run", action="store_true", help="print the resolved configuration and stages, then exit")
 
 
@@ -111,12 +122,10 @@ def _build_run_config(args: argparse.Namespace):
 def cmd_export(args: argparse.Namespace) -> int:
     cfg = _build_run_config(args)
     if args.dry_run:
-        stages = ["export original"]
-        if cfg.prune.ratio > 0:
-            stages += ["prune"] + (["distill"] if cfg.distill.epochs > 0 else []) + ["export pruned"]
-        if cfg.quant.mode == "ptq":
-            stages.append("ptq")
-        stages += ["verify", "bench", "manifest"]
+        plan = cfg.plan()
+        stages = ["export original", *(s for s in plan if s in ("prune", "kd")),
+                  *(["export pruned"] if "prune" in plan else []), *(s for s in plan if s not in ("prune", "kd")),
+                  "verify", "bench", "manifest"]
         print(json.dumps({"stages": stages, "config": cfg.to_dict()}, indent=2))
         return 0
     from edgecompress.pipeline import run
@@ -151,6 +160,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from edgecompress.predict import run_predict
+
+    return run_predict(args)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -177,12 +192,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=int, default=200)
     b.add_argument("--input-shape", type=_shape, help="N,C,H,W when the model's input has symbolic dims")
     b.add_argument("--json", action="store_true", help="print only JSON on stdout")
+    pr = sub.add_parser("predict", help="top-k classes of an ONNX classifier for an .npz or image files")
+    pr.add_argument("onnx", help="model.onnx")
+    pr.add_argument("data", nargs="+", help="FILE.npz with array x (N,H,W or N,C,H,W), or image files "
+                    "(PGM/PPM; PNG/JPEG/... with Pillow), resized to the model input")
+    pr.add_argument("--top-k", type=int, default=3, help="classes shown per sample (default 3)")
+    pr.add_argument("--json", action="store_true", help="print only JSON on stdout")
+    pr.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    pr.add_argument("--batch", type=int, default=32, help="samples per onnxruntime call (default 32)")
+    pr.add_argument("--input-shape", type=_shape, help="N,C,H,W when the model's input has symbolic dims")
     r = sub.add_parser("report", help="regenerate report.md from a run's manifest.json")
     r.add_argument("out_dir")
     return p
 
 
-COMMANDS = {"export": cmd_export, "models": cmd_models, "bench": cmd_bench, "report": cmd_report}
+COMMANDS = {"export": cmd_export, "models": cmd_models, "bench": cmd_bench, "predict": cmd_predict,
+            "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,8 @@ from edgecompress.errors import ConfigError
 
 IMPORTANCES = ("l1", "l2", "bn", "taylor", "lamp", "fpgm", "random")
 ALLOCATIONS = ("uniform", "global")
-QUANT_MODES = ("ptq", "none")
+QUANT_MODES = ("ptq", "dynamic", "none")
+QUANT_TARGETS = ("auto", "x86-vnni", "x86-avx2", "arm64")  # see edgecompress.target
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 QTYPES = ("uint8", "int8")
 EXPORTERS = ("dynamo", "torchscript")
@@ -63,7 +64,8 @@ class DataConfig:
         for k in ("max_train", "max_eval", "random_samples"):
             v = getattr(self, k)
             if v is not None and v < 1:
-                raise ConfigError(f"{k}={v}: must be a positive integer")
+                name = f"--{k.replace('_', '-')} {v}" if k.startswith("max_") else f"{k}={v}"
+                raise ConfigError(f"{name}: must be a positive integer")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,12 +77,25 @@ class PruneConfig:
     max_layer_ratio: float = 0.9  # no layer loses more than this fraction of its channels
     ignore: tuple[str, ...] = ()  # module names to leave alone (the classifier always is)
     taylor_batches: int = 4  # batches of gradients for taylor importance
+    target_params: float | None = None  # instead of ratio: fraction of parameters to remove
+    target_latency_ms: float | None = None  # instead of ratio: prune until measured p50 <= this
+    steps: int = 1  # iterative schedule: N rounds of prune -> short distillation
 
     def validate(self) -> None:
+        if self.target_params is not None and self.target_latency_ms is not None:
+            raise ConfigError("--target-params and --target-latency-ms: choose one pruning target")
+        if self.target_params is not None and not 0 < self.target_params < 1:
+            raise ConfigError(f"--target-params {self.target_params}: must be in (0, 1), a fraction of params removed")
+        if self.target_latency_ms is not None and self.target_latency_ms <= 0:
+            raise ConfigError(f"--target-latency-ms {self.target_latency_ms}: must be > 0")
+        if self.steps < 1:
+            raise ConfigError(f"--prune-steps {self.steps}: must be >= 1")
+        if self.steps > 1 and (self.target_latency_ms is not None or self.target_params is not None):
+            raise ConfigError("--prune-steps > 1 works with --prune-ratio, not with --target-params/--target-latency-ms")
         if not 0 <= self.ratio < 1:
             raise ConfigError(f"--prune-ratio {self.ratio}: must be in [0, 1), e.g. 0.5 removes half the MACs")
-        _choice("importance", self.importance, IMPORTANCES)
-        _choice("allocation", self.allocation, ALLOCATIONS)
+        _choice("--importance", self.importance, IMPORTANCES)
+        _choice("--allocation", self.allocation, ALLOCATIONS)
         if self.round_to < 1:
             raise ConfigError(f"--round-to {self.round_to}: must be >= 1 (1 turns rounding off)")
         if not 0 < self.max_layer_ratio < 1:
@@ -100,7 +115,7 @@ class DistillConfig:
 
     def validate(self) -> None:
         if self.epochs < 0:
-            raise ConfigError(f"--distill-epochs {self.epochs}: must be >= 0")
+            raise ConfigError(f"--distill-epochs {self.epochs}: must be >= 0 (0 skips distillation)")
         if self.lr <= 0:
             raise ConfigError(f"--lr {self.lr}: must be > 0")
         if not 0 <= self.alpha <= 1:
@@ -113,7 +128,7 @@ class DistillConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class QuantConfig:
-    mode: str = "ptq"  # ptq | none
+    mode: str = "ptq"  # ptq (static, calibrated) | dynamic (weights only; MatMul/Gemm models) | none
     calib_samples: int = 512  # drawn from the training split, never the eval set
     method: str = "minmax"  # calibration: minmax | entropy | percentile
     per_channel: bool = True
@@ -122,9 +137,13 @@ class QuantConfig:
     reduce_range: bool = False
     op_types: tuple[str, ...] = ()  # empty = onnxruntime's default set
     exclude_nodes: tuple[str, ...] = ()
+    # CPU class the INT8 file is for; auto = this machine. Its settings (edgecompress.target) replace
+    # activation_type / weight_type / reduce_range where those are left at their defaults.
+    target: str = "auto"
 
     def validate(self) -> None:
         _choice("--quant", self.mode, QUANT_MODES)
+        _choice("--target", self.target, QUANT_TARGETS)
         _choice("calibration method", self.method, CALIB_METHODS)
         _choice("activation_type", self.activation_type, QTYPES)
         _choice("weight_type", self.weight_type, QTYPES)
@@ -182,6 +201,7 @@ class RunConfig:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     onnx: ExportOnnxConfig = field(default_factory=ExportOnnxConfig)
+    stages: tuple[str, ...] | None = None  # e.g. ("prune", "kd", "ptq"); None = from the other settings
     out: str | None = None  # None = a new directory under ./edgecompress-out/
     overwrite: bool = False
     seed: int = 0
@@ -191,6 +211,8 @@ class RunConfig:
             v = getattr(self, f.name)
             if dataclasses.is_dataclass(v):
                 v.validate()
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"--seed {self.seed}: must be in 0..{2**32 - 1}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -277,9 +299,11 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         with open(p, "rb") as f:
             data = tomllib.load(f)
     except FileNotFoundError:
-        raise ConfigError(f"--recipe {p}: no such file") from None
+        raise ConfigError(f"--recipe {p}: no such file; check the path") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"--recipe {p}: not valid TOML ({e})") from None
+        raise ConfigError(f"--recipe {p}: not valid TOML ({e}); fix the syntax") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--recipe {p}: not UTF-8 text (byte {e.start}); save the recipe as UTF-8 TOML") from None
     except OSError as e:
         raise ConfigError(f"--recipe {p}: cannot read ({e.strerror})") from None
     RunConfig.from_dict(data).validate()  # fail early, with the key named

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +106,7 @@ def _to_nchw(x: np.ndarray, where: str) -> np.ndarray:
 
 def _labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
     if y.ndim != 1 or len(y) != n:
-        raise BadInput(f"{where}: y has shape {y.shape}; expected ({n},) to match x")
+        raise BadInput(f"{where}: y has shape {y.shape}; expected ({n},) to match x: one class id per sample")
     if not np.issubdtype(y.dtype, np.integer):
         if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
             y = y.astype(np.int64)
@@ -134,13 +135,15 @@ def load_npz(path: Path) -> Dataset:
         with np.load(path, allow_pickle=False) as z:
             keys = set(z.files)
             if "x" not in keys:
-                raise BadInput(f"{path} has no array 'x' (found {sorted(keys)}); save x and y")
+                raise BadInput(f"{path} has no array 'x' (found {sorted(keys)}); save it with "
+                               "numpy.savez(path, x=images, y=labels)")
             x = z["x"]
             y = z["y"] if "y" in keys else None
     except BadInput:
         raise
-    except (OSError, ValueError, zlib.error, EOFError) as e:
-        raise BadInput(f"cannot read {path} as .npz: {e}; write it with numpy.savez") from None
+    except (OSError, ValueError, zlib.error, EOFError, zipfile.BadZipFile, KeyError) as e:
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise BadInput(f"cannot read {path} as .npz ({msg}); write it with numpy.savez(path, x=..., y=...)") from None
     if len(x) == 0:
         raise BadInput(f"{path}: x is empty; the data set needs at least one sample")
     xs = _to_nchw(x, str(path))
@@ -214,6 +217,8 @@ def load_splits(
         full = load_npz(path)
         ev = None
     if eval_data is not None:
+        if not Path(eval_data).exists():
+            raise BadInput(f"--eval-data {eval_data}: no such file or directory; pass an .npz file or IDX directory")
         ev = load_npz(Path(eval_data)) if Path(eval_data).suffix == ".npz" else None
         if ev is None:
             k, p = resolve_data(eval_data)

@@ -7,6 +7,9 @@ from __future__ import annotations
 class EdgeCompressError(Exception):
     exit_code = 2
 
+    def __str__(self) -> str:  # the CLI prints one line: fold any newline from a wrapped library error
+        return " ".join(super().__str__().split())
+
 
 class BadInput(EdgeCompressError):
     """The user's input (model, weights, data, options, paths) cannot be used as given."""

@@ -39,9 +39,14 @@ def load_manifest(out_dir: Path) -> dict[str, Any]:
     try:
         m = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadInput(f"{p}: not valid JSON ({e})") from None
-    if m.get("schema") != SCHEMA:
-        raise BadInput(f"{p}: not an edgecompress manifest (schema {m.get('schema')!r})")
+        raise BadInput(f"{p}: not valid JSON ({e}); re-run the export to regenerate it") from None
+    if not isinstance(m, dict) or m.get("schema") != SCHEMA:
+        schema = m.get("schema") if isinstance(m, dict) else type(m).__name__
+        raise BadInput(f"{p}: not an edgecompress manifest (schema {schema!r}, expected {SCHEMA!r}); pass the "
+                       "--out directory of an export run")
+    missing = [k for k in ("artifacts", "cpu", "versions", "bench") if not isinstance(m.get(k), dict)]
+    if missing:
+        raise BadInput(f"{p}: incomplete manifest (no {', '.join(missing)}); re-run the export to regenerate it")
     return m
 
 
@@ -94,13 +99,21 @@ def render_report(m: dict[str, Any]) -> str:
     if "quantize" in st:
         q = st["quantize"]
         k = q.get("kernels", {})
-        lines += [f"**INT8**: onnxruntime static PTQ ({q['settings']['format']}, per-channel "
+        kind = "dynamic quantization" if "dynamic" in m.get("stages", []) else "static PTQ"
+        lines += [f"**INT8**: onnxruntime {kind} ({q['settings'].get('format', 'QOperator')}, per-channel "
                   f"{q['settings']['per_channel']}, {q['settings']['method']} calibration on {q['calib_samples']} "
                   f"training samples); int8 compute kernels after optimisation: "
                   f"{k.get('int8_ops', '?')}/{k.get('int8_ops', 0) + k.get('float_ops', 0)} "
                   f"(int8_op_fraction {_fmt(k.get('int8_op_fraction'), '.2f')})."]
         if k.get("float_islands"):
             lines.append(f"Float compute left: {', '.join(k['float_islands'][:20])}.")
+        fb = st.get("accuracy_fallback")
+        if fb:
+            kept = fb.get("fp32_nodes") or []
+            lines.append(f"Accuracy-aware PTQ (bound {fb['max_drop']} points on {fb['val_samples']} validation samples): "
+                         + (f"kept in FP32, most sensitive first: {', '.join(kept)}; " if kept else "no layer needed FP32; ")
+                         + f"final validation drop {fb['steps'][-1]['val_drop']:.2f} points"
+                         + ("" if fb.get("met") else " — bound NOT met") + ".")
         if q.get("agreement_with_fp32") is not None:
             lines.append(f"INT8 vs FP32 top-1 agreement on the eval set: {q['agreement_with_fp32']:.2%}.")
     gates = m.get("gates", [])

@@ -13,8 +13,8 @@ import importlib
 import importlib.util
 import json
 import pickle
+import re
 import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +67,8 @@ def build(spec: ModelSpec) -> nn.Module:
     except Exception as e:  # the user's code: report, don't crash
         raise BadInput(f"factory {spec.ref} raised {type(e).__name__}: {_first_line(e)}; fix the factory") from None
     if not isinstance(model, nn.Module):
-        raise BadInput(f"factory {spec.ref} returned {type(model).__name__}, not a torch.nn.Module")
+        raise BadInput(f"factory {spec.ref} returned {type(model).__name__}, not a torch.nn.Module; make it "
+                       "return the model")
     return model
 
 
@@ -83,7 +84,8 @@ def _import_factory(ref: str):
     if mod_part.endswith(".py"):
         path = Path(mod_part)
         if not path.is_file():
-            raise BadInput(f"model {ref!r}: file {path} not found")
+            raise BadInput(f"model {ref!r}: file {path} not found; check the path (relative to the current "
+                           "directory)")
         name = f"_edgecompress_user_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
@@ -93,7 +95,8 @@ def _import_factory(ref: str):
         try:
             spec.loader.exec_module(module)
         except Exception as e:
-            raise BadInput(f"importing {path} raised {type(e).__name__}: {_first_line(e)}") from None
+            raise BadInput(f"importing {path} raised {type(e).__name__}: {_first_line(e)}; fix the module or "
+                           "install what it imports") from None
     else:
         try:
             module = importlib.import_module(mod_part)
@@ -101,7 +104,8 @@ def _import_factory(ref: str):
             raise BadInput(f"model {ref!r}: cannot import {mod_part} ({type(e).__name__}: {_first_line(e)})") from None
     fn = getattr(module, fn_name, None)
     if fn is None or not callable(fn):
-        raise BadInput(f"model {ref!r}: {mod_part} has no callable {fn_name!r}")
+        raise BadInput(f"model {ref!r}: {mod_part} has no callable {fn_name!r}; name the function that "
+                       "returns the model")
     return fn
 
 
@@ -118,7 +122,7 @@ def spec_for(name: str | None, num_classes: int | None) -> ModelSpec:
 
 def load_state_dict_file(path: Path, *, trust: bool) -> dict[str, torch.Tensor]:
     if not path.exists():
-        raise BadInput(f"--weights {path}: no such file")
+        raise BadInput(f"--weights {path}: no such file; check the path")
     if path.is_dir():
         raise BadInput(f"--weights {path}: is a directory; pass a .pt state_dict file")
     if path.stat().st_size == 0:
@@ -126,15 +130,28 @@ def load_state_dict_file(path: Path, *, trust: bool) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
-        if not trust and "weights_only" in str(e):
+        # weights_only refuses a pickled class/function ("Unsupported global: GLOBAL mod.Cls"):
+        # that file is fine but loading it runs code. Anything else is a damaged or foreign file.
+        glob = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        with open(path, "rb") as f:
+            head = f.read(2)
+        torch_file = head == b"PK" or head[:1] == b"\x80"  # torch.save zip archive or binary pickle
+        if not trust and glob and torch_file:
             raise BadInput(
-                f"--weights {path}: needs full unpickling, which can run arbitrary code; save a plain "
-                "state_dict, or pass --trust-checkpoint if you trust where the file came from"
+                f"--weights {path}: holds a pickled {glob.group(1)} object, which needs full unpickling "
+                "(can run arbitrary code); save model.state_dict() instead, or pass --trust-checkpoint "
+                "if you trust where the file came from"
             ) from None
-        raise BadInput(f"--weights {path}: corrupt checkpoint ({_first_line(e)}); re-save it") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError) as e:
-        raise BadInput(f"--weights {path}: not a readable torch checkpoint ({_first_line(e)}); "
-                       "re-save it with torch.save(model.state_dict(), path)") from None
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]*\S)|(invalid load key[^\n]*)", str(e))
+        detail_s = next((g for g in detail.groups() if g), "") if detail else _first_line(e)
+        if not torch_file:
+            detail_s = f"starts with {head!r}, not a zip archive or binary pickle"
+        raise BadInput(f"--weights {path}: not a readable torch checkpoint (corrupt or not made by torch.save: "
+                       f"{detail_s[:100]}); re-save it with torch.save(model.state_dict(), path)") from None
+    except Exception as e:  # torch.load on a damaged file raises almost anything (KeyError, RuntimeError, ...)
+        raise BadInput(f"--weights {path}: not a readable torch checkpoint ({type(e).__name__}: "
+                       f"{_first_line(e).split('. ')[0][:160]}); re-save it with torch.save(model.state_dict(), "
+                       "path)") from None
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, dict):
@@ -208,7 +225,7 @@ def load_model(cfg: ModelConfig, data_shape: tuple[int, ...] | None = None) -> L
     out = probe(model, shape)
     if out.ndim != 2:
         raise BadInput(f"model output has shape {list(out.shape)}; edgecompress expects classifier "
-                       "logits of shape [N, num_classes]")
+                       "logits of shape [N, num_classes]: end the model with pooling + a Linear head")
     classes = tuple(sidecar.get("classes", ()))
     return LoadedModel(model, spec, weights, sha, shape, int(out.shape[1]), classes)  # type: ignore[arg-type]
 
@@ -225,5 +242,6 @@ def probe(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
             f"{_first_line(e)[:200]}); pass the right --input-shape N,C,H,W"
         ) from None
     if not isinstance(out, torch.Tensor):
-        raise BadInput(f"model returned {type(out).__name__}; edgecompress expects a logits tensor")
+        raise BadInput(f"model returned {type(out).__name__}; edgecompress expects a logits tensor: make "
+                       "forward() return only the [N, num_classes] logits (e.g. wrap the model)")
     return out

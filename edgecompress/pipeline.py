@@ -17,7 +17,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -120,13 +120,14 @@ def _load_inputs(c: _Ctx) -> None:
         if part is not None and part.y is not None and len(part.y) and part.y.max() >= lm.num_classes:
             raise BadInput(f"labels in {part.source} go up to {int(part.y.max())} but the model has "
                            f"{lm.num_classes} outputs; labels must be 0..{lm.num_classes - 1}")
-    if cfg.quant.mode == "ptq" and cfg.quant.calib_samples > len(splits.train):
+    plan = cfg.plan()
+    if "ptq" in plan and cfg.quant.calib_samples > len(splits.train):
         raise BadInput(f"--calib-samples {cfg.quant.calib_samples} exceeds the {len(splits.train)} training "
                        "samples; lower --calib-samples or pass more data")
     c.lm, c.splits = lm, splits
     c.example = torch.zeros((1, *lm.input_shape[1:]))
     rng = np.random.default_rng(cfg.seed)
-    if cfg.quant.mode == "ptq":
+    if "ptq" in plan:
         c.calib_idx = np.sort(rng.choice(len(splits.train), cfg.quant.calib_samples, replace=False))
     c.meta = _metadata(lm, lm.classes or splits.train.classes)
     c.log(f"model {lm.spec.ref} ({lm.num_classes} classes, input {list(lm.input_shape)}); data "
@@ -164,56 +165,91 @@ def _compress(c: _Ctx) -> None:
     from edgecompress.train import top1
 
     cfg, splits, teacher = c.cfg, c.splits, c.lm.model
+    plan = cfg.plan()
+    c.log(f"stages: {' -> '.join(plan) or 'export only'}")
     c.log("exporting original.onnx")
     _fp32_artifact(c, "original", teacher, None)
 
-    if cfg.prune.ratio > 0:
+    if "prune" in plan:
         t0 = time.time()
-        c.log(f"pruning {cfg.prune.ratio:.0%} of MACs ({cfg.prune.importance}, {cfg.prune.allocation}, "
-              f"round-to {cfg.prune.round_to})")
+        p = cfg.prune
+        goal = (f"to p50 <= {p.target_latency_ms} ms (measured)" if p.target_latency_ms is not None else
+                f"{p.target_params:.0%} of params" if p.target_params is not None else f"{p.ratio:.0%} of MACs")
+        c.log(f"pruning {goal} ({p.importance}, {p.allocation}, round-to {p.round_to}"
+              f"{f', {p.steps} steps' if p.steps > 1 else ''})")
         idx = c.calib_idx[:256] if len(c.calib_idx) else np.arange(min(256, len(splits.train)))
-        pr = prune.prune(teacher, c.example, cfg.prune, calib_x=splits.train.x[idx],
-                         calib_y=None if splits.train.y is None else splits.train.y[idx])
-        student = pr.model
+        calib = {"calib_x": splits.train.x[idx], "calib_y": None if splits.train.y is None else splits.train.y[idx]}
+        labelled = splits.eval is not None and splits.eval.y is not None
+        macs0 = prune.count_macs_params(teacher, c.example)[0]
+        student, history = teacher, []
+        quant_planned = any(s in plan for s in ("ptq", "dynamic", "qat"))
+        for step in range(1, p.steps + 1):
+            # iterative schedule: step i brings the MACs to (1 - ratio * i / steps) of the original
+            goal_macs = macs0 * (1 - p.ratio * step / p.steps)
+            now = prune.count_macs_params(student, c.example)[0]
+            pr = prune.prune(student, c.example, p, ratio=1 - goal_macs / now, latency_int8=quant_planned,
+                             **calib)
+            student = pr.model
+            after_prune = top1(student, splits.eval) if labelled else None
+            if "kd" in plan:
+                td = time.time()
+                dcfg = replace(cfg.distill, epochs=cfg.distill.epochs / p.steps)
+                c.log(f"distilling for {dcfg.epochs:g} epoch(s) (T={dcfg.temperature:g}, alpha={dcfg.alpha:g}, "
+                      f"lr={dcfg.lr:g}){f' [step {step}/{p.steps}]' if p.steps > 1 else ''}")
+                dr = distill(student, teacher, splits.train, dcfg, val=splits.val, seed=cfg.seed + step - 1)
+                after = top1(student, splits.eval) if labelled else None
+                history.append({"step": step, "macs": pr.macs_after, "steps": dr.steps, "final_loss": dr.final_loss,
+                                "val_top1_before": dr.val_top1_before, "val_top1_after": dr.val_top1_after,
+                                "eval_top1_after_prune": after_prune, "eval_top1_after_distill": after,
+                                "seconds": round(time.time() - td, 1)})
+                if labelled:
+                    c.log(f"top-1 after pruning {after_prune:.4f}, after distillation {after:.4f}")
+        # the record and the summary are relative to the original model, whatever the schedule
+        pr.record = prune.structural_record(teacher, student)
+        pr.macs_before, pr.params_before = prune.count_macs_params(teacher, c.example)
+        pr.layers = prune.layer_table(teacher, student)
         c.stages.append("prune")
-        c.stage_results["prune"] = pr.summary() | {"importance": cfg.prune.importance,
-                                                    "allocation": cfg.prune.allocation, "round_to": cfg.prune.round_to}
-        c.timings["prune"] = time.time() - t0
+        c.stage_results["prune"] = pr.summary() | {"importance": p.importance, "allocation": p.allocation,
+                                                    "round_to": p.round_to, "steps": p.steps}
         c.log(f"pruned: MACs {pr.macs_before:,} -> {pr.macs_after:,} ({1 - pr.macs_after / pr.macs_before:.1%} "
               f"removed), params {pr.params_before:,} -> {pr.params_after:,}")
-        labelled = splits.eval is not None and splits.eval.y is not None
-        after_prune = top1(student, splits.eval) if labelled else None
-        if cfg.distill.epochs > 0:
-            t0 = time.time()
-            c.log(f"distilling for {cfg.distill.epochs:g} epoch(s) (T={cfg.distill.temperature:g}, "
-                  f"alpha={cfg.distill.alpha:g}, lr={cfg.distill.lr:g})")
-            dr = distill(student, teacher, splits.train, cfg.distill, val=splits.val, seed=cfg.seed)
+        if history:
             c.stages.append("distill")
-            after = top1(student, splits.eval) if labelled else None
             c.stage_results["distill"] = {
-                "epochs": cfg.distill.epochs, "steps": dr.steps, "final_loss": dr.final_loss,
-                "val_top1_before": dr.val_top1_before, "val_top1_after": dr.val_top1_after,
-                "eval_top1_after_prune": after_prune, "eval_top1_after_distill": after,
+                "epochs": cfg.distill.epochs, "steps": sum(h["steps"] for h in history),
+                "final_loss": history[-1]["final_loss"], "eval_top1_after_prune": history[0]["eval_top1_after_prune"],
+                "eval_top1_after_distill": history[-1]["eval_top1_after_distill"], "schedule": history,
             }  # fmt: skip
-            c.timings["distill"] = time.time() - t0
-            if labelled:
-                c.log(f"top-1 after pruning {after_prune:.4f}, after distillation {after:.4f}")
+        c.timings["prune+distill"] = time.time() - t0
         _save_pruned(c.d / "pruned.pt", c.lm, pr)
         c.log("exporting pruned.onnx")
         _fp32_artifact(c, "pruned", student, "original")
         c.arts["pruned"]["checkpoint"] = "pruned.pt"
         c.fp32_parent = "pruned"
 
-    if cfg.quant.mode == "ptq":
+    quant = next((s for s in plan if s in ("ptq", "dynamic", "qat")), None)
+    if quant in ("ptq", "dynamic"):
         t0 = time.time()
         parent = c.fp32_parent
-        c.log(f"quantizing {parent}.onnx to INT8 (onnxruntime static QDQ, {cfg.quant.method}, "
-              f"{len(c.calib_idx)} calibration samples)")
-        qr = quantize.quantize_ptq(c.d / f"{parent}.onnx", c.d / "int8.onnx", splits.train.x[c.calib_idx], cfg.quant)
+        if quant == "dynamic":
+            c.log(f"quantizing {parent}.onnx to INT8 (onnxruntime dynamic, weights only)")
+            qr = quantize.quantize_dynamic_onnx(c.d / f"{parent}.onnx", c.d / "int8.onnx", cfg.quant)
+        else:
+            c.log(f"quantizing {parent}.onnx to INT8 (onnxruntime static QDQ, {cfg.quant.method}, "
+                  f"{len(c.calib_idx)} calibration samples)")
+            calib = splits.train.x[c.calib_idx]
+            if cfg.verify.max_accuracy_drop is not None and splits.val.y is not None:
+                from edgecompress.quant_fallback import accuracy_aware_ptq
+
+                qr, fallback = accuracy_aware_ptq(c.d / f"{parent}.onnx", c.d / "int8.onnx", calib, splits.val.x,
+                                                  splits.val.y, cfg.quant, cfg.verify.max_accuracy_drop, log=c.log)
+                c.stage_results["accuracy_fallback"] = fallback
+            else:
+                qr = quantize.quantize_ptq(c.d / f"{parent}.onnx", c.d / "int8.onnx", calib, cfg.quant)
         _stamp(c.d / "int8.onnx", c.meta | {"edgecompress.artifact": "int8"})
         export.check_onnx(c.d / "int8.onnx")
         kr = bench.kernel_report(c.d / "int8.onnx")
-        c.stages.append("ptq")
+        c.stages.append(quant)
         a = {k: v for k, v in c.arts[parent].items() if k not in ("parity", "checkpoint")}
         c.arts["int8"] = a | {"path": "int8.onnx", "parent": parent, "status": "ok",
                               "int8_op_fraction": kr.int8_op_fraction}
@@ -243,8 +279,8 @@ def _evaluate(c: _Ctx) -> None:
         c.gates.append({"name": f"INT8 vs {c.fp32_parent} top-1 agreement", "value": agree,
                         "bound": cfg.verify.min_int8_agreement, "passed": agree >= cfg.verify.min_int8_agreement})
         if cfg.verify.max_accuracy_drop is not None:
-            drop = 100 * (c.arts["original"]["top1"] - c.arts["int8"]["top1"])
-            c.gates.append({"name": "INT8 top-1 drop vs original (points)", "value": drop,
+            drop = 100 * (c.arts[c.fp32_parent]["top1"] - c.arts["int8"]["top1"])
+            c.gates.append({"name": f"INT8 top-1 drop vs {c.fp32_parent} (points)", "value": drop,
                             "bound": cfg.verify.max_accuracy_drop, "passed": drop <= cfg.verify.max_accuracy_drop})
     c.timings["evaluate"] = time.time() - t0
 
@@ -268,7 +304,7 @@ def _finish(c: _Ctx) -> RunResult:
     _evaluate(c)
     _benchmark(c)
     failures = [g["name"] for g in c.gates if not g["passed"]]
-    warnings_: list[str] = []
+    warnings_: list[str] = list(c.stage_results.get("quantize", {}).get("settings", {}).get("warnings", []))
     int8 = c.arts.get("int8")
     if int8 is not None:
         if failures and int8["path"] == "int8.onnx":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ class PruneResult:
     channel_ratio: float  # the per-layer channel ratio the search settled on
     record: dict[str, dict[str, Any]]  # module name -> changed structural attributes
     layers: list[dict[str, Any]] = field(default_factory=list)  # per prunable layer: before/after
+    latency_history: list[dict[str, float]] = field(default_factory=list)  # latency-target mode
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -46,6 +48,7 @@ class PruneResult:
             "macs_removed": 1 - self.macs_after / self.macs_before,
             "params_before": self.params_before, "params_after": self.params_after,
             "channel_ratio": round(self.channel_ratio, 4), "layers": self.layers,
+            "latency_history": self.latency_history,
         }  # fmt: skip
 
 
@@ -124,10 +127,13 @@ def _resolve_ignored(model: nn.Module, example: torch.Tensor, names: tuple[str, 
     return ignored
 
 
-def _progressive(model, example, cfg, ignored, target, calib_x, calib_y):
+Criterion = Callable[[nn.Module, int, int], bool]  # (model, macs, params) -> target met?
+
+
+def _progressive(model, example, cfg, ignored, done: Criterion, calib_x, calib_y):
     """Torch-Pruning's progressive schedule: the channel ratio grows by max/STEPS per step
-    (importance re-estimated on what is left) until the MACs target is met. One dependency
-    graph is built; the overshoot is at most one step (0.9 % of a layer's channels)."""
+    (importance re-estimated on what is left) until ``done`` says the target is met. One
+    dependency graph is built; the overshoot is at most one step (0.9 % of a layer's channels)."""
     import torch_pruning as tp
 
     steps = 100
@@ -142,7 +148,7 @@ def _progressive(model, example, cfg, ignored, target, calib_x, calib_y):
         ignored_layers=ignored,
         round_to=cfg.round_to if cfg.round_to > 1 else None,
     )
-    macs, ratio = count_macs_params(model, example)[0], 0.0
+    ratio, met = 0.0, False
     for k in range(1, steps + 1):
         if cfg.importance == "taylor":
             _accumulate_taylor_grads(model, calib_x, calib_y, cfg.taylor_batches)
@@ -154,10 +160,54 @@ def _progressive(model, example, cfg, ignored, target, calib_x, calib_y):
                 f"{str(e).splitlines()[0][:200] if str(e) else ''}); leave the offending layer out "
                 "with --ignore NAME or lower --prune-ratio"
             ) from None
-        macs, ratio = count_macs_params(model, example)[0], cfg.max_layer_ratio * k / steps
-        if macs <= target:
+        ratio = cfg.max_layer_ratio * k / steps
+        macs, params = count_macs_params(model, example)
+        if done(model, macs, params):
+            met = True
             break
-    return model, macs, ratio
+    return model, ratio, met
+
+
+class LatencyProbe:
+    """Measures the p50 latency (onnxruntime, 1 thread, batch 1) of a model as deployed: FP32
+    ONNX, or INT8 after a quick PTQ when ``int8``. Only re-measures after MACs fell by
+    ``min_drop`` since the last measurement, so a 100-step schedule costs ~20 measurements."""
+
+    def __init__(self, example: torch.Tensor, calib_x: np.ndarray | None, *, int8: bool, runs: int = 100,
+                 min_drop: float = 0.03) -> None:
+        self.example, self.calib_x, self.int8, self.runs, self.min_drop = example, calib_x, int8, runs, min_drop
+        self.last_macs: int | None = None
+        self.history: list[dict[str, float]] = []
+
+    def __call__(self, model: nn.Module) -> float:
+        import tempfile
+        from pathlib import Path
+
+        from edgecompress.bench import measure_latency
+        from edgecompress.config import ExportOnnxConfig, QuantConfig
+        from edgecompress.export import export_onnx
+
+        with tempfile.TemporaryDirectory(prefix="edgecompress-lat-") as d:
+            path = Path(d) / "m.onnx"
+            export_onnx(model, self.example, path, ExportOnnxConfig(exporter="torchscript"))
+            if self.int8:
+                from edgecompress.quantize import quantize_ptq
+
+                calib = self.calib_x[:64] if self.calib_x is not None else \
+                    np.random.default_rng(0).random((16, *self.example.shape[1:]), dtype=np.float32)
+                path = quantize_ptq(path, Path(d) / "q.onnx", calib, QuantConfig()).path
+            return measure_latency(path, threads=1, batch=1, warmup=10, runs=self.runs).p50_ms
+
+    def criterion(self, target_ms: float) -> Criterion:
+        def done(model: nn.Module, macs: int, _params: int) -> bool:
+            if self.last_macs is not None and macs > (1 - self.min_drop) * self.last_macs:
+                return False
+            self.last_macs = macs
+            p50 = self(model)
+            self.history.append({"macs": macs, "p50_ms": p50})
+            return p50 <= target_ms
+
+        return done
 
 
 def structural_record(original: nn.Module, pruned: nn.Module) -> dict[str, dict[str, Any]]:
@@ -176,7 +226,7 @@ def structural_record(original: nn.Module, pruned: nn.Module) -> dict[str, dict[
     return record
 
 
-def _layer_table(original: nn.Module, pruned: nn.Module) -> list[dict[str, Any]]:
+def layer_table(original: nn.Module, pruned: nn.Module) -> list[dict[str, Any]]:
     before = _named(original)
     rows = []
     for name, m in pruned.named_modules():
@@ -194,32 +244,55 @@ def prune(
     *,
     calib_x: np.ndarray | None = None,
     calib_y: np.ndarray | None = None,
+    ratio: float | None = None,
+    latency_int8: bool = True,
 ) -> PruneResult:
-    """Returns a pruned copy of ``model`` with about ``cfg.ratio`` of its MACs removed."""
+    """Returns a pruned copy of ``model`` that meets the target: ``cfg.target_latency_ms``
+    (measured), else ``cfg.target_params``, else ``ratio`` (default ``cfg.ratio``) of MACs removed."""
+    ratio = cfg.ratio if ratio is None else ratio
     original = model
     model = copy.deepcopy(model).eval()
     macs0, params0 = count_macs_params(model, example)
     ignored = _resolve_ignored(model, example, cfg.ignore)
-    if cfg.ratio <= 0:
-        return PruneResult(model, macs0, macs0, params0, params0, 0.0, {}, _layer_table(model, model))
+    if ratio <= 0 and cfg.target_latency_ms is None and cfg.target_params is None:
+        return PruneResult(model, macs0, macs0, params0, params0, 0.0, {}, layer_table(model, model))
     if cfg.importance == "taylor" and calib_x is None:
         raise BadInput("taylor importance needs data for gradients; pass --data or use --importance l2")
-    target = macs0 * (1 - cfg.ratio)
-    pruned, macs1, r = _progressive(model, example, cfg, ignored, target, calib_x, calib_y)
-    if macs1 > target:
+    probe = None
+    if cfg.target_latency_ms is not None:
+        probe = LatencyProbe(example, calib_x, int8=latency_int8)
+        p50 = probe(model)
+        probe.history.append({"macs": macs0, "p50_ms": p50})
+        if p50 <= cfg.target_latency_ms:
+            raise BadInput(f"--target-latency-ms {cfg.target_latency_ms}: the unpruned model already runs in "
+                           f"{p50:.3f} ms here; nothing to prune (use --prune-ratio instead)")
+        done = probe.criterion(cfg.target_latency_ms)
+        goal = f"a p50 latency of {cfg.target_latency_ms} ms"
+    elif cfg.target_params is not None:
+        target_p = params0 * (1 - cfg.target_params)
+        done, goal = (lambda _m, _macs, params: params <= target_p), f"{cfg.target_params:.0%} of params removed"
+    else:
+        target = macs0 * (1 - ratio)
+        done, goal = (lambda _m, macs, _params: macs <= target), f"{ratio:.0%} of MACs removed"
+    pruned, r, met = _progressive(model, example, cfg, ignored, done, calib_x, calib_y)
+    macs1 = count_macs_params(pruned, example)[0]
+    if not met:
         raise BadInput(
-            f"cannot remove {cfg.ratio:.0%} of MACs: pruning up to {cfg.max_layer_ratio:.0%} of each "
-            f"layer's channels removes {1 - macs1 / macs0:.1%} (round-to {cfg.round_to}"
+            f"cannot reach {goal}: pruning up to {cfg.max_layer_ratio:.0%} of each layer's channels removes "
+            f"{1 - macs1 / macs0:.1%} of MACs (round-to {cfg.round_to}"
             f"{', ' + str(len(cfg.ignore)) + ' ignored layer(s)' if cfg.ignore else ''}); "
-            "lower --prune-ratio or --round-to, or ignore fewer layers"
+            "lower --prune-ratio (or the target) or --round-to, or ignore fewer layers"
         )
     pruned.zero_grad(set_to_none=True)
     _check_no_empty_layer(pruned)
     params1 = count_macs_params(pruned, example)[1]
     with torch.no_grad():
         pruned(example)  # the pruned model must still run
-    return PruneResult(pruned, macs0, macs1, params0, params1, r, structural_record(original, pruned),
-                       _layer_table(original, pruned))
+    res = PruneResult(pruned, macs0, macs1, params0, params1, r, structural_record(original, pruned),
+                      layer_table(original, pruned))
+    if probe is not None:
+        res.latency_history = probe.history
+    return res
 
 
 def _check_no_empty_layer(m: nn.Module) -> None:

@@ -4,6 +4,12 @@ fp32.onnx -> ``quant_pre_process`` (shape inference + ORT graph optimisation, wh
 and fuses what can be fused before scales are computed) -> ``quantize_static`` calibrated on
 samples of the *training* split. The result runs with int8 kernels once onnxruntime's graph
 optimiser (level >= EXTENDED) fuses DequantizeLinear -> op -> QuantizeLinear.
+
+``quantize_dynamic_onnx`` is the calibration-free alternative for MatMul/Gemm-heavy models:
+int8 weights, activations quantized on the fly (MatMulInteger / DynamicQuantizeMatMul).
+
+Both apply the settings of the target CPU class (``QuantConfig.target``, see
+:mod:`edgecompress.target`) and record them in ``QuantResult.settings``.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecompress import target as _target
 from edgecompress.config import QuantConfig
 from edgecompress.io import atomic_write
 
@@ -54,11 +61,12 @@ def quantize_ptq(fp32: Path, out: Path, calib_x: np.ndarray, cfg: QuantConfig) -
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[cfg.method]
     input_name = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    eff, tgt = resolve_target(cfg)
     settings = {
-        "format": "QDQ", "per_channel": cfg.per_channel, "activation_type": cfg.activation_type,
-        "weight_type": cfg.weight_type, "reduce_range": cfg.reduce_range, "method": cfg.method,
+        "format": "QDQ", "per_channel": cfg.per_channel, "activation_type": eff["activation_type"],
+        "weight_type": eff["weight_type"], "reduce_range": eff["reduce_range"], "method": cfg.method,
         "op_types": list(cfg.op_types) or "onnxruntime default", "exclude_nodes": list(cfg.exclude_nodes),
-    }  # fmt: skip
+    } | tgt  # fmt: skip
     logging.getLogger().setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="edgecompress-q-") as d:
         pre = Path(d) / "pre.onnx"
@@ -71,8 +79,8 @@ def quantize_ptq(fp32: Path, out: Path, calib_x: np.ndarray, cfg: QuantConfig) -
                 quantize_static(
                     str(pre), str(tmp), ArrayReader(input_name, calib_x),
                     quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
-                    activation_type=qtype[cfg.activation_type], weight_type=qtype[cfg.weight_type],
-                    reduce_range=cfg.reduce_range, calibrate_method=method,
+                    activation_type=qtype[eff["activation_type"]], weight_type=qtype[eff["weight_type"]],
+                    reduce_range=eff["reduce_range"], calibrate_method=method,
                     op_types_to_quantize=list(cfg.op_types) or None,
                     nodes_to_exclude=list(cfg.exclude_nodes) or None,
                     extra_options={"CalibTensorRangeSymmetric": False, "ActivationSymmetric": False,
@@ -82,3 +90,130 @@ def quantize_ptq(fp32: Path, out: Path, calib_x: np.ndarray, cfg: QuantConfig) -
 
         atomic_write(out, write)
     return QuantResult(out, len(calib_x), settings)
+
+
+_TARGET_KEYS = ("activation_type", "weight_type", "reduce_range")
+
+
+def resolve_target(cfg: QuantConfig, build_target: str | None = None) -> tuple[dict, dict]:
+    """Effective (activation_type, weight_type, reduce_range) for ``cfg.target`` and the record of it.
+
+    ``auto`` means the CPU class of this (build) machine. The target's settings replace the
+    fields left at their QuantConfig defaults; a non-default value set by the user wins and is
+    listed under ``user_overrides``. ``warnings`` says when the target is not this machine's
+    class, because every latency measured here then says nothing about the target.
+    """
+    here = build_target or _target.build_machine_target()
+    resolved = here if cfg.target == "auto" else cfg.target
+    advised = _target.settings_for(resolved)
+    defaults = QuantConfig()
+    eff, user = {}, {}
+    for k in _TARGET_KEYS:
+        mine = getattr(cfg, k)
+        if mine == getattr(defaults, k):
+            eff[k] = advised[k]
+        else:
+            eff[k] = user[k] = mine
+    warnings = []
+    if cfg.target != "auto" and resolved != here:
+        warnings.append(f"quantized for target {resolved} on a {here} machine: the latency measured here is "
+                        f"not the target's; run `edgecompress bench` on the {resolved} device"
+                        + ("" if resolved != "arm64" else " (int8-activation kernels are fused only by ARM builds of "
+                           "onnxruntime, so the kernel report made here under-counts them)"))
+    for k, v in user.items():
+        if v != advised[k]:
+            warnings.append(f"{k}={v!r} set explicitly; target {resolved} advises {advised[k]!r} "
+                            f"({_target.why(resolved)})")
+    record = {"target": resolved, "target_requested": cfg.target, "build_machine_target": here,
+              "target_settings": advised, "target_reason": _target.why(resolved), "user_overrides": user,
+              "warnings": warnings}  # fmt: skip
+    return eff, record
+
+
+def quantize_dynamic_onnx(fp32: Path, out: Path, cfg: QuantConfig) -> QuantResult:
+    """Dynamic INT8: int8 weights (per-channel if ``cfg.per_channel``), uint8 activations quantized
+    at run time, no calibration data. For Linear-heavy models (MLPs, attention); on convolutions
+    onnxruntime's ConvInteger is usually slower than float, so Conv is only quantized when listed
+    in ``cfg.op_types``.
+
+    Gemm nodes with a constant weight are rewritten to MatMul (+ Add) first: onnxruntime's dynamic
+    quantizer handles MatMul but not Gemm, and its optimiser then fuses the result into
+    MatMulIntegerToFloat / DynamicQuantizeMatMul kernels.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    eff, tgt = resolve_target(cfg)
+    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    ops = [o for o in (cfg.op_types or ("MatMul",)) if o != "Gemm"]
+    if "MatMul" not in ops and "Gemm" in cfg.op_types:
+        ops.append("MatMul")
+    settings = {
+        "format": "dynamic (integer ops)", "per_channel": cfg.per_channel, "activation_type": "uint8 (dynamic)",
+        "weight_type": eff["weight_type"], "reduce_range": eff["reduce_range"], "method": "dynamic (no calibration)",
+        "op_types": ops, "exclude_nodes": list(cfg.exclude_nodes),
+    } | tgt  # fmt: skip
+    if tgt["user_overrides"].get("activation_type", "uint8") != "uint8":
+        settings["warnings"] = [*tgt["warnings"], "dynamic quantization always uses uint8 activations "
+                                f"(onnxruntime); activation_type {eff['activation_type']!r} does not apply"]
+    logging.getLogger().setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="edgecompress-dq-") as d:
+        pre = Path(d) / "pre.onnx"
+        with contextlib.redirect_stdout(io.StringIO()):
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        m = onnx.load(str(pre))
+        settings["gemm_rewritten"] = gemm_to_matmul(m)
+        onnx.save(m, str(pre))
+
+        def write(tmp: Path) -> None:
+            with contextlib.redirect_stdout(io.StringIO()):
+                quantize_dynamic(
+                    str(pre), str(tmp), op_types_to_quantize=ops, per_channel=cfg.per_channel,
+                    reduce_range=eff["reduce_range"], weight_type=qtype[eff["weight_type"]],
+                    nodes_to_exclude=list(cfg.exclude_nodes) or None,
+                    extra_options={"MatMulConstBOnly": True},
+                )
+
+        atomic_write(out, write)
+    return QuantResult(out, 0, settings)
+
+
+def gemm_to_matmul(model) -> int:
+    """Rewrites ``Gemm(A, B, C)`` with constant B, alpha = beta = 1 and transA = 0 into
+    ``MatMul(A, B')`` (+ ``Add(., C)``), B' = B transposed if transB. Returns how many were rewritten."""
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    used = {}
+    for n in g.node:
+        for i in n.input:
+            used[i] = used.get(i, 0) + 1
+    new_nodes, count = [], 0
+    for n in g.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        ok = (n.op_type == "Gemm" and n.domain in ("", "ai.onnx") and len(n.input) >= 2 and n.input[1] in inits
+              and attrs.get("transA", 0) == 0 and float(attrs.get("alpha", 1.0)) == 1.0
+              and float(attrs.get("beta", 1.0)) == 1.0)  # fmt: skip
+        if not ok:
+            new_nodes.append(n)
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]])
+        if attrs.get("transB", 0):
+            w = w.T
+        name = n.input[1] if used.get(n.input[1], 0) == 1 else f"{n.input[1]}_{n.name or count}_t"
+        if name == n.input[1]:
+            g.initializer.remove(inits[n.input[1]])
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), name))
+        has_bias = len(n.input) > 2 and n.input[2] != ""
+        mm_out = f"{n.output[0]}_matmul" if has_bias else n.output[0]
+        base = n.name or f"gemm{count}"
+        new_nodes.append(helper.make_node("MatMul", [n.input[0], name], [mm_out], name=f"{base}_MatMul"))
+        if has_bias:
+            new_nodes.append(helper.make_node("Add", [mm_out, n.input[2]], [n.output[0]], name=f"{base}_Add"))
+        count += 1
+    if count:
+        del g.node[:]
+        g.node.extend(new_nodes)
+    return count

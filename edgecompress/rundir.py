@@ -30,10 +30,17 @@ def resolve_out(out: str | None, overwrite: bool) -> Path:
         p = Path(out)
     if p.exists() and not p.is_dir():
         raise BadInput(f"--out {p}: is a file; pass a directory path")
-    if p.is_dir() and any(p.iterdir()) and not overwrite:
-        what = "holds a previous run" if (p / MARKER).exists() else "is not empty"
-        raise BadInput(f"--out {p}: {what}; pass --overwrite to replace it, or choose another --out")
+    if p.is_dir() and any(p.iterdir()):
+        if not (p / MARKER).exists():  # never delete a directory edgecompress did not make
+            raise BadInput(f"--out {p}: is not empty and holds no edgecompress run (no {MARKER}); "
+                           "choose a new or empty directory")
+        if not overwrite:
+            raise BadInput(f"--out {p}: holds a previous run; pass --overwrite to replace it, or choose "
+                           "another --out")
     parent = p.resolve().parent
+    blocker = next((a for a in (parent, *parent.parents) if a.exists() and not a.is_dir()), None)
+    if blocker is not None:
+        raise BadInput(f"--out {p}: {blocker} is a file, not a directory; choose another --out")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -44,12 +51,13 @@ def resolve_out(out: str | None, overwrite: bool) -> Path:
 
 
 def staging_dir(out: Path) -> Path:
-    d = out.resolve().parent / f".{out.name}.partial-{os.getpid()}"
+    d = out.resolve().parent / f".{out.resolve().name}.partial-{os.getpid()}"
     shutil.rmtree(d, ignore_errors=True)
     try:
         d.mkdir(parents=True)
     except OSError as e:
-        raise BadInput(f"--out {out}: cannot write there ({e.strerror}); choose a writable location") from None
+        raise BadInput(f"--out {out}: cannot create directories in {d.parent} ({e.strerror}); choose a "
+                       "writable location") from None
     return d
 
 

@@ -93,6 +93,10 @@ def fit(
 ) -> TrainResult:
     """Trains ``model`` in place for ``cfg.epochs`` passes over ``train``."""
     n = len(train)
+    if n < 2:
+        from edgecompress.errors import BadInput
+
+        raise BadInput(f"training needs at least 2 samples (BatchNorm), got {n}; pass more data or --max-train")
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
     total = max(1, int(round(cfg.epochs * steps_per_epoch)))
     g = torch.Generator().manual_seed(cfg.seed)

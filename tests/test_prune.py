@@ -98,3 +98,23 @@ def test_load_pruned_round_trips_in_a_fresh_process(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert float(out.stdout.strip()) == 0.0
+
+
+def test_target_params_is_met():
+    res = prune(create_model("resnet20").eval(), X, PruneConfig(target_params=0.6, round_to=1))
+    assert res.params_after <= 0.4 * res.params_before
+    assert res.params_after > 0.3 * res.params_before  # no gross overshoot
+
+
+def test_latency_target_stops_when_measured_p50_meets_it():
+    from edgecompress.prune import LatencyProbe
+
+    model = create_model("resnet20").eval()
+    base = LatencyProbe(X, None, int8=False)(model)
+    target = 0.6 * base
+    res = prune(model, X, PruneConfig(target_latency_ms=target, round_to=1), latency_int8=False)
+    hist = res.latency_history
+    assert hist[0]["macs"] == res.macs_before and len(hist) >= 2
+    assert hist[-1]["p50_ms"] <= target  # stopped on a measurement that met the target
+    assert all(h["p50_ms"] > target for h in hist[:-1])  # ... and not before
+    assert res.macs_after < res.macs_before

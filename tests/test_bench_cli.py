@@ -1,0 +1,98 @@
+"""``edgecompress bench``: table and JSON, thread x batch grid, size with external data, symbolic
+input dims, and refusal of files that fail onnx.checker. Runs the CLI in-process (fast)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+
+from edgecompress.cli import main
+from tests._onnx_models import broken, cnn
+
+QUICK = ["--runs", "3", "--warmup", "1"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return cnn(tmp_path_factory.mktemp("bench") / "m.onnx")
+
+
+def _bench(capsys, *args: str) -> tuple[int, str, str]:
+    rc = main(["bench", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_json_grid_has_one_row_per_threads_batch(model, capsys):
+    rc, out, err = _bench(capsys, str(model), "--threads", "1,2", "--batch", "1,4", "--json", *QUICK)
+    assert rc == 0, err
+    res = json.loads(out)  # nothing but JSON on stdout
+    rows = res["results"]
+    assert len(rows) == 4
+    assert {(r["threads"], r["batch"]) for r in rows} == {(1, 1), (1, 4), (2, 1), (2, 4)}
+    for r in rows:
+        assert r["runs"] == 3
+        assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"]
+        assert r["mean_ms"] > 0
+        assert r["throughput_per_s"] == pytest.approx(r["batch"] * 1e3 / r["p50_ms"])
+    assert res["bytes"] == model.stat().st_size
+    assert set(res["cpu"]) >= {"model", "machine", "cores", "isa"}
+
+
+def test_table_lists_every_row(model, capsys):
+    rc, out, err = _bench(capsys, str(model), "--threads", "1,2", "--batch", "1,4", *QUICK)
+    assert rc == 0, err
+    lines = out.strip().splitlines()
+    assert f"{model.stat().st_size:,} bytes" in lines[0]
+    assert lines[1].split() == ["threads", "batch", "p50", "ms", "p90", "ms", "mean", "ms", "samples/s"]
+    rows = [line.split() for line in lines[2:]]
+    assert len(rows) == 4
+    assert [(int(r[0]), int(r[1])) for r in rows] == [(1, 1), (1, 4), (2, 1), (2, 4)]
+    for r in rows:
+        p50, p90, mean, tput = map(float, r[2:])
+        assert 0 < p50 <= p90 and mean > 0 and tput > 0
+
+
+def test_size_counts_external_data(tmp_path, capsys):
+    src = cnn(tmp_path / "src.onnx", hidden=64)
+    m = onnx.load(str(src))
+    ext = tmp_path / "ext.onnx"
+    onnx.save(m, str(ext), save_as_external_data=True, all_tensors_to_one_file=True, location="ext.onnx.data",
+              size_threshold=0)
+    data = tmp_path / "ext.onnx.data"
+    assert data.stat().st_size > ext.stat().st_size  # the weights really live outside
+    rc, out, err = _bench(capsys, str(ext), "--json", *QUICK)
+    assert rc == 0, err
+    assert json.loads(out)["bytes"] == ext.stat().st_size + data.stat().st_size
+
+
+def test_symbolic_spatial_dims_need_input_shape(tmp_path, capsys):
+    m = cnn(tmp_path / "dyn.onnx", hw="S")  # input N,1,S_h,S_w
+    rc, out, err = _bench(capsys, str(m), "--json", *QUICK)
+    assert rc == 2 and out == ""
+    assert err.startswith("error: ") and "--input-shape" in err and len(err.strip().splitlines()) == 1
+    rc, out, err = _bench(capsys, str(m), "--json", "--input-shape", "1,1,12,10", "--batch", "1,2", *QUICK)
+    assert rc == 0, err
+    assert [r["batch"] for r in json.loads(out)["results"]] == [1, 2]
+
+
+def test_refuses_file_failing_the_checker(tmp_path, capsys):
+    bad = broken(tmp_path / "bad.onnx")
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(str(bad))
+    rc, out, err = _bench(capsys, str(bad), *QUICK)
+    assert rc == 2 and out == ""
+    assert "not a valid ONNX model" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["missing.onnx"], "no such file"),
+    (["{model}", "--threads", "0"], ">= 1"),
+    (["{model}", "--batch", "1,x"], "comma-separated"),
+])  # fmt: skip
+def test_bad_arguments_exit_2(model, capsys, args, needle):
+    rc, out, err = _bench(capsys, *[a.format(model=model) for a in args], *QUICK)
+    assert rc == 2 and needle in err

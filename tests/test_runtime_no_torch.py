@@ -1,0 +1,124 @@
+"""The runtime side (``edgecompress bench`` / ``predict``) works where torch is not installed.
+
+Each command runs in a subprocess whose PYTHONPATH starts with a directory of fake packages
+(torch, torch_pruning, onnxscript, neural_compressor, torchao) that raise ImportError and log
+which file tried to import them. The models are (a) an ONNX file built here with onnx.helper,
+not by edgecompress, and (b) the INT8 file edgecompress.quantize.quantize_ptq makes from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests._onnx_models import cnn, ort_probs
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCKED = ("torch", "torch_pruning", "onnxscript", "neural_compressor", "torchao")
+CLASSES = 5
+
+_FAKE = '''import os, sys
+f = sys._getframe(1)
+while f is not None and ("importlib" in f.f_code.co_filename or f.f_code.co_filename.startswith("<")):
+    f = f.f_back
+with open(os.environ["EDGECOMPRESS_TEST_IMPORT_LOG"], "a") as log:
+    log.write("{name} " + (f.f_code.co_filename if f is not None else "?") + "\\n")
+raise ImportError("{name} is not installed (blocked by the test)")
+'''
+
+
+@pytest.fixture(scope="module")
+def no_torch(tmp_path_factory):
+    d = tmp_path_factory.mktemp("no-torch")
+    fake = d / "fake"
+    for name in BLOCKED:
+        (fake / name).mkdir(parents=True)
+        (fake / name / "__init__.py").write_text(_FAKE.format(name=name))
+    log = d / "imports.log"
+    env = dict(os.environ)
+    env.update({"PYTHONPATH": os.pathsep.join([str(fake), str(ROOT)]), "HOME": str(d),
+                "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "EDGECOMPRESS_TEST_IMPORT_LOG": str(log)})
+    env.pop("EDGECOMPRESS_DEBUG", None)
+    return env, log
+
+
+def _run(env, log: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    log.unlink(missing_ok=True)
+    r = subprocess.run([sys.executable, "-m", "edgecompress", *args], cwd=cwd, env=env, capture_output=True,
+                       text=True, timeout=300)
+    attempts = log.read_text().splitlines() if log.exists() else []
+    ours = [a for a in attempts if f"{os.sep}edgecompress{os.sep}" in a]
+    assert not ours, f"edgecompress tried to import blocked packages: {ours}"
+    return r
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from edgecompress.config import QuantConfig
+    from edgecompress.quantize import quantize_ptq
+
+    d = tmp_path_factory.mktemp("rt")
+    fp32 = cnn(d / "foreign.onnx", classes=CLASSES)
+    calib = np.random.default_rng(1).random((32, 1, 8, 8), dtype=np.float32)
+    int8 = quantize_ptq(fp32, d / "foreign.int8.onnx", calib, QuantConfig()).path
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (7, 8, 8)).astype(np.uint8)  # N,H,W uint8: scaled by 1/255, channel added
+    np.savez(d / "data.npz", x=x)
+    return d, {"fp32": fp32, "int8": int8}, x.astype(np.float32)[:, None] / 255.0
+
+
+def test_blocker_really_blocks_torch(no_torch, tmp_path):
+    env, _ = no_torch
+    r = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode != 0 and "blocked by the test" in r.stderr
+    r = subprocess.run([sys.executable, "-c", "import edgecompress.cli, sys; print(edgecompress.cli.__file__)"],
+                       env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and Path(r.stdout.strip()).is_relative_to(ROOT), r.stderr  # the repo's code
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int8"])
+def test_bench_without_torch(no_torch, models, kind):
+    env, log = no_torch
+    d, paths, _ = models
+    r = _run(env, log, "bench", str(paths[kind]), "--json", "--runs", "5", "--warmup", "1", cwd=d)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["bytes"] == paths[kind].stat().st_size
+    (row,) = out["results"]
+    assert row["p50_ms"] > 0 and row["runs"] == 5 and row["threads"] == 1 and row["batch"] == 1
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int8"])
+def test_predict_without_torch(no_torch, models, kind):
+    env, log = no_torch
+    d, paths, x = models
+    r = _run(env, log, "predict", str(paths[kind]), str(d / "data.npz"), "--json", "--top-k", str(CLASSES),
+             "--batch", "3", cwd=d)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    preds = out["predictions"]
+    assert out["count"] == len(preds) == len(x)
+    for i, p in enumerate(preds):
+        assert p["index"] == i and p["source"].endswith(f"data.npz[{i}]")
+        probs = [t["prob"] for t in p["top"]]
+        assert len(probs) == CLASSES and all(0 <= q <= 1 for q in probs)
+        assert sum(probs) == pytest.approx(1.0, abs=1e-5)
+        assert probs == sorted(probs, reverse=True)
+        assert sorted(t["class"] for t in p["top"]) == list(range(CLASSES))
+    ref = ort_probs(paths[kind], x)  # same scaling (uint8 / 255), computed without edgecompress
+    got = np.array([[t["prob"] for t in sorted(p["top"], key=lambda t: t["class"])] for p in preds])
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_predict_bad_model_without_torch(no_torch, models):
+    env, log = no_torch
+    d, _, _ = models
+    (d / "notes.onnx").write_text("not a model")
+    r = _run(env, log, "predict", str(d / "notes.onnx"), str(d / "data.npz"), cwd=d)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
