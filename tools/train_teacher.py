@@ -23,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgecompress.data import DEBIAN_FASHION_MNIST, load_fashion_mnist  # noqa: E402
+from edgecompress.data import DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES, load_fashion_mnist  # noqa: E402
 from edgecompress.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 from edgecompress.train import TrainConfig, cross_entropy, fit, top1  # noqa: E402
 from edgecompress.zoo import create_model  # noqa: E402
@@ -67,6 +67,7 @@ def main() -> None:
         "num_classes": 10,
         "in_chans": 1,
         "input_shape": [1, 1, 28, 28],
+        "classes": list(FASHION_MNIST_CLASSES),
         "dataset": "fashion-mnist (Debian package dataset-fashion-mnist), 60k train",
         "test_top1": round(acc, 4),
         "sha256": hashlib.sha256(blob).hexdigest(),
