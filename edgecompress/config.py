@@ -213,7 +213,38 @@ class RunConfig:
                 v.validate()
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"--seed {self.seed}: must be in 0..{2**32 - 1}")
+        self.plan()
         return self
+
+    def plan(self) -> tuple[str, ...]:
+        """The stages that will run, in order: a subsequence of prune -> kd -> (ptq|dynamic|qat).
+
+        Explicit ``stages`` win; otherwise they follow from the settings: prune when a ratio or
+        target is set, kd when distillation epochs > 0 (and something was pruned), the quant mode.
+        """
+        pruning = self.prune.ratio > 0 or self.prune.target_params is not None or \
+            self.prune.target_latency_ms is not None
+        if self.stages is None:
+            plan = (["prune"] if pruning else []) + (["kd"] if pruning and self.distill.epochs > 0 else [])
+            if self.quant.mode != "none":
+                plan.append(self.quant.mode)
+            return tuple(plan)
+        plan = list(self.stages)
+        order = {"prune": 0, "kd": 1, "ptq": 2, "dynamic": 2, "qat": 2}
+        bad = [s for s in plan if s not in order]
+        if bad:
+            raise ConfigError(f"--stages: unknown stage(s) {bad}; use prune, kd, ptq, dynamic, qat "
+                              "(e.g. prune,kd,ptq or prune,qat or ptq)")
+        if not plan or [order[s] for s in plan] != sorted({order[s] for s in plan}) or len(set(plan)) != len(plan):
+            raise ConfigError(f"--stages {','.join(plan)}: stages run in the order prune, kd, then one of "
+                              "ptq|dynamic|qat, each at most once (e.g. prune,kd,ptq)")
+        if "kd" in plan and "prune" not in plan:
+            raise ConfigError("--stages: kd distils a pruned student; put prune before it (prune,kd,...)")
+        if "prune" in plan and not pruning:
+            raise ConfigError("--stages includes prune but --prune-ratio is 0; set a ratio or drop prune")
+        if "kd" in plan and self.distill.epochs <= 0:
+            raise ConfigError("--stages includes kd but --distill-epochs is 0; set epochs or drop kd")
+        return tuple(plan)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))

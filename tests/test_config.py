@@ -53,3 +53,25 @@ def test_import_edgecompress_stays_light():
     code = "import sys, edgecompress; print(any(m in sys.modules for m in ('torch', 'onnxruntime', 'torch_pruning')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "kw, plan",
+    [
+        ({}, ("prune", "kd", "ptq")),
+        ({"quant": {"mode": "none"}}, ("prune", "kd")),
+        ({"distill": {"epochs": 0.0}}, ("prune", "ptq")),
+        ({"prune": {"ratio": 0.0}}, ("ptq",)),
+        ({"stages": ["ptq"]}, ("ptq",)),
+        ({"stages": ["prune", "kd"]}, ("prune", "kd")),
+        ({"stages": ["prune", "qat"]}, ("prune", "qat")),
+    ],
+)
+def test_stage_plan(kw, plan):
+    assert RunConfig.from_dict(kw).validate().plan() == plan
+
+
+@pytest.mark.parametrize("stages", [["ptq", "prune"], ["kd", "ptq"], ["prune", "ptq", "qat"], ["bogus"]])
+def test_bad_stage_orders_are_rejected(stages):
+    with pytest.raises(ConfigError, match="stages"):
+        RunConfig.from_dict({"stages": stages}).validate()
