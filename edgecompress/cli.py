@@ -43,8 +43,8 @@ _EXPORT_FLAGS: dict[str, tuple[str, str]] = {
     "target_params": ("prune", "target_params"), "target_latency_ms": ("prune", "target_latency_ms"),
     "prune_steps": ("prune", "steps"),
     "distill_epochs": ("distill", "epochs"), "lr": ("distill", "lr"), "alpha": ("distill", "alpha"),
-    "temperature": ("distill", "temperature"),
-    "quant": ("quant", "mode"), "calib_samples": ("quant", "calib_samples"), "calib_method": ("quant", "method"),
+    "temperature": ("distill", "temperature"), "qat_epochs": ("qat", "epochs"),
+    "quant": ("quant", "mode"), "quant_backend": ("quant", "backend"), "calib_samples": ("quant", "calib_samples"), "calib_method": ("quant", "method"),
     "target": ("quant", "target"),
     "min_agreement": ("verify", "min_int8_agreement"), "max_accuracy_drop": ("verify", "max_accuracy_drop"),
     "parity_tol": ("verify", "parity_tol"),
@@ -84,7 +84,11 @@ def _add_export(sub) -> None:
     a("--lr", type=float, help="distillation learning rate (default 0.01)")
     a("--alpha", type=float, help="weight of the KD term vs cross-entropy (default 0.9)")
     a("--temperature", type=float, help="KD temperature (default 4)")
-    a("--quant", help="ptq (default, static, calibrated), dynamic (int8 weights, for MatMul/Gemm-heavy models) or none")
+    a("--quant", help="ptq (default, static, calibrated), qat (quantization-aware training with KD, torchao pt2e), "
+      "dynamic (int8 weights, for MatMul/Gemm-heavy models) or none")
+    a("--qat-epochs", type=float, help="epochs of quantization-aware training with --quant qat (default 1)")
+    a("--quant-backend", help="ort (default: onnxruntime static QDQ) or inc (Intel Neural Compressor 3.x, "
+      "PyTorch pt2e INT8 exported to ONNX; slower here, offered for comparison)")
     a("--calib-samples", type=int, help="training samples for INT8 calibration (default 512)")
     a("--calib-method", help="minmax (default), entropy, percentile")
     a("--target", help="CPU the INT8 file is for: auto (default: this machine), x86-vnni, x86-avx2 (7-bit "

@@ -9,6 +9,7 @@ and the valid choices. ``RunConfig.to_dict()`` is what the manifest records, and
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -20,7 +21,7 @@ from edgecompress.errors import ConfigError
 
 IMPORTANCES = ("l1", "l2", "bn", "taylor", "lamp", "fpgm", "random")
 ALLOCATIONS = ("uniform", "global")
-QUANT_MODES = ("ptq", "dynamic", "none")
+QUANT_MODES = ("ptq", "dynamic", "qat", "none")
 QUANT_TARGETS = ("auto", "x86-vnni", "x86-avx2", "arm64")  # see edgecompress.target
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 QTYPES = ("uint8", "int8")
@@ -140,15 +141,57 @@ class QuantConfig:
     # CPU class the INT8 file is for; auto = this machine. Its settings (edgecompress.target) replace
     # activation_type / weight_type / reduce_range where those are left at their defaults.
     target: str = "auto"
+    backend: str = "ort"  # ort: onnxruntime quantize_static (default) | inc: Intel Neural Compressor 3.x pt2e
 
     def validate(self) -> None:
         _choice("--quant", self.mode, QUANT_MODES)
+        _choice("--quant-backend", self.backend, ("ort", "inc"))
+        if self.backend == "inc" and self.mode != "ptq":
+            raise ConfigError(f"--quant-backend inc does static INT8 only; use it with --quant ptq, not {self.mode}")
         _choice("--target", self.target, QUANT_TARGETS)
         _choice("calibration method", self.method, CALIB_METHODS)
         _choice("activation_type", self.activation_type, QTYPES)
         _choice("weight_type", self.weight_type, QTYPES)
         if self.calib_samples < 1:
             raise ConfigError(f"--calib-samples {self.calib_samples}: must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class QatConfig:
+    epochs: float = 1.0  # passes over the training data; 0 = calibrate and convert only (PTQ)
+    lr: float = 1e-3
+    alpha: float = 0.9  # weight of the KD term; (1 - alpha) weighs cross-entropy on labels
+    temperature: float = 4.0
+    batch_size: int = 128
+    calib_samples: int = 256  # training images used to initialise the observers before training
+    freeze_bn_after: float = 0.5  # fraction of steps after which BN running stats are frozen
+    freeze_observers_after: float = 0.75  # fraction of steps after which scales are frozen
+    weight_decay: float = 5e-4
+    augment_shift: int = 2  # random shift (pixels), as in edgecompress.train.fit
+    augment_flip: bool = True  # random horizontal flip; turn off when left/right carries the label
+
+    def validate(self) -> QatConfig:
+        if not (self.epochs >= 0 and math.isfinite(self.epochs)):
+            raise ConfigError(f"qat epochs={self.epochs}: must be >= 0 (0 = calibrate and convert only)")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"qat lr={self.lr}: must be > 0")
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"qat alpha={self.alpha}: must be in [0, 1]")
+        if not self.temperature > 0:
+            raise ConfigError(f"qat temperature={self.temperature}: must be > 0")
+        if self.batch_size < 2:
+            raise ConfigError(f"qat batch_size={self.batch_size}: must be >= 2 (BatchNorm)")
+        if self.calib_samples < 1:
+            raise ConfigError(f"qat calib_samples={self.calib_samples}: must be >= 1")
+        for k in ("freeze_bn_after", "freeze_observers_after"):
+            v = getattr(self, k)
+            if not 0 <= v <= 1:
+                raise ConfigError(f"qat {k}={v}: must be a fraction of the training steps in [0, 1]")
+        if self.weight_decay < 0:
+            raise ConfigError(f"qat weight_decay={self.weight_decay}: must be >= 0")
+        if self.augment_shift < 0:
+            raise ConfigError(f"qat augment_shift={self.augment_shift}: must be >= 0")
+        return self
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -198,6 +241,7 @@ class RunConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
+    qat: QatConfig = field(default_factory=QatConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     onnx: ExportOnnxConfig = field(default_factory=ExportOnnxConfig)
@@ -225,7 +269,9 @@ class RunConfig:
         pruning = self.prune.ratio > 0 or self.prune.target_params is not None or \
             self.prune.target_latency_ms is not None
         if self.stages is None:
-            plan = (["prune"] if pruning else []) + (["kd"] if pruning and self.distill.epochs > 0 else [])
+            # QAT trains with KD itself: prune -> qat, not prune -> kd -> qat
+            kd = pruning and self.distill.epochs > 0 and self.quant.mode != "qat"
+            plan = (["prune"] if pruning else []) + (["kd"] if kd else [])
             if self.quant.mode != "none":
                 plan.append(self.quant.mode)
             return tuple(plan)

@@ -99,7 +99,8 @@ def render_report(m: dict[str, Any]) -> str:
     if "quantize" in st:
         q = st["quantize"]
         k = q.get("kernels", {})
-        kind = "dynamic quantization" if "dynamic" in m.get("stages", []) else "static PTQ"
+        stg = m.get("stages", [])
+        kind = "dynamic quantization" if "dynamic" in stg else "QAT" if "qat" in stg else "static PTQ"
         lines += [f"**INT8**: onnxruntime {kind} ({q['settings'].get('format', 'QOperator')}, per-channel "
                   f"{q['settings']['per_channel']}, {q['settings']['method']} calibration on {q['calib_samples']} "
                   f"training samples); int8 compute kernels after optimisation: "

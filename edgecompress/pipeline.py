@@ -56,6 +56,7 @@ class _Ctx:
     stages: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     fp32_parent: str = "original"  # the FP32 artifact the INT8 one was made from
+    fp32_model: Any = None  # its PyTorch model (INC and QAT start from it)
 
 
 class _Stop(Exception):
@@ -169,6 +170,7 @@ def _compress(c: _Ctx) -> None:
     c.log(f"stages: {' -> '.join(plan) or 'export only'}")
     c.log("exporting original.onnx")
     _fp32_artifact(c, "original", teacher, None)
+    c.fp32_model = teacher
 
     if "prune" in plan:
         t0 = time.time()
@@ -225,7 +227,7 @@ def _compress(c: _Ctx) -> None:
         c.log("exporting pruned.onnx")
         _fp32_artifact(c, "pruned", student, "original")
         c.arts["pruned"]["checkpoint"] = "pruned.pt"
-        c.fp32_parent = "pruned"
+        c.fp32_parent, c.fp32_model = "pruned", student
 
     quant = next((s for s in plan if s in ("ptq", "dynamic", "qat")), None)
     if quant in ("ptq", "dynamic"):
@@ -238,7 +240,9 @@ def _compress(c: _Ctx) -> None:
             c.log(f"quantizing {parent}.onnx to INT8 (onnxruntime static QDQ, {cfg.quant.method}, "
                   f"{len(c.calib_idx)} calibration samples)")
             calib = splits.train.x[c.calib_idx]
-            if cfg.verify.max_accuracy_drop is not None and splits.val.y is not None:
+            if cfg.quant.backend == "inc":
+                qr = _quantize_inc(c, calib)
+            elif cfg.verify.max_accuracy_drop is not None and splits.val.y is not None:
                 from edgecompress.quant_fallback import accuracy_aware_ptq
 
                 qr, fallback = accuracy_aware_ptq(c.d / f"{parent}.onnx", c.d / "int8.onnx", calib, splits.val.x,
@@ -256,6 +260,62 @@ def _compress(c: _Ctx) -> None:
         c.stage_results["quantize"] = {"settings": qr.settings, "calib_samples": qr.calib_samples,
                                        "kernels": kr.to_dict()}
         c.timings["quantize"] = time.time() - t0
+    elif quant == "qat":
+        _qat(c)
+
+
+def _qat(c: _Ctx) -> None:
+    """Quantization-aware training with KD from the original model (torchao pt2e), exported to
+    QDQ ONNX; parity gate in units of the output quantization step (see docs/qat.md)."""
+    from edgecompress import bench
+    from edgecompress import qat as qatm
+
+    t0, cfg = time.time(), c.cfg
+    parent = c.fp32_parent
+    c.log(f"quantization-aware training of {parent} for {cfg.qat.epochs:g} epoch(s) with KD from the original")
+    qr = qatm.qat(c.fp32_model, c.lm.model, c.splits.train, c.example, cfg.qat, seed=cfg.seed)
+    path = qatm.export_qat_onnx(qr.model, c.example, c.d / "int8.onnx", opset=cfg.onnx.opset)
+    _stamp(path, c.meta | {"edgecompress.artifact": "int8"})
+    src = c.splits.eval if c.splits.eval is not None else c.splits.train
+    par = qatm.check_qat_parity(qr.model, path, src.x[:256])
+    c.gates.append({"name": "parity int8.onnx vs converted QAT model (max-abs logit)", "value": par.max_abs,
+                    "bound": par.bound if np.isfinite(par.bound) else 0.0, "passed": par.passed})
+    kr = bench.kernel_report(path)
+    c.stages.append("qat")
+    a = {k: v for k, v in c.arts[parent].items() if k not in ("parity", "checkpoint")}
+    c.arts["int8"] = a | {"path": "int8.onnx", "parent": parent, "status": "ok", "int8_op_fraction": kr.int8_op_fraction}
+    c.stage_results["quantize"] = {
+        "settings": {"format": "QDQ (torchao pt2e QAT)", "per_channel": True, "method": "QAT with KD",
+                     "epochs": cfg.qat.epochs, "lr": cfg.qat.lr},
+        "calib_samples": qr.calib_samples, "kernels": kr.to_dict(),
+        "qat": {"steps": qr.steps, "final_loss": qr.final_loss, "bn_frozen_at": qr.bn_frozen_at,
+                "observers_frozen_at": qr.observers_frozen_at, "parity_top1_agreement": par.top1_agreement},
+    }  # fmt: skip
+    c.timings["qat"] = time.time() - t0
+
+
+def _quantize_inc(c: _Ctx, calib: np.ndarray):
+    """Intel Neural Compressor 3.x static INT8 (pt2e) from the parent's PyTorch model, to ONNX;
+    with --max-accuracy-drop, INC's accuracy-aware autotune judged on the validation split."""
+    import torch
+
+    from edgecompress.inc_backend import quantize_inc
+    from edgecompress.quantize import QuantResult
+
+    val = c.splits.val
+    use_acc = c.cfg.verify.max_accuracy_drop is not None and val.y is not None
+
+    def val_top1(m) -> float:
+        xv, yv = torch.from_numpy(val.x), torch.from_numpy(val.y)
+        with torch.no_grad():
+            hits = sum(int((m(xv[i : i + 500]).argmax(1) == yv[i : i + 500]).sum()) for i in range(0, len(xv), 500))
+        return hits / len(xv)
+
+    rec = quantize_inc(c.fp32_model, c.example, calib, c.d / "int8.onnx",
+                       autotune_eval=val_top1 if use_acc else None,
+                       max_drop=c.cfg.verify.max_accuracy_drop if use_acc else None)
+    return QuantResult(c.d / "int8.onnx", len(calib), {"backend": "inc", "format": "QDQ (INC pt2e)",
+                                                       "per_channel": True, "method": "minmax"} | rec)
 
 
 def _evaluate(c: _Ctx) -> None:
@@ -376,10 +436,16 @@ def _metadata(lm, classes) -> dict[str, str]:
 
 
 def _stamp(path: Path, meta: dict[str, str]) -> None:
-    """Writes the consumer-facing metadata into the ONNX file (metadata_props)."""
+    """Writes the consumer-facing metadata into the ONNX file (metadata_props) and drops what
+    only a debugger needs: the dynamo exporter's per-node source metadata and doc strings, and
+    intermediate value_info (onnxruntime infers shapes). That is ~20% of a small INT8 file."""
     import onnx
 
     m = onnx.load(str(path))
+    for node in m.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del m.graph.value_info[:]
     del m.metadata_props[:]
     for k, v in meta.items():
         m.metadata_props.add(key=k, value=v)

@@ -75,3 +75,7 @@ def test_stage_plan(kw, plan):
 def test_bad_stage_orders_are_rejected(stages):
     with pytest.raises(ConfigError, match="stages"):
         RunConfig.from_dict({"stages": stages}).validate()
+
+
+def test_qat_mode_replaces_kd_and_ptq():
+    assert RunConfig.from_dict({"quant": {"mode": "qat"}}).validate().plan() == ("prune", "qat")
