@@ -53,7 +53,7 @@ def main() -> None:
         calib = rng.random((16, 3, args.size, args.size), dtype=np.float32)
         macs0, params0 = count_macs_params(model, x)
         key0 = {"model": name, "size": args.size, "runs": args.runs}
-        base = cached("prunelat-base", key0, lambda: fp32_and_int8(model, x, calib, runs=args.runs), fresh=args.fresh)
+        base = cached("prunelat-base", key0, lambda m=model, xx=x, c=calib: fp32_and_int8(m, xx, c, runs=args.runs), fresh=args.fresh)
         print(f"{name}: FP32 {base['fp32_p50_ms']:.2f} ms, INT8 (unpruned) {base['int8_p50_ms']:.2f} ms", flush=True)
         cells = [(c, float(r), int(rt), None) for c in args.criteria.split(",") for r in args.ratios.split(",")
                  for rt in args.round_to.split(",")]
@@ -61,7 +61,8 @@ def main() -> None:
         for crit, ratio, rt, lat_frac in cells:
             key = key0 | {"criterion": crit, "ratio": ratio, "round_to": rt, "latency_target": lat_frac}
 
-            def compute(crit=crit, ratio=ratio, rt=rt, lat_frac=lat_frac):
+            def compute(crit=crit, ratio=ratio, rt=rt, lat_frac=lat_frac, model=model, x=x, calib=calib, base=base,
+                        macs0=macs0, params0=params0):
                 t0 = time.time()
                 # latency target: the INT8 p50 (as delivered) at a fraction of the FP32 original's
                 target = None if lat_frac is None else lat_frac * base["fp32_p50_ms"]
