@@ -51,6 +51,8 @@ def resolve_out(out: str | None, overwrite: bool) -> Path:
 
 
 def staging_dir(out: Path) -> Path:
+    if Path("/proc/self").exists():
+        clean_stale(out)
     d = out.resolve().parent / f".{out.resolve().name}.partial-{os.getpid()}"
     shutil.rmtree(d, ignore_errors=True)
     try:
@@ -61,16 +63,48 @@ def staging_dir(out: Path) -> Path:
     return d
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swaps two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0
+
+
 def finalize(staging: Path, out: Path) -> None:
-    """Atomically moves the finished staging directory onto ``out``."""
+    """Moves the finished staging directory onto ``out``. Replacing a previous run is one atomic
+    swap where the OS allows it, so there is no moment at which ``out`` is missing or mixed."""
     out = out.resolve()
-    old = None
     if out.exists():
+        if _exchange(staging, out):
+            shutil.rmtree(staging, ignore_errors=True)  # now holds the previous run
+            return
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         os.replace(out, old)
-    os.replace(staging, out)
-    if old is not None:
+        os.replace(staging, out)
         shutil.rmtree(old, ignore_errors=True)
+        return
+    os.replace(staging, out)
+
+
+def clean_stale(out: Path) -> list[Path]:
+    """Removes staging dirs beside ``out`` left by runs that were killed (their pid is gone)."""
+    removed = []
+    parent = out.resolve().parent
+    for d in parent.glob(f".{out.resolve().name}.partial-*"):
+        pid = d.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
 
 
 def discard(staging: Path) -> None:

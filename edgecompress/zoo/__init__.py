@@ -39,8 +39,18 @@ def register(name: str, description: str, default_input: tuple[int, int, int] = 
 def _load_all() -> None:
     # Importing the modules fills the registry; kept lazy so `import edgecompress` stays light.
     from edgecompress.zoo import (  # noqa: F401
-        cifar_resnet, convnext, densenet, efficientnet, googlenet, mobilenet, mobilenet_imagenet, regnet, resnet,
-        shufflenet, squeezenet, vgg,
+        cifar_resnet,
+        convnext,
+        densenet,
+        efficientnet,
+        googlenet,
+        mobilenet,
+        mobilenet_imagenet,
+        regnet,
+        resnet,
+        shufflenet,
+        squeezenet,
+        vgg,
     )
 
 

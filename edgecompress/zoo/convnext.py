@@ -49,7 +49,7 @@ class ConvNeXt(nn.Module):
                  num_classes: int = 1000, in_chans: int = 3, layer_scale: float = 1e-6) -> None:
         super().__init__()
         stages: list[nn.Module] = []
-        for i, (d, dim) in enumerate(zip(depths, dims)):
+        for i, (d, dim) in enumerate(zip(depths, dims, strict=True)):
             if i == 0:  # "patchify" stem: 4x4 stride-4 conv
                 down = nn.Sequential(nn.Conv2d(in_chans, dim, 4, 4), LayerNorm2d(dim, eps=1e-6))
             else:

@@ -4,6 +4,12 @@ Each dense layer sees the *concatenation* of all earlier feature maps of its blo
 pre-activated (BN -> ReLU -> conv). Pruning the 3x3 conv of one layer therefore has to cut the
 matching slice out of every later layer's BN and 1x1 conv input and out of the transition:
 this is the concat case of the dependency graph, with index offsets that grow along the block.
+
+The block concatenates incrementally, ``x = cat(x, layer(x))`` (as the authors' original Torch
+code did), instead of torchvision's ``cat(list_of_all_features)`` in every layer: the same tensors,
+parameters and MACs, but each concat has 2 inputs instead of up to 25. Torch-Pruning recomputes
+every concat's index mapping each time it builds a group, at a cost cubic in the number of
+inputs, which made pruning the list form take ~5x longer (measured: 105 s vs ~20 s CPU).
 """
 
 from __future__ import annotations
@@ -23,8 +29,7 @@ class DenseLayer(nn.Module):
         self.conv2 = nn.Conv2d(bn_size * growth, growth, 3, 1, 1, bias=False)
         self.relu = nn.ReLU(inplace=True)
 
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        x = torch.cat(features, 1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(self.relu(self.norm1(x)))
         return self.conv2(self.relu(self.norm2(x)))
 
@@ -35,10 +40,9 @@ class DenseBlock(nn.Module):
         self.layers = nn.ModuleList(DenseLayer(cin + i * growth, growth, bn_size) for i in range(n))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = [x]
         for layer in self.layers:
-            features.append(layer(features))
-        return torch.cat(features, 1)
+            x = torch.cat((x, layer(x)), 1)  # [x0, ..., x_l] grows by `growth` channels per layer
+        return x
 
 
 class Transition(nn.Sequential):

@@ -30,6 +30,17 @@ def conv_bn_act(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1,
     return nn.Sequential(*layers)
 
 
+def init_weights(model: nn.Module) -> None:
+    """torchvision's MobileNet initialisation: He (fan-out) convs, N(0, 0.01) linears, zero biases."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
 # --- MobileNetV2 ---------------------------------------------------------------------------
 
 
@@ -67,6 +78,7 @@ class MobileNetV2(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, num_classes))
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
@@ -135,6 +147,7 @@ class MobileNetV3(nn.Module):
             nn.Linear(last_conv, last_channel), nn.Hardswish(inplace=True), nn.Dropout(0.2),
             nn.Linear(last_channel, num_classes),
         )  # fmt: skip
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))

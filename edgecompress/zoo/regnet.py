@@ -31,7 +31,7 @@ def stage_plan(depth: int, w0: int, wa: float, wm: float, group_w: int) -> list[
         else:
             plan.append((w, 1))
     g = [min(group_w, w) for w, _ in plan]
-    return [(max(gi, int(w / gi + 0.5) * gi), n) for (w, n), gi in zip(plan, g)]
+    return [(max(gi, int(w / gi + 0.5) * gi), n) for (w, n), gi in zip(plan, g, strict=True)]
 
 
 def conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, relu: bool = True) -> nn.Sequential:
