@@ -205,12 +205,45 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     pr.add_argument("--batch", type=int, default=32, help="samples per onnxruntime call (default 32)")
     pr.add_argument("--input-shape", type=_shape, help="N,C,H,W when the model's input has symbolic dims")
+    s = sub.add_parser("sensitivity", help="per-layer pruning sensitivity: table + PNG plot")
+    s.add_argument("model", nargs="?", help="zoo name or file.py:factory (default: the shipped resnet20)")
+    s.add_argument("--weights")
+    s.add_argument("--data", help="fashion-mnist (default), IDX directory or FILE.npz (its validation split is used)")
+    s.add_argument("--ratios", type=lambda v: [float(x) for x in v.split(",")], default=[0.25, 0.5, 0.75])
+    s.add_argument("--importance", default="l2")
+    s.add_argument("--max-eval", type=int, default=2000, help="validation samples to score (default 2000)")
+    s.add_argument("--out", default="sensitivity", help="directory for sensitivity.json/.md/.png")
     r = sub.add_parser("report", help="regenerate report.md from a run's manifest.json")
     r.add_argument("out_dir")
     return p
 
 
-COMMANDS = {"export": cmd_export, "models": cmd_models, "bench": cmd_bench, "predict": cmd_predict,
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from edgecompress.config import ModelConfig
+    from edgecompress.data import load_splits
+    from edgecompress.models import load_model
+    from edgecompress.sensitivity import SensitivityConfig, sensitivity, write_outputs
+
+    if any(not 0 < r < 1 for r in args.ratios):
+        raise ConfigError(f"--ratios {args.ratios}: each must be in (0, 1)")
+    splits = load_splits(args.data, None, input_shape=None, seed=0)
+    lm = load_model(ModelConfig(name=args.model, weights=args.weights), data_shape=tuple(splits.val.x.shape[1:]))
+    import numpy as np
+    import torch
+
+    val = splits.val.take(np.arange(min(args.max_eval, len(splits.val))), splits.val.source)
+
+    res = sensitivity(lm.model, torch.zeros(lm.input_shape), val,
+                      SensitivityConfig(ratios=tuple(args.ratios), importance=args.importance),
+                      progress=lambda m: print(f"edgecompress: {m}", file=sys.stderr, flush=True))
+    for p in write_outputs(res, Path(args.out)):
+        print(p)
+    return 0
+
+
+COMMANDS = {"sensitivity": cmd_sensitivity, "export": cmd_export, "models": cmd_models, "bench": cmd_bench, "predict": cmd_predict,
             "report": cmd_report}
 
 
