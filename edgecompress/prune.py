@@ -118,6 +118,9 @@ def _named(model: nn.Module) -> dict[str, nn.Module]:
 def _resolve_ignored(model: nn.Module, example: torch.Tensor, names: tuple[str, ...]) -> list[nn.Module]:
     mods = _named(model)
     ignored = output_layers(model, example)
+    # A model may declare layers the dependency graph cannot follow (e.g. ShuffleNet's channel
+    # shuffle) as ``prune_ignore``: names of modules whose output channels must stay whole.
+    names = tuple(getattr(model, "prune_ignore", ())) + tuple(names)
     for n in names:
         if n not in mods:
             close = [k for k in mods if n in k][:3]
@@ -137,17 +140,24 @@ def _progressive(model, example, cfg, ignored, done: Criterion, calib_x, calib_y
     import torch_pruning as tp
 
     steps = 100
-    pruner = tp.pruner.BasePruner(
-        model,
-        example,
-        importance=_importance(cfg.importance),
-        global_pruning=cfg.allocation == "global",
-        pruning_ratio=cfg.max_layer_ratio,
-        max_pruning_ratio=cfg.max_layer_ratio,
-        iterative_steps=steps,
-        ignored_layers=ignored,
-        round_to=cfg.round_to if cfg.round_to > 1 else None,
-    )
+    try:
+        pruner = tp.pruner.BasePruner(
+            model,
+            example,
+            importance=_importance(cfg.importance),
+            global_pruning=cfg.allocation == "global",
+            pruning_ratio=cfg.max_layer_ratio,
+            max_pruning_ratio=cfg.max_layer_ratio,
+            iterative_steps=steps,
+            ignored_layers=ignored,
+            round_to=cfg.round_to if cfg.round_to > 1 else None,
+        )
+    except Exception as e:  # the dependency graph could not trace the model
+        raise BadInput(
+            f"torch-pruning could not trace this model ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''}); simplify its forward or leave the "
+            "offending layer out with --ignore NAME"
+        ) from None
     ratio, met = 0.0, False
     for k in range(1, steps + 1):
         if cfg.importance == "taylor":
@@ -286,8 +296,14 @@ def prune(
     pruned.zero_grad(set_to_none=True)
     _check_no_empty_layer(pruned)
     params1 = count_macs_params(pruned, example)[1]
-    with torch.no_grad():
-        pruned(example)  # the pruned model must still run
+    try:
+        with torch.no_grad():
+            pruned(example)  # the pruned model must still run
+    except RuntimeError as e:
+        raise BadInput(
+            f"the pruned model no longer runs ({str(e).splitlines()[0][:200]}): torch-pruning missed a channel "
+            "dependency (e.g. a channel shuffle or reshape); leave those layers out with --ignore NAME"
+        ) from None
     res = PruneResult(pruned, macs0, macs1, params0, params1, r, structural_record(original, pruned),
                       layer_table(original, pruned))
     if probe is not None:

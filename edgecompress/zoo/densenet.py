@@ -9,7 +9,7 @@ The block concatenates incrementally, ``x = cat(x, layer(x))`` (as the authors' 
 code did), instead of torchvision's ``cat(list_of_all_features)`` in every layer: the same tensors,
 parameters and MACs, but each concat has 2 inputs instead of up to 25. Torch-Pruning recomputes
 every concat's index mapping each time it builds a group, at a cost cubic in the number of
-inputs, which made pruning the list form take ~5x longer (measured: 105 s vs ~20 s CPU).
+inputs: pruning 50% of MACs at 32 px took 45 s CPU in the list form, 22 s in this one (measured).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """ShuffleNetV2 x1.0 (Ma et al. 2018), torchvision's layout: stages of 4/8/4 units, 116/232/464 channels.
 
-A stride-1 unit splits its input in two halves (``chunk``), passes one half through, runs the
+A stride-1 unit splits its input in two halves, passes one half through, runs the
 other through 1x1 -> 3x3 depthwise -> 1x1, concatenates, then *shuffles* channels (groups=2,
 an interleave of the two halves). A stride-2 unit runs two branches on the whole input instead.
 
@@ -57,8 +57,8 @@ class ShuffleUnit(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == 1:
             # split with explicit sizes, not chunk(2): Torch-Pruning 1.6 reads chunk's split size from
-            # grad_fn._saved_split_size only when _saved_self_sizes exists, which torch >= 2.x renamed, and
-            # falls back to guessing sizes from the consumers (a concat here) -> wrong offsets, IndexError.
+            # grad_fn._saved_split_size only when _saved_self_sizes exists (torch 2.13 has _saved_self_sym_sizes)
+            # and otherwise guesses sizes from the consumers (a concat here) -> wrong offsets, IndexError.
             half = x.shape[1] // 2
             x1, x2 = x.split([half, half], dim=1)
             out = torch.cat((x1, self.branch2(x2)), dim=1)
