@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 def test_default_export_reduced_budget(tmp_path):
     """`edgecompress export` with no MODEL: the shipped teacher on Fashion-MNIST."""
     out = tmp_path / "out"
-    p = run_cli(["export", "--max-train", "4000", "--max-eval", "2000", "--distill-epochs", "0.5",
+    p = run_cli(["export", "--max-train", "16000", "--max-eval", "2000", "--distill-epochs", "0.5",
                  "--calib-samples", "128", "--runs", "30", "--out", str(out)], cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     m = json.loads((out / "manifest.json").read_text())

@@ -100,3 +100,20 @@ def test_gate_failure_exits_1_and_hides_int8(tmp_path):
     assert res.exit_code == 1 and m["status"] == "failed"
     assert not (out / "int8.onnx").exists() and (out / "int8.failed.onnx").exists()
     assert m["artifacts"]["int8"]["status"] == "failed"
+
+
+def test_parity_gate_failure_delivers_failed_run_without_int8(tmp_path):
+    """A parity bound no export can meet: the run stops, is delivered as failed, exit 1."""
+    from edgecompress.config import VerifyConfig
+
+    out = tmp_path / "p"
+    cfg = RunConfig(model=ModelConfig(name="resnet8-tiny"), data=DataConfig(max_train=256, max_eval=100),
+                    prune=PruneConfig(ratio=0.3, round_to=2), distill=DistillConfig(epochs=0),
+                    quant=QuantConfig(calib_samples=16), bench=BenchConfig(runs=3, warmup=1),
+                    verify=VerifyConfig(parity_tol=1e-15), out=str(out))
+    res = run(cfg, log=lambda m: None)
+    assert res.exit_code == 1 and res.manifest["status"] == "failed"
+    assert (out / "original.failed.onnx").exists() and not (out / "original.onnx").exists()
+    assert not list(out.glob("int8*.onnx")) and not (out / "pruned.onnx").exists()
+    assert res.manifest["artifacts"]["original"]["status"] == "failed"
+    assert "parity original" in res.failures[0]
