@@ -93,7 +93,7 @@ def _add_export(sub) -> None:
     a("--calib-method", help="minmax (default), entropy, percentile")
     a("--target", help="CPU the INT8 file is for: auto (default: this machine), x86-vnni, x86-avx2 (7-bit "
       "weights against U8S8 saturation) or arm64 (S8S8)")
-    a("--min-agreement", type=float, help="gate: INT8 vs FP32 top-1 agreement >= F (default 0: report only)")
+    a("--min-agreement", type=float, help="gate: INT8 vs FP32 top-1 agreement on the eval set >= F (default 0.99; 0 = report only)")
     a("--max-accuracy-drop", type=float, help="gate: INT8 top-1 at most F points below the original")
     a("--parity-tol", type=float, help="gate: FP32 ONNX vs PyTorch max-abs <= F * max(1,|logit|) (default 1e-4)")
     a("--threads", type=int, help="onnxruntime intra-op threads for latency (default 1)")

@@ -197,7 +197,7 @@ class QatConfig:
 @dataclass(frozen=True, kw_only=True)
 class VerifyConfig:
     parity_tol: float = 1e-4  # FP32 ONNX vs PyTorch: max-abs <= tol * max(1, max|logit|)
-    min_int8_agreement: float = 0.0  # INT8 vs FP32 top-1 agreement gate (0 = report only)
+    min_int8_agreement: float = 0.99  # gate: INT8 vs FP32 top-1 agreement on the eval set (0 = report only)
     max_accuracy_drop: float | None = None  # points of top-1, INT8 vs teacher; None = report only
 
     def validate(self) -> None:

@@ -47,7 +47,7 @@ def test_user_model_file_weights_and_npz(tmp_path):
     make_npz(tmp_path / "d.npz", n=400, shape=(3, 16, 16), classes=4)
     out = tmp_path / "out"
     p = run_cli(["export", "net.py:build", "--weights", "net.pt", "--data", "d.npz", "--distill-epochs", "2",
-                 "--calib-samples", "32", "--runs", "10", "--out", str(out)], cwd=tmp_path)
+                 "--calib-samples", "32", "--runs", "10", "--min-agreement", "0", "--out", str(out)], cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     m = json.loads((out / "manifest.json").read_text())
     assert m["model"]["kind"] == "factory" and m["model"]["input_shape"] == [1, 3, 16, 16]
@@ -87,7 +87,7 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path):
 def test_inc_backend_runs_end_to_end(tmp_path):
     out = tmp_path / "inc"
     p = run_cli(["export", "resnet8-tiny", "--quant-backend", "inc", "--max-train", "512", "--max-eval", "256",
-                 "--round-to", "2", "--distill-epochs", "0.2", "--calib-samples", "64", "--runs", "5",
+                 "--round-to", "2", "--distill-epochs", "0.2", "--calib-samples", "64", "--runs", "5", "--min-agreement", "0",
                  "--out", str(out)], cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     m = json.loads((out / "manifest.json").read_text())
@@ -99,7 +99,7 @@ def test_inc_backend_runs_end_to_end(tmp_path):
 def test_qat_export_runs_int8_kernels(tmp_path):
     out = tmp_path / "qat"
     p = run_cli(["export", "resnet8-tiny", "--quant", "qat", "--qat-epochs", "0.3", "--max-train", "1024",
-                 "--max-eval", "500", "--round-to", "2", "--runs", "5", "--out", str(out)], cwd=tmp_path)
+                 "--max-eval", "500", "--round-to", "2", "--runs", "5", "--min-agreement", "0", "--out", str(out)], cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     m = json.loads((out / "manifest.json").read_text())
     assert m["stages"] == ["prune", "qat"]

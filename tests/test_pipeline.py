@@ -5,7 +5,16 @@ import json
 import onnx
 import pytest
 
-from edgecompress.config import BenchConfig, DataConfig, DistillConfig, ModelConfig, PruneConfig, QuantConfig, RunConfig
+from edgecompress.config import (
+    BenchConfig,
+    DataConfig,
+    DistillConfig,
+    ModelConfig,
+    PruneConfig,
+    QuantConfig,
+    RunConfig,
+    VerifyConfig,
+)
 from edgecompress.pipeline import run
 
 from .conftest import needs_fmnist, run_cli
@@ -23,6 +32,7 @@ def result(tmp_path_factory):
         distill=DistillConfig(epochs=0.25),
         quant=QuantConfig(calib_samples=64),
         bench=BenchConfig(runs=20, warmup=5),
+        verify=VerifyConfig(min_int8_agreement=0.0),  # a 0.25-epoch student: this fixture checks records, not gates
         out=str(out),
     )
     return run(cfg, log=lambda m: None)
@@ -104,8 +114,6 @@ def test_gate_failure_exits_1_and_hides_int8(tmp_path):
 
 def test_parity_gate_failure_delivers_failed_run_without_int8(tmp_path):
     """A parity bound no export can meet: the run stops, is delivered as failed, exit 1."""
-    from edgecompress.config import VerifyConfig
-
     out = tmp_path / "p"
     cfg = RunConfig(model=ModelConfig(name="resnet8-tiny"), data=DataConfig(max_train=256, max_eval=100),
                     prune=PruneConfig(ratio=0.3, round_to=2), distill=DistillConfig(epochs=0),
