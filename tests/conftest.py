@@ -49,4 +49,17 @@ def make_npz(path: Path, n: int = 300, shape=(1, 16, 16), classes: int = 4, seed
     return path
 
 
+def quadrants(n: int, seed: int):
+    """A tiny learnable 4-class problem: each class is a bright 8x8 quadrant of a 16x16 image."""
+    from edgecompress.data import Dataset
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    x = rng.random((n, 1, 16, 16), dtype=np.float32) * 0.3
+    for i, k in enumerate(y):
+        r, q = divmod(int(k), 2)
+        x[i, :, r * 8 : r * 8 + 8, q * 8 : q * 8 + 8] += 0.6
+    return Dataset(x, y.astype(np.int64), f"quadrants:{seed}")
+
+
 needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install dataset-fashion-mnist")

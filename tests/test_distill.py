@@ -1,23 +1,13 @@
 import copy
 
-import numpy as np
 import torch
 
 from edgecompress.config import DistillConfig
-from edgecompress.data import Dataset
 from edgecompress.distill import distill, kd_loss
 from edgecompress.train import TrainConfig, cross_entropy, fit, top1
 from edgecompress.zoo import create_model
 
-
-def _quadrants(n: int, seed: int) -> Dataset:
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 4, n)
-    x = rng.random((n, 1, 16, 16), dtype=np.float32) * 0.3
-    for i, k in enumerate(y):
-        r, q = divmod(int(k), 2)
-        x[i, :, r * 8 : r * 8 + 8, q * 8 : q * 8 + 8] += 0.6
-    return Dataset(x, y.astype(np.int64), f"quadrants:{seed}")
+from .conftest import quadrants as _quadrants
 
 
 def test_kd_loss_is_zero_when_student_equals_teacher_and_alpha_one():

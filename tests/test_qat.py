@@ -2,13 +2,11 @@
 
 import math
 
-import numpy as np
 import onnx
 import pytest
 import torch
 
 from edgecompress.bench import kernel_report, make_session, run_batched
-from edgecompress.data import Dataset
 from edgecompress.errors import ConfigError
 from edgecompress.qat import (
     PARITY_STEPS,
@@ -24,15 +22,7 @@ from edgecompress.qat import (
 from edgecompress.train import TrainConfig, cross_entropy, fit, top1
 from edgecompress.zoo import create_model
 
-
-def _quadrants(n: int, seed: int) -> Dataset:
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 4, n)
-    x = rng.random((n, 1, 16, 16), dtype=np.float32) * 0.3
-    for i, k in enumerate(y):
-        r, q = divmod(int(k), 2)
-        x[i, :, r * 8 : r * 8 + 8, q * 8 : q * 8 + 8] += 0.6
-    return Dataset(x, y.astype(np.int64), f"quadrants:{seed}")
+from .conftest import quadrants as _quadrants
 
 
 def _state(m: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -9,7 +9,7 @@ from edgecompress.quant_fallback import accuracy_aware_ptq, compute_nodes
 from edgecompress.train import TrainConfig, cross_entropy, fit
 from edgecompress.zoo import create_model
 
-from .test_distill import _quadrants
+from .conftest import quadrants as _quadrants
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import torch
 from edgecompress.sensitivity import SensitivityConfig, sensitivity, write_outputs
 from edgecompress.zoo import create_model
 
-from .test_distill import _quadrants
+from .conftest import quadrants as _quadrants
 
 
 def test_sensitivity_table_and_plot(tmp_path):
