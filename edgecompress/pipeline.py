@@ -190,6 +190,7 @@ def _compress(c: _Ctx) -> None:
             goal_macs = macs0 * (1 - p.ratio * step / p.steps)
             now = prune.count_macs_params(student, c.example)[0]
             pr = prune.prune(student, c.example, p, ratio=1 - goal_macs / now, latency_int8=quant_planned,
+                             exporter=cfg.onnx.exporter,
                              **calib)
             student = pr.model
             after_prune = top1(student, splits.eval) if labelled else None

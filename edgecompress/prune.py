@@ -184,8 +184,9 @@ class LatencyProbe:
     ``min_drop`` since the last measurement, so a 100-step schedule costs ~20 measurements."""
 
     def __init__(self, example: torch.Tensor, calib_x: np.ndarray | None, *, int8: bool, runs: int = 100,
-                 min_drop: float = 0.03) -> None:
+                 min_drop: float = 0.03, exporter: str = "dynamo") -> None:
         self.example, self.calib_x, self.int8, self.runs, self.min_drop = example, calib_x, int8, runs, min_drop
+        self.exporter = exporter  # measure the graph that will ship: the exporters' graphs differ in speed
         self.last_macs: int | None = None
         self.history: list[dict[str, float]] = []
 
@@ -199,7 +200,7 @@ class LatencyProbe:
 
         with tempfile.TemporaryDirectory(prefix="edgecompress-lat-") as d:
             path = Path(d) / "m.onnx"
-            export_onnx(model, self.example, path, ExportOnnxConfig(exporter="torchscript"))
+            export_onnx(model, self.example, path, ExportOnnxConfig(exporter=self.exporter))
             if self.int8:
                 from edgecompress.quantize import quantize_ptq
 
@@ -256,6 +257,7 @@ def prune(
     calib_y: np.ndarray | None = None,
     ratio: float | None = None,
     latency_int8: bool = True,
+    exporter: str = "dynamo",
 ) -> PruneResult:
     """Returns a pruned copy of ``model`` that meets the target: ``cfg.target_latency_ms``
     (measured), else ``cfg.target_params``, else ``ratio`` (default ``cfg.ratio``) of MACs removed."""
@@ -270,7 +272,7 @@ def prune(
         raise BadInput("taylor importance needs data for gradients; pass --data or use --importance l2")
     probe = None
     if cfg.target_latency_ms is not None:
-        probe = LatencyProbe(example, calib_x, int8=latency_int8)
+        probe = LatencyProbe(example, calib_x, int8=latency_int8, exporter=exporter)
         p50 = probe(model)
         probe.history.append({"macs": macs0, "p50_ms": p50})
         if p50 <= cfg.target_latency_ms:
