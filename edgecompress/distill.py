@@ -45,9 +45,8 @@ def distill(student: nn.Module, teacher: nn.Module, train: Dataset, cfg: Distill
     before = top1(student, val) if labelled_val else None
     if cfg.epochs <= 0:
         return DistillResult(0.0, 0, float("nan"), before, before)
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    was_training = teacher.training
+    teacher.eval()  # its forward runs under no_grad below; its parameters are left as they were
 
     def loss_fn(s_logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         with torch.no_grad():
@@ -56,6 +55,9 @@ def distill(student: nn.Module, teacher: nn.Module, train: Dataset, cfg: Distill
 
     tcfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                        weight_decay=cfg.weight_decay, seed=seed)
-    res = fit(student, train, tcfg, loss_fn, desc=desc)
+    try:
+        res = fit(student, train, tcfg, loss_fn, desc=desc)
+    finally:
+        teacher.train(was_training)
     after = top1(student, val) if labelled_val else None
     return DistillResult(cfg.epochs, res.steps, res.final_loss, before, after)

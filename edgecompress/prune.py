@@ -264,6 +264,8 @@ def prune(
     ratio = cfg.ratio if ratio is None else ratio
     original = model
     model = copy.deepcopy(model).eval()
+    for prm in model.parameters():  # the dependency graph is traced through autograd
+        prm.requires_grad_(True)
     macs0, params0 = count_macs_params(model, example)
     ignored = _resolve_ignored(model, example, cfg.ignore)
     if ratio <= 0 and cfg.target_latency_ms is None and cfg.target_params is None:

@@ -36,3 +36,15 @@ def test_distillation_repairs_a_damaged_student():
     assert after > 0.85
     # the teacher is left as it was
     assert top1(teacher, test) == teacher_acc
+
+
+def test_distill_leaves_the_teacher_trainable_and_prunable():
+    from edgecompress.config import PruneConfig
+    from edgecompress.prune import prune
+
+    teacher = create_model("resnet8-tiny", num_classes=4).eval()
+    student = copy.deepcopy(teacher)
+    distill(student, teacher, _quadrants(64, 0), DistillConfig(epochs=0.5))
+    assert all(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    res = prune(teacher, torch.zeros(1, 1, 16, 16), PruneConfig(ratio=0.5, round_to=2))
+    assert res.macs_after <= 0.5 * res.macs_before
