@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any
 
-from edgecompress.errors import ConfigError, EdgeCompressError
+from edgecompress.errors import BadInput, ConfigError, EdgeCompressError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,10 +40,15 @@ _EXPORT_FLAGS: dict[str, tuple[str, str]] = {
     "max_eval": ("data", "max_eval"),
     "prune_ratio": ("prune", "ratio"), "importance": ("prune", "importance"),
     "allocation": ("prune", "allocation"), "round_to": ("prune", "round_to"), "ignore": ("prune", "ignore"),
+    "sensitivity": ("prune", "sensitivity"),
     "target_params": ("prune", "target_params"), "target_latency_ms": ("prune", "target_latency_ms"),
-    "prune_steps": ("prune", "steps"),
+    "prune_steps": ("prune", "steps"), "drop_blocks": ("prune", "drop_blocks"),
     "distill_epochs": ("distill", "epochs"), "lr": ("distill", "lr"), "alpha": ("distill", "alpha"),
     "temperature": ("distill", "temperature"), "qat_epochs": ("qat", "epochs"),
+    "kd_patience": ("distill", "patience"), "val_fraction": ("data", "val_fraction"),
+    "kd_features": ("distill", "features"), "kd_feature_weight": ("distill", "feature_weight"),
+    "kd_cache_teacher": ("distill", "cache_teacher"), "kd_augment_shift": ("distill", "augment_shift"),
+    "kd_augment_flip": ("distill", "augment_flip"),
     "quant": ("quant", "mode"), "quant_backend": ("quant", "backend"), "calib_samples": ("quant", "calib_samples"), "calib_method": ("quant", "method"),
     "target": ("quant", "target"),
     "min_agreement": ("verify", "min_int8_agreement"), "max_accuracy_drop": ("verify", "max_accuracy_drop"),
@@ -51,6 +56,7 @@ _EXPORT_FLAGS: dict[str, tuple[str, str]] = {
     "threads": ("bench", "threads"), "runs": ("bench", "runs"),
     "exporter": ("onnx", "exporter"),
     "out": ("", "out"), "overwrite": ("", "overwrite"), "seed": ("", "seed"), "stages": ("", "stages"),
+    "resume": ("", "resume"), "nproc": ("", "nproc"),
 }  # fmt: skip
 
 
@@ -73,17 +79,35 @@ def _add_export(sub) -> None:
     a("--max-eval", type=int, help="evaluate on at most N samples (quick runs)")
     a("--prune-ratio", type=float, help="fraction of MACs to remove, in [0, 1) (default 0.5)")
     a("--importance", help="l2 (default), l1, bn, taylor, lamp, fpgm, random")
-    a("--allocation", help="uniform (default) or global")
+    a("--allocation", help="uniform (default), global, or sensitivity (per-layer ratios from a sensitivity "
+      "table: the least sensitive layers are pruned most)")
+    a("--sensitivity", help="with --allocation sensitivity: sensitivity.json from `edgecompress sensitivity` "
+      "(default: measured on the validation split and saved in the run)")
     a("--round-to", type=int, help="keep channel counts multiples of N (default 8; 1 = off)")
     a("--ignore", action="append", help="module name to leave unpruned (repeatable)")
     a("--target-params", type=float, help="instead of --prune-ratio: fraction of parameters to remove")
     a("--target-latency-ms", type=float, help="instead of --prune-ratio: prune until the p50 latency measured "
       "here with onnxruntime (1 thread, batch 1; INT8 unless --quant none) is at most this")
     a("--prune-steps", type=int, help="iterative schedule: N rounds of prune -> distill (default 1)")
+    a("--drop-blocks", type=int, help="depth pruning: remove the N residual blocks whose removal changes the "
+      "output least, before pruning channels; they count towards --prune-ratio (default 0)")
     a("--distill-epochs", type=float, help="epochs of distillation after pruning (default 1; 0 = none)")
     a("--lr", type=float, help="distillation learning rate (default 0.01)")
     a("--alpha", type=float, help="weight of the KD term vs cross-entropy (default 0.9)")
     a("--temperature", type=float, help="KD temperature (default 4)")
+    a("--kd-patience", type=int, help="early stopping: validate top-1 after every KD epoch on the validation part "
+      "of the training data, keep the best weights, stop after N rounds without improvement (default 0 = off)")
+    a("--kd-features", type=lambda v: [x.strip() for x in v.split(",") if x.strip()],
+      help="feature KD: NAME[,NAME] of modules in both teacher and student (e.g. layer1,layer2,layer3); MSE "
+      "through 1x1 adapters where pruning changed the channel count")
+    a("--kd-feature-weight", type=float, help="weight of the feature MSE added to the KD loss (default 1)")
+    a("--kd-cache-teacher", action="store_true", default=None, help="compute the teacher's logits once per "
+      "training sample (needs --kd-augment-shift 0 --no-kd-augment-flip)")
+    a("--kd-augment-shift", type=int, help="random shift in pixels of the KD training images (default 2; 0 = off)")
+    a("--kd-augment-flip", action=argparse.BooleanOptionalAction, default=None,
+      help="random horizontal flip of the KD training images (default on)")
+    a("--val-fraction", type=float, help="fraction of the training data held out for validation: early stopping, "
+      "--max-accuracy-drop (default 0.1; never the eval set)")
     a("--quant", help="ptq (default, static, calibrated), qat (quantization-aware training with KD, torchao pt2e), "
       "dynamic (int8 weights, for MatMul/Gemm-heavy models) or none")
     a("--qat-epochs", type=float, help="epochs of quantization-aware training with --quant qat (default 1)")
@@ -101,9 +125,13 @@ def _add_export(sub) -> None:
     a("--exporter", help="dynamo (default) or torchscript")
     a("--out", help="output directory (default: a new one under ./edgecompress-out/)")
     a("--overwrite", action="store_true", default=None, help="replace a previous run in --out")
+    a("--nproc", type=int, help="distil on N processes with torch.distributed DDP (gloo, DistributedSampler "
+      "shards, global batch unchanged); KD only, other stages run in one process (default 1)")
+    a("--resume", action="store_true", default=None, help="continue KD of an interrupted run from its last "
+      "checkpoint (kept in .OUT.resume/ beside --out); same command and --out as the interrupted run")
     a("--seed", type=int)
     a("--stages", type=lambda v: [x.strip() for x in v.split(",") if x.strip()],
-      help="stage order: prune,kd,ptq (default) | prune,qat | ptq | prune | prune,kd | qat")
+      help="stage order: prune,kd,ptq (default) | prune,qat | prune,kd,qat | ptq | prune | prune,kd | qat")
     a("--dry-run", action="store_true", help="print the resolved configuration and stages, then exit")
 
 
@@ -132,6 +160,13 @@ def cmd_export(args: argparse.Namespace) -> int:
                   "verify", "bench", "manifest"]
         print(json.dumps({"stages": stages, "config": cfg.to_dict()}, indent=2))
         return 0
+    from pathlib import Path
+
+    from edgecompress.data import resolve_data
+
+    resolve_data(cfg.data.data)  # a missing data set fails in 0.5 s, before torch is imported
+    if cfg.data.eval_data is not None and not Path(cfg.data.eval_data).exists():
+        raise BadInput(f"--eval-data {cfg.data.eval_data}: no such file or directory; pass an .npz file or IDX directory")
     from edgecompress.pipeline import run
 
     res = run(cfg)
@@ -175,10 +210,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from edgecompress.io import atomic_write_text
     from edgecompress.manifest import load_manifest, render_report
+    from edgecompress.plots import have_matplotlib, plot_run
 
-    m = load_manifest(Path(args.out_dir))
-    atomic_write_text(Path(args.out_dir) / "report.md", render_report(m))
-    print(f"wrote {Path(args.out_dir) / 'report.md'}")
+    d = Path(args.out_dir)
+    m = load_manifest(d)
+    md = render_report(m)
+    if args.no_plots or not have_matplotlib():
+        if not args.no_plots:
+            print("note: matplotlib is not installed; report.png skipped (pip install matplotlib)", file=sys.stderr)
+    else:
+        plot_run(m, d / "report.png")
+        md += "\n![accuracy vs latency, size and channels kept](report.png)\n"
+        print(f"wrote {d / 'report.png'}")
+    atomic_write_text(d / "report.md", md)
+    print(f"wrote {d / 'report.md'}")
     return 0
 
 
@@ -213,8 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--importance", default="l2")
     s.add_argument("--max-eval", type=int, default=2000, help="validation samples to score (default 2000)")
     s.add_argument("--out", default="sensitivity", help="directory for sensitivity.json/.md/.png")
-    r = sub.add_parser("report", help="regenerate report.md from a run's manifest.json")
+    r = sub.add_parser("report", help="regenerate report.md and report.png from a run's manifest.json")
     r.add_argument("out_dir")
+    r.add_argument("--no-plots", action="store_true", help="write report.md only")
     return p
 
 

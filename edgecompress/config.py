@@ -20,7 +20,7 @@ from typing import Any
 from edgecompress.errors import ConfigError
 
 IMPORTANCES = ("l1", "l2", "bn", "taylor", "lamp", "fpgm", "random")
-ALLOCATIONS = ("uniform", "global")
+ALLOCATIONS = ("uniform", "global", "sensitivity")
 QUANT_MODES = ("ptq", "dynamic", "qat", "none")
 QUANT_TARGETS = ("auto", "x86-vnni", "x86-avx2", "arm64")  # see edgecompress.target
 CALIB_METHODS = ("minmax", "entropy", "percentile")
@@ -81,6 +81,8 @@ class PruneConfig:
     target_params: float | None = None  # instead of ratio: fraction of parameters to remove
     target_latency_ms: float | None = None  # instead of ratio: prune until measured p50 <= this
     steps: int = 1  # iterative schedule: N rounds of prune -> short distillation
+    drop_blocks: int = 0  # depth pruning: remove this many residual blocks before pruning channels
+    sensitivity: str | None = None  # allocation=sensitivity: sensitivity.json to use; None = measure on val split
 
     def validate(self) -> None:
         if self.target_params is not None and self.target_latency_ms is not None:
@@ -103,6 +105,14 @@ class PruneConfig:
             raise ConfigError(f"max_layer_ratio={self.max_layer_ratio}: must be in (0, 1)")
         if self.taylor_batches < 1:
             raise ConfigError(f"taylor_batches={self.taylor_batches}: must be >= 1")
+        if self.drop_blocks < 0:
+            raise ConfigError(f"--drop-blocks {self.drop_blocks}: must be >= 0 (a number of residual blocks)")
+        if self.sensitivity is not None and self.allocation != "sensitivity":
+            raise ConfigError(f"--sensitivity {self.sensitivity} is read by --allocation sensitivity; add that or "
+                              "drop --sensitivity")
+        if self.allocation == "sensitivity" and self.target_latency_ms is not None:
+            raise ConfigError("--allocation sensitivity picks ratios for --prune-ratio or --target-params, not "
+                              "--target-latency-ms; use --allocation uniform or global with a latency target")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,8 +123,32 @@ class DistillConfig:
     temperature: float = 4.0
     batch_size: int = 128
     weight_decay: float = 5e-4
+    # early stopping on the validation part of the TRAINING data ([data] val_fraction, --val-fraction):
+    # top-1 after every pass and at the end, best weights kept; stop after this many rounds
+    # without improvement. 0 = off (no per-epoch validation)
+    patience: int = 0
+    features: tuple[str, ...] = ()  # feature KD: module names in both teacher and student, e.g. layer1
+    feature_weight: float = 1.0  # weight of the feature MSE added to the logit KD loss
+    cache_teacher: bool = False  # teacher logits computed once per sample; needs augmentation off
+    augment_shift: int = 2  # random shift (pixels) of the training images; 0 = off
+    augment_flip: bool = True  # random horizontal flip
+    checkpoint_every: int = 100  # steps between resume checkpoints (also at the end of every epoch)
 
     def validate(self) -> None:
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"checkpoint_every={self.checkpoint_every}: must be >= 1 (steps)")
+        if self.patience < 0:
+            raise ConfigError(f"--kd-patience {self.patience}: must be >= 0 (0 turns early stopping off)")
+        if not (self.feature_weight >= 0 and math.isfinite(self.feature_weight)):
+            raise ConfigError(f"--kd-feature-weight {self.feature_weight}: must be >= 0")
+        if self.augment_shift < 0:
+            raise ConfigError(f"--kd-augment-shift {self.augment_shift}: must be >= 0 (0 = off)")
+        if self.cache_teacher and (self.augment_shift or self.augment_flip):
+            raise ConfigError("--kd-cache-teacher holds the logits of the un-augmented images; turn augmentation "
+                              "off with --kd-augment-shift 0 --no-kd-augment-flip")
+        if self.cache_teacher and self.features:
+            raise ConfigError("--kd-cache-teacher caches logits only; drop it or --kd-features (feature KD needs "
+                              "the teacher's forward pass)")
         if self.epochs < 0:
             raise ConfigError(f"--distill-epochs {self.epochs}: must be >= 0 (0 skips distillation)")
         if self.lr <= 0:
@@ -248,6 +282,8 @@ class RunConfig:
     stages: tuple[str, ...] | None = None  # e.g. ("prune", "kd", "ptq"); None = from the other settings
     out: str | None = None  # None = a new directory under ./edgecompress-out/
     overwrite: bool = False
+    resume: bool = False  # continue KD from the checkpoint an interrupted run with the same --out left
+    nproc: int = 1  # processes for KD (torch.distributed DDP, gloo); the other stages run in one
     seed: int = 0
 
     def validate(self) -> RunConfig:
@@ -257,6 +293,14 @@ class RunConfig:
                 v.validate()
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"--seed {self.seed}: must be in 0..{2**32 - 1}")
+        if self.resume and self.out is None:
+            raise ConfigError("--resume needs --out DIR: the --out of the interrupted run")
+        if self.nproc < 1:
+            raise ConfigError(f"--nproc {self.nproc}: must be >= 1")
+        if self.nproc > 1 and "kd" not in self.plan():
+            raise ConfigError(f"--nproc {self.nproc} spreads KD (distillation) over processes and this plan "
+                              f"({','.join(self.plan()) or 'export only'}) has no kd stage; QAT runs in one process, "
+                              "so drop --nproc or use e.g. --stages prune,kd,qat")
         self.plan()
         return self
 
@@ -267,9 +311,10 @@ class RunConfig:
         target is set, kd when distillation epochs > 0 (and something was pruned), the quant mode.
         """
         pruning = self.prune.ratio > 0 or self.prune.target_params is not None or \
-            self.prune.target_latency_ms is not None
+            self.prune.target_latency_ms is not None or self.prune.drop_blocks > 0
         if self.stages is None:
-            # QAT trains with KD itself: prune -> qat, not prune -> kd -> qat
+            # QAT trains with KD itself: prune -> qat by default; --stages prune,kd,qat distils
+            # first and QAT then starts from the distilled student
             kd = pruning and self.distill.epochs > 0 and self.quant.mode != "qat"
             plan = (["prune"] if pruning else []) + (["kd"] if kd else [])
             if self.quant.mode != "none":
@@ -280,7 +325,7 @@ class RunConfig:
         bad = [s for s in plan if s not in order]
         if bad:
             raise ConfigError(f"--stages: unknown stage(s) {bad}; use prune, kd, ptq, dynamic, qat "
-                              "(e.g. prune,kd,ptq or prune,qat or ptq)")
+                              "(e.g. prune,kd,ptq or prune,qat or prune,kd,qat or ptq)")
         if not plan or [order[s] for s in plan] != sorted({order[s] for s in plan}) or len(set(plan)) != len(plan):
             raise ConfigError(f"--stages {','.join(plan)}: stages run in the order prune, kd, then one of "
                               "ptq|dynamic|qat, each at most once (e.g. prune,kd,ptq)")

@@ -91,6 +91,9 @@ def render_report(m: dict[str, Any]) -> str:
         lines += ["", f"**Pruning**: {p['macs_removed']:.1%} of MACs removed ({p['importance']} importance, "
                   f"{p['allocation']} allocation, round-to {p['round_to']}); params "
                   f"{p['params_before']:,} → {p['params_after']:,}."]
+        if p.get("dropped_blocks"):
+            lines += [f"**Depth pruning**: {len(p['dropped_blocks'])} residual block(s) replaced by the identity: "
+                      + ", ".join(f"`{b['name']}` (KL {b['kl']:.4f})" for b in p["dropped_blocks"]) + "."]
     if "distill" in st:
         d = st["distill"]
         lines += [f"**Distillation**: {d['epochs']} epoch(s), {d['steps']} steps. Top-1 on the eval set "

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecompress import rundir
+from edgecompress import resume, rundir
 from edgecompress.config import RunConfig
 from edgecompress.errors import BadInput
 from edgecompress.io import atomic_write_bytes, atomic_write_text, sha256_file
@@ -80,6 +80,8 @@ def run(cfg: RunConfig, *, log: Callable[[str], None] = _log) -> RunResult:
     t_start = time.time()
     out = rundir.resolve_out(cfg.out, cfg.overwrite)
     stage_dir = rundir.staging_dir(out)
+    if not cfg.resume:
+        resume.clear(out)  # a fresh run: checkpoints of an interrupted one would only mislead
     try:
         ctx = _Ctx(cfg, stage_dir, log, t_start)
         _load_inputs(ctx)
@@ -90,8 +92,9 @@ def run(cfg: RunConfig, *, log: Callable[[str], None] = _log) -> RunResult:
         result = _finish(ctx)
         rundir.finalize(stage_dir, out)
     except BaseException:
-        rundir.discard(stage_dir)
+        rundir.discard(stage_dir)  # the KD checkpoints (edgecompress.resume) stay for --resume
         raise
+    resume.clear(out)
     result.out_dir = out
     log(f"{result.manifest['status']}: wrote {out}/ (manifest.json, report.md) in {time.time() - t_start:.0f} s")
     return result
@@ -162,7 +165,7 @@ def _fp32_artifact(c: _Ctx, name: str, model, parent: str | None) -> None:
 
 def _compress(c: _Ctx) -> None:
     from edgecompress import bench, export, prune, quantize
-    from edgecompress.distill import distill
+    from edgecompress.kdrun import run_kd
     from edgecompress.train import top1
 
     cfg, splits, teacher = c.cfg, c.splits, c.lm.model
@@ -178,32 +181,45 @@ def _compress(c: _Ctx) -> None:
         goal = (f"to p50 <= {p.target_latency_ms} ms (measured)" if p.target_latency_ms is not None else
                 f"{p.target_params:.0%} of params" if p.target_params is not None else f"{p.ratio:.0%} of MACs")
         c.log(f"pruning {goal} ({p.importance}, {p.allocation}, round-to {p.round_to}"
-              f"{f', {p.steps} steps' if p.steps > 1 else ''})")
+              f"{f', {p.steps} steps' if p.steps > 1 else ''}{f', {p.drop_blocks} blocks dropped' if p.drop_blocks else ''})")
         idx = c.calib_idx[:256] if len(c.calib_idx) else np.arange(min(256, len(splits.train)))
         calib = {"calib_x": splits.train.x[idx], "calib_y": None if splits.train.y is None else splits.train.y[idx]}
         labelled = splits.eval is not None and splits.eval.y is not None
         macs0 = prune.count_macs_params(teacher, c.example)[0]
-        student, history = teacher, []
+        if p.allocation == "sensitivity" and p.sensitivity is None:  # no --sensitivity FILE: measure it here
+            p = replace(p, sensitivity=str(_sensitivity_table(c)))
+        student, history, allocations = teacher, [], []
         quant_planned = any(s in plan for s in ("ptq", "dynamic", "qat"))
         for step in range(1, p.steps + 1):
             # iterative schedule: step i brings the MACs to (1 - ratio * i / steps) of the original
             goal_macs = macs0 * (1 - p.ratio * step / p.steps)
             now = prune.count_macs_params(student, c.example)[0]
-            pr = prune.prune(student, c.example, p, ratio=1 - goal_macs / now, latency_int8=quant_planned,
+            # blocks are dropped once, in the first step; later steps only prune channels
+            pstep = p if step == 1 else replace(p, drop_blocks=0)
+            pr = prune.prune(student, c.example, pstep, ratio=max(0.0, 1 - goal_macs / now), latency_int8=quant_planned,
                              exporter=cfg.onnx.exporter,
                              **calib)
             student = pr.model
+            allocations.append(pr.allocation)
+            if step == 1:
+                dropped = pr.dropped_blocks
             after_prune = top1(student, splits.eval) if labelled else None
             if "kd" in plan:
                 td = time.time()
                 dcfg = replace(cfg.distill, epochs=cfg.distill.epochs / p.steps)
                 c.log(f"distilling for {dcfg.epochs:g} epoch(s) (T={dcfg.temperature:g}, alpha={dcfg.alpha:g}, "
                       f"lr={dcfg.lr:g}){f' [step {step}/{p.steps}]' if p.steps > 1 else ''}")
-                dr = distill(student, teacher, splits.train, dcfg, val=splits.val, seed=cfg.seed + step - 1)
+                dr = run_kd(cfg, c.lm, splits, student, teacher, dcfg, step, c.log)
                 after = top1(student, splits.eval) if labelled else None
                 history.append({"step": step, "macs": pr.macs_after, "steps": dr.steps, "final_loss": dr.final_loss,
                                 "val_top1_before": dr.val_top1_before, "val_top1_after": dr.val_top1_after,
                                 "eval_top1_after_prune": after_prune, "eval_top1_after_distill": after,
+                                "best_epoch": dr.best_epoch, "val_top1_history": dr.val_history,
+                                "stopped_early": dr.stopped_early, "feature_hints": dr.feature_hints,
+                                "feature_loss_first": dr.feature_loss_first, "feature_loss_last": dr.feature_loss_last,
+                                "teacher_forward_batches": dr.teacher_forward_batches,
+                                "resumed_from_step": dr.resumed_from_step, "nproc": dr.nproc,
+                                "rank_state_sha256": dr.rank_state_sha256,
                                 "seconds": round(time.time() - td, 1)})
                 if labelled:
                     c.log(f"top-1 after pruning {after_prune:.4f}, after distillation {after:.4f}")
@@ -211,6 +227,9 @@ def _compress(c: _Ctx) -> None:
         pr.record = prune.structural_record(teacher, student)
         pr.macs_before, pr.params_before = prune.count_macs_params(teacher, c.example)
         pr.layers = prune.layer_table(teacher, student)
+        pr.dropped_blocks = dropped
+        if p.steps > 1 and p.allocation == "sensitivity":
+            pr.allocation = {"per_step": allocations}
         c.stages.append("prune")
         c.stage_results["prune"] = pr.summary() | {"importance": p.importance, "allocation": p.allocation,
                                                     "round_to": p.round_to, "steps": p.steps}
@@ -222,6 +241,9 @@ def _compress(c: _Ctx) -> None:
                 "epochs": cfg.distill.epochs, "steps": sum(h["steps"] for h in history),
                 "final_loss": history[-1]["final_loss"], "eval_top1_after_prune": history[0]["eval_top1_after_prune"],
                 "eval_top1_after_distill": history[-1]["eval_top1_after_distill"], "schedule": history,
+                "patience": cfg.distill.patience, "best_epoch": history[-1]["best_epoch"],
+                "val_top1_history": history[-1]["val_top1_history"],
+                "stopped_early": any(h["stopped_early"] for h in history),
             }  # fmt: skip
         c.timings["prune+distill"] = time.time() - t0
         _save_pruned(c.d / "pruned.pt", c.lm, pr)
@@ -273,7 +295,9 @@ def _qat(c: _Ctx) -> None:
 
     t0, cfg = time.time(), c.cfg
     parent = c.fp32_parent
-    c.log(f"quantization-aware training of {parent} for {cfg.qat.epochs:g} epoch(s) with KD from the original")
+    # with --stages prune,kd,qat the student arrives distilled; QAT continues from those weights
+    start = f"{parent} (distilled)" if "distill" in c.stages else parent
+    c.log(f"quantization-aware training of {start} for {cfg.qat.epochs:g} epoch(s) with KD from the original")
     qr = qatm.qat(c.fp32_model, c.lm.model, c.splits.train, c.example, cfg.qat, seed=cfg.seed)
     path = qatm.export_qat_onnx(qr.model, c.example, c.d / "int8.onnx", opset=cfg.onnx.opset)
     _stamp(path, c.meta | {"edgecompress.artifact": "int8"})
@@ -289,7 +313,7 @@ def _qat(c: _Ctx) -> None:
         "settings": {"format": "QDQ (torchao pt2e QAT)", "per_channel": True, "method": "QAT with KD",
                      "epochs": cfg.qat.epochs, "lr": cfg.qat.lr},
         "calib_samples": qr.calib_samples, "kernels": kr.to_dict(),
-        "qat": {"steps": qr.steps, "final_loss": qr.final_loss, "bn_frozen_at": qr.bn_frozen_at,
+        "qat": {"started_from": start, "steps": qr.steps, "final_loss": qr.final_loss, "bn_frozen_at": qr.bn_frozen_at,
                 "observers_frozen_at": qr.observers_frozen_at, "parity_top1_agreement": par.top1_agreement},
     }  # fmt: skip
     c.timings["qat"] = time.time() - t0
@@ -437,20 +461,27 @@ def _metadata(lm, classes) -> dict[str, str]:
 
 
 def _stamp(path: Path, meta: dict[str, str]) -> None:
-    """Writes the consumer-facing metadata into the ONNX file (metadata_props) and drops what
-    only a debugger needs: the dynamo exporter's per-node source metadata and doc strings, and
-    intermediate value_info (onnxruntime infers shapes). That is ~20% of a small INT8 file."""
-    import onnx
+    from edgecompress.export import finalize_onnx
 
-    m = onnx.load(str(path))
-    for node in m.graph.node:
-        del node.metadata_props[:]
-        node.doc_string = ""
-    del m.graph.value_info[:]
-    del m.metadata_props[:]
-    for k, v in meta.items():
-        m.metadata_props.add(key=k, value=v)
-    atomic_write_bytes(path, m.SerializeToString())
+    finalize_onnx(path, meta)
+
+
+def _sensitivity_table(c: _Ctx) -> Path:
+    """--allocation sensitivity without --sensitivity FILE: the table measured on (up to 2000 samples
+    of) the validation split, never the eval set, saved in the run as sensitivity.json."""
+    from edgecompress.sensitivity import SensitivityConfig, sensitivity
+
+    val = c.splits.val
+    if val.y is None or not len(val):
+        raise BadInput("--allocation sensitivity measures top-1 on the validation split, which needs labelled "
+                       "--data; pass such data or a table with --sensitivity FILE (edgecompress sensitivity)")
+    val = val.take(np.arange(min(2000, len(val))), val.source)
+    imp = c.cfg.prune.importance if c.cfg.prune.importance != "taylor" else "l2"  # no gradients in the sweep
+    c.log(f"measuring pruning sensitivity per layer group on {len(val)} validation samples")
+    res = sensitivity(c.lm.model, c.example, val, SensitivityConfig(importance=imp), progress=c.log)
+    path = c.d / "sensitivity.json"
+    atomic_write_text(path, json.dumps(res, indent=2) + "\n")
+    return path
 
 
 def _save_pruned(path: Path, lm, pr) -> None:

@@ -41,6 +41,8 @@ class PruneResult:
     record: dict[str, dict[str, Any]]  # module name -> changed structural attributes
     layers: list[dict[str, Any]] = field(default_factory=list)  # per prunable layer: before/after
     latency_history: list[dict[str, float]] = field(default_factory=list)  # latency-target mode
+    dropped_blocks: list[dict[str, Any]] = field(default_factory=list)  # depth pruning (--drop-blocks)
+    allocation: dict[str, Any] = field(default_factory=dict)  # --allocation sensitivity: budget, per-group ratios
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -48,16 +50,48 @@ class PruneResult:
             "macs_removed": 1 - self.macs_after / self.macs_before,
             "params_before": self.params_before, "params_after": self.params_after,
             "channel_ratio": round(self.channel_ratio, 4), "layers": self.layers,
-            "latency_history": self.latency_history,
+            "latency_history": self.latency_history, "dropped_blocks": self.dropped_blocks,
+            **({"sensitivity_allocation": self.allocation} if self.allocation else {}),
         }  # fmt: skip
 
 
-def count_macs_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
-    import torch_pruning as tp
+class _Tally:
+    """Stands in for a module in Torch-Pruning's per-type counting hooks: reads go to the module,
+    the ``module.__flops__ += n`` they do lands here instead of on the model."""
 
-    with torch.no_grad():
-        macs, params = tp.utils.count_ops_and_params(model, example)
-    return int(macs), int(params)
+    def __init__(self, module: nn.Module) -> None:
+        self.__dict__.update(_module=module, __flops__=0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+
+def count_macs_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+    """Torch-Pruning's ``count_ops_and_params``, same numbers, without its deep copy of the model
+    (0.5 GB for VGG, at each of up to 100 pruning steps). Its own per-type hooks count each
+    module whose *exact* type it knows; a known module's children are not added again, a module
+    called twice counts twice, and the total is per sample. The forward runs in eval mode under
+    no_grad, and the modules' train/eval flags are restored afterwards."""
+    from torch_pruning.utils import op_counter
+
+    table = op_counter.MODULES_MAPPING
+    tallies = {m: _Tally(m) for m in model.modules() if type(m) in table}
+    modes = [(m, m.training) for m in model.modules()]
+    hooks = [m.register_forward_hook(lambda mod, i, o, t=t: table[type(mod)](t, i, o)) for m, t in tallies.items()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, training in modes:
+            m.training = training
+
+    def total(m: nn.Module) -> int:  # op_counter.accumulate_flops
+        return tallies[m].__flops__ if m in tallies else sum(total(c) for c in m.children())
+
+    return int(total(model) / len(example)), sum(p.numel() for p in model.parameters())
 
 
 def output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
@@ -133,15 +167,46 @@ def _resolve_ignored(model: nn.Module, example: torch.Tensor, names: tuple[str, 
 Criterion = Callable[[nn.Module, int, int], bool]  # (model, macs, params) -> target met?
 
 
+def group_aware_pruner(model, example, **kwargs):
+    """Torch-Pruning's ``BasePruner`` with rounding that works for grouped convs.
+
+    For a group whose channels are split in G groups (a grouped conv or its neighbours), 1.6.1's
+    ``_prune`` passes ``_round_to`` the number of channels to cut *per group* but the layer's
+    *total* count; with ``total % round_to == 0`` that rounds up to every channel of each group,
+    ``check_pruning_group`` refuses it, and ResNeXt/RegNet grouped convs were silently never
+    pruned at ``round_to > 1``. Here the per-group kept count is rounded down to a multiple of
+    ``round_to // gcd(G, round_to)``: the total stays a multiple of ``round_to`` and ``groups``
+    stays valid (ResNeXt's 32 groups: any per-group width; RegNet's 3 groups of 8 at round_to=8:
+    only 8, so that layer keeps its width - G * k % 8 == 0 needs k = 8).
+    """
+    import torch_pruning as tp
+
+    class GroupAwarePruner(tp.pruner.BasePruner):
+        _ec_group = None  # the group ``_prune`` is about to round (set just before ``_round_to``)
+
+        def _is_atten_group(self, group):  # called on each record right before its rounding
+            self._ec_group = group
+            return super()._is_atten_group(group)
+
+        def _round_to(self, n_pruned, current_channels, round_to):
+            g = self._get_channel_groups(self._ec_group) if self._ec_group is not None else 1
+            if g <= 1 or current_channels % g or n_pruned > current_channels // g:
+                return super()._round_to(n_pruned, current_channels, round_to)
+            per_group = current_channels // g
+            keep = per_group - n_pruned
+            keep -= keep % (round_to // math.gcd(g, round_to))
+            return per_group - keep  # 0 kept = every channel: check_pruning_group skips it, as ungrouped
+
+    return GroupAwarePruner(model, example, **kwargs)
+
+
 def _progressive(model, example, cfg, ignored, done: Criterion, calib_x, calib_y):
     """Torch-Pruning's progressive schedule: the channel ratio grows by max/STEPS per step
     (importance re-estimated on what is left) until ``done`` says the target is met. One
     dependency graph is built; the overshoot is at most one step (0.9 % of a layer's channels)."""
-    import torch_pruning as tp
-
     steps = 100
     try:
-        pruner = tp.pruner.BasePruner(
+        pruner = group_aware_pruner(
             model,
             example,
             importance=_importance(cfg.importance),
@@ -227,6 +292,9 @@ def structural_record(original: nn.Module, pruned: nn.Module) -> dict[str, dict[
         o = before.get(name)
         if o is None:
             continue
+        if isinstance(m, nn.Identity) and not isinstance(o, nn.Identity):
+            record[name] = {"removed": True}  # depth pruning: the block is the identity now
+            continue
         changed = {}
         for a in STRUCT_ATTRS:
             if hasattr(m, a) and getattr(m, a) != getattr(o, a, None):
@@ -238,13 +306,16 @@ def structural_record(original: nn.Module, pruned: nn.Module) -> dict[str, dict[
 
 
 def layer_table(original: nn.Module, pruned: nn.Module) -> list[dict[str, Any]]:
-    before = _named(original)
+    after = _named(pruned)
     rows = []
-    for name, m in pruned.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            o = before[name]
-            a = "out_channels" if isinstance(m, nn.Conv2d) else "out_features"
-            rows.append({"layer": name, "before": getattr(o, a), "after": getattr(m, a)})
+    for name, o in original.named_modules():
+        if isinstance(o, (nn.Conv2d, nn.Linear)):
+            a = "out_channels" if isinstance(o, nn.Conv2d) else "out_features"
+            m = after.get(name)
+            if m is None:  # inside a block removed by depth pruning
+                rows.append({"layer": name, "before": getattr(o, a), "after": 0, "removed": True})
+            else:
+                rows.append({"layer": name, "before": getattr(o, a), "after": getattr(m, a)})
     return rows
 
 
@@ -267,9 +338,17 @@ def prune(
     for prm in model.parameters():  # the dependency graph is traced through autograd
         prm.requires_grad_(True)
     macs0, params0 = count_macs_params(model, example)
+    dropped = []
+    if cfg.drop_blocks:  # depth first: the channel search then meets the target on what is left
+        from edgecompress.depth import drop_blocks
+
+        protect = tuple(getattr(model, "prune_ignore", ())) + tuple(cfg.ignore)
+        dropped = [d.as_dict() for d in drop_blocks(model, example, cfg.drop_blocks, calib_x, protect=protect)]
     ignored = _resolve_ignored(model, example, cfg.ignore)
     if ratio <= 0 and cfg.target_latency_ms is None and cfg.target_params is None:
-        return PruneResult(model, macs0, macs0, params0, params0, 0.0, {}, layer_table(model, model))
+        macs1, params1 = count_macs_params(model, example)
+        return PruneResult(model, macs0, macs1, params0, params1, 0.0, structural_record(original, model),
+                           layer_table(original, model), dropped_blocks=dropped)
     if cfg.importance == "taylor" and calib_x is None:
         raise BadInput("taylor importance needs data for gradients; pass --data or use --importance l2")
     probe = None
@@ -288,7 +367,19 @@ def prune(
     else:
         target = macs0 * (1 - ratio)
         done, goal = (lambda _m, macs, _params: macs <= target), f"{ratio:.0%} of MACs removed"
-    pruned, r, met = _progressive(model, example, cfg, ignored, done, calib_x, calib_y)
+    allocation: dict[str, Any] = {}
+    if dropped and probe is None and done(model, *count_macs_params(model, example)):
+        pruned, r, met = model, 0.0, True  # the dropped blocks alone meet the target
+    elif cfg.allocation == "sensitivity":  # per-group ratios from a sensitivity table
+        from edgecompress.allocation import load_table, prune_by_sensitivity
+
+        if probe is not None or cfg.sensitivity is None:
+            raise BadInput("--allocation sensitivity needs a table (--sensitivity FILE from `edgecompress "
+                           "sensitivity`) and a --prune-ratio or --target-params target, not --target-latency-ms")
+        pruned, r, met, allocation = prune_by_sensitivity(model, example, cfg, ignored, done,
+                                                          load_table(cfg.sensitivity), calib_x, calib_y)
+    else:
+        pruned, r, met = _progressive(model, example, cfg, ignored, done, calib_x, calib_y)
     macs1 = count_macs_params(pruned, example)[0]
     if not met:
         raise BadInput(
@@ -309,9 +400,10 @@ def prune(
             "dependency (e.g. a channel shuffle or reshape); leave those layers out with --ignore NAME"
         ) from None
     res = PruneResult(pruned, macs0, macs1, params0, params1, r, structural_record(original, pruned),
-                      layer_table(original, pruned))
+                      layer_table(original, pruned), dropped_blocks=dropped)
     if probe is not None:
         res.latency_history = probe.history
+    res.allocation = allocation
     return res
 
 
@@ -331,7 +423,16 @@ FORMAT = "edgecompress-pruned/1"
 def apply_record(model: nn.Module, record: dict[str, dict[str, Any]], state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """Reshapes a freshly built ``model`` to the pruned structure and loads ``state_dict``."""
     mods = _named(model)
+    for name in sorted(n for n, a in record.items() if a == {"removed": True}):
+        if name not in mods:
+            raise BadInput(f"pruning record removes module {name!r} the model does not have; "
+                           "was the checkpoint made from another model?")
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
+    mods = _named(model)
     for name, attrs in record.items():
+        if attrs == {"removed": True}:
+            continue
         if name not in mods:
             raise BadInput(f"pruning record names module {name!r} the model does not have; "
                            "was the checkpoint made from another model?")

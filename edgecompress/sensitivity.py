@@ -34,7 +34,7 @@ def sensitivity(model: nn.Module, example: torch.Tensor, val: Dataset, cfg: Sens
     import torch_pruning as tp
 
     from edgecompress.errors import BadInput
-    from edgecompress.prune import _importance, count_macs_params, output_layers
+    from edgecompress.prune import _importance, count_macs_params, group_aware_pruner, output_layers
     from edgecompress.train import top1
 
     if val.y is None:
@@ -57,9 +57,9 @@ def sensitivity(model: nn.Module, example: torch.Tensor, val: Dataset, cfg: Sens
             m = copy.deepcopy(model)
             target = dict(m.named_modules())[root]
             ignored = [dict(m.named_modules())[names[h]] for h in heads]
-            pruner = tp.pruner.BasePruner(m, example, importance=_importance(cfg.importance), pruning_ratio=0.0,
-                                          pruning_ratio_dict={target: r}, ignored_layers=ignored,
-                                          round_to=cfg.round_to if cfg.round_to > 1 else None)
+            pruner = group_aware_pruner(m, example, importance=_importance(cfg.importance), pruning_ratio=0.0,
+                                        pruning_ratio_dict={target: r}, ignored_layers=ignored,
+                                        round_to=cfg.round_to if cfg.round_to > 1 else None)
             pruner.step()
             macs, _ = count_macs_params(m, example)
             acc = top1(m, val)

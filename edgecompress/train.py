@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -39,7 +40,12 @@ class TrainConfig:
 class TrainResult:
     steps: int
     final_loss: float
-    val_top1: list[float]  # one per epoch boundary where validation ran
+    val_top1: list[float]  # one per validation round (end of each pass over the data, and the end)
+    val_steps: list[int] = field(default_factory=list)  # the step of each validation round
+    best_step: int | None = None  # the weights kept are from this step; None = no validation
+    stopped_early: bool = False  # patience ran out before the planned number of steps
+    resumed_from: int = 0  # step a checkpoint was resumed from; 0 = a fresh start
+    planned_steps: int = 0
 
 
 def augment(x: torch.Tensor, g: torch.Generator, shift: int, flip: bool) -> torch.Tensor:
@@ -73,13 +79,13 @@ def top1(model: nn.Module, d: Dataset) -> float:
     return float((predict_logits(model, d.x).argmax(1) == d.y).mean())
 
 
-def progress(total: int, desc: str):
+def progress(total: int, desc: str, disable: bool = False):
     from tqdm import tqdm
 
     # Off a terminal (CI, logs) a bar redraw is a new line: update rarely there.
     tty = sys.stderr.isatty()
     return tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True,
-                mininterval=0.2 if tty else 30.0)
+                mininterval=0.2 if tty else 30.0, disable=disable)
 
 
 def fit(
@@ -90,18 +96,34 @@ def fit(
     *,
     desc: str = "train",
     on_epoch: Callable[[int], None] | None = None,
+    validate: Callable[[nn.Module], float] | None = None,
+    patience: int = 0,
+    extra: nn.Module | None = None,
+    on_batch: Callable[[torch.Tensor], None] | None = None,
+    checkpoint: Checkpointer | None = None,
 ) -> TrainResult:
-    """Trains ``model`` in place for ``cfg.epochs`` passes over ``train``."""
+    """Trains ``model`` in place for ``cfg.epochs`` passes over ``train``.
+
+    ``validate(model) -> top-1`` runs at the end of every pass and at the last step; the best
+    weights are restored at the end, and with ``patience`` > 0 training stops after that many
+    rounds without improvement. ``extra`` holds trainable modules that are not part of the
+    model (feature-KD adapters): optimised alongside it, checkpointed with it. ``on_batch(idx)``
+    sees the training indices of each batch before the loss. ``checkpoint`` saves the loop state
+    (weights, optimizer, step, position in the epoch, RNG) and resumes from it.
+    """
     n = len(train)
     if n < 2:
         from edgecompress.errors import BadInput
 
         raise BadInput(f"training needs at least 2 samples (BatchNorm), got {n}; pass more data or --max-train")
-    steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
+    ddp = _Ddp.current(n, cfg)  # torch.distributed initialised: this process trains its shard
+    n_local, bs = (n, cfg.batch_size) if ddp is None else (ddp.n_local, ddp.batch_size)
+    steps_per_epoch = max(1, math.ceil(n_local / bs))
     total = max(1, int(round(cfg.epochs * steps_per_epoch)))
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed if ddp is None else cfg.seed + 7919 * ddp.rank)
     decay, no_decay = [], []
-    for p in model.parameters():
+    params = [*model.parameters(), *(extra.parameters() if extra is not None else ())]
+    for p in params:
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
     opt = torch.optim.SGD(
@@ -117,36 +139,166 @@ def fit(
 
     xs = torch.from_numpy(train.x)
     ys = None if train.y is None else torch.from_numpy(train.y)
+    # the whole loop state, so that a checkpoint can carry it
+    st: dict[str, Any] = {"step": 0, "perm": None, "pos": 0, "loss": float("nan"), "val": [], "val_steps": [],
+                          "best": None, "best_step": None, "best_state": None, "bad": 0, "stopped": False,
+                          "epoch": 0, "rng_ranks": None}
+    resumed_from = 0
+    if checkpoint is not None:
+        saved = checkpoint.load()
+        if saved is not None:
+            _restore(saved, st, model, extra, opt, g)
+            if ddp is not None:  # the checkpoint holds rank 0's shard; rebuild this rank's
+                g.set_state(st["rng_ranks"][ddp.rank])
+                st["perm"] = None if st["perm"] is None else ddp.perm(st["epoch"] - 1)
+            resumed_from = st["step"]
+
+    def save() -> None:
+        if checkpoint is not None:
+            if ddp is not None:  # a collective: every rank calls save(), only rank 0's checkpoint writes
+                st["rng_ranks"] = ddp.gather(g.get_state())
+            checkpoint.save(_snapshot(st, model, extra, opt, g))
+
+    def end_of_round() -> None:
+        if validate is None:
+            return
+        if ddp is not None:
+            ddp.sync_buffers(model)  # BN statistics differ per shard; every rank validates rank 0's
+        acc = float(validate(model))
+        st["val"].append(acc)
+        st["val_steps"].append(st["step"])
+        if st["best"] is None or acc > st["best"]:
+            st["best"], st["best_step"], st["bad"] = acc, st["step"], 0
+            st["best_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            st["bad"] += 1
+        st["stopped"] = patience > 0 and st["bad"] >= patience and st["step"] < total
+
     model.train()
-    step, loss_val, val = 0, float("nan"), []
-    bar = progress(total, desc)
+    net = model if ddp is None else ddp.wrap(model, extra)
+    bar = progress(total, desc, disable=ddp is not None and ddp.rank != 0)
+    bar.update(st["step"])
     try:
-        while step < total:
-            perm = torch.randperm(n, generator=g)
-            for i in range(0, n, cfg.batch_size):
-                if step >= total:
-                    break
-                idx = perm[i : i + cfg.batch_size]
+        while st["step"] < total and not st["stopped"]:
+            if st["perm"] is None:
+                perm = torch.randperm(n, generator=g) if ddp is None else ddp.perm(st["epoch"])
+                st["perm"], st["pos"], st["epoch"] = perm, 0, st["epoch"] + 1
+            while st["pos"] < n_local and st["step"] < total:
+                idx = st["perm"][st["pos"] : st["pos"] + bs]
+                st["pos"] += bs
                 if len(idx) < 2:  # BatchNorm cannot train on a single sample
                     continue
                 x = augment(xs[idx], g, cfg.augment_shift, cfg.augment_flip)
                 y = None if ys is None else ys[idx]
                 for group in opt.param_groups:
-                    group["lr"] = lr_at(step)
-                loss = loss_fn(model(x), x, y)
+                    group["lr"] = lr_at(st["step"])
+                if on_batch is not None:
+                    on_batch(idx)
+                loss = loss_fn(net(x), x, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                loss_val = float(loss.detach())
-                step += 1
+                st["loss"] = float(loss.detach())
+                st["step"] += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_val:.3f}", refresh=False)
+                bar.set_postfix(loss=f"{st['loss']:.3f}", refresh=False)
+                if checkpoint is not None and checkpoint.every and st["step"] % checkpoint.every == 0:
+                    save()
+            st["perm"] = None  # a pass over the data (or the training) ended
             if on_epoch is not None:
-                on_epoch(step // steps_per_epoch)
+                on_epoch(st["step"] // steps_per_epoch)
+            end_of_round()
+            model.train()
+            save()
     finally:
         bar.close()
+    if ddp is not None:
+        ddp.sync_buffers(model)
+    if st["best_state"] is not None:
+        model.load_state_dict(st["best_state"])
     model.eval()
-    return TrainResult(step, loss_val, val)
+    return TrainResult(st["step"], st["loss"], list(st["val"]), list(st["val_steps"]), st["best_step"],
+                       st["stopped"], resumed_from, total)
+
+
+class _Ddp:
+    """This process's part of a torch.distributed run: DistributedSampler shards, a
+    DistributedDataParallel wrapper (gradients all-reduced, buffers broadcast from rank 0) and
+    the per-rank batch (the global batch stays ``cfg.batch_size``)."""
+
+    def __init__(self, n: int, cfg: TrainConfig, rank: int, world: int) -> None:
+        from torch.utils.data.distributed import DistributedSampler
+
+        self.rank, self.world = rank, world
+        self.sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+        self.n_local = len(self.sampler)  # equal on every rank (padded), so all ranks take the same steps
+        self.batch_size = max(2, cfg.batch_size // world)
+
+    @classmethod
+    def current(cls, n: int, cfg: TrainConfig) -> _Ddp | None:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return None
+        return cls(n, cfg, dist.get_rank(), dist.get_world_size())
+
+    def perm(self, epoch: int) -> torch.Tensor:
+        self.sampler.set_epoch(epoch)
+        return torch.tensor(list(self.sampler), dtype=torch.long)
+
+    def wrap(self, model: nn.Module, extra: nn.Module | None) -> nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(_Joint(model, extra))
+
+    def gather(self, obj: Any) -> list[Any]:
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    @staticmethod
+    def sync_buffers(model: nn.Module) -> None:
+        import torch.distributed as dist
+
+        for b in model.buffers():
+            dist.broadcast(b, 0)
+
+
+class _Joint(nn.Module):
+    """The student and its extra trainable modules (adapters) as one module for DDP, so the
+    adapters' gradients are all-reduced too; the forward is the student's."""
+
+    def __init__(self, model: nn.Module, extra: nn.Module | None) -> None:
+        super().__init__()
+        self.model, self.extra = model, extra
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class Checkpointer(Protocol):
+    every: int  # also save every N steps; 0 = only at the end of each pass over the data
+
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, state: dict[str, Any]) -> None: ...
+
+
+def _snapshot(st: dict[str, Any], model: nn.Module, extra: nn.Module | None, opt, g: torch.Generator) -> dict:
+    return {"loop": dict(st), "model": model.state_dict(), "extra": None if extra is None else extra.state_dict(),
+            "opt": opt.state_dict(), "rng": g.get_state(), "torch_rng": torch.get_rng_state()}
+
+
+def _restore(saved: dict, st: dict[str, Any], model: nn.Module, extra: nn.Module | None, opt, g) -> None:
+    st.update(saved["loop"])
+    model.load_state_dict(saved["model"])
+    if extra is not None and saved["extra"] is not None:
+        extra.load_state_dict(saved["extra"])
+    opt.load_state_dict(saved["opt"])
+    g.set_state(saved["rng"])
+    torch.set_rng_state(saved["torch_rng"])
 
 
 def cross_entropy(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:

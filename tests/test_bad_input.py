@@ -393,6 +393,15 @@ def test_prune_ratio_too_high(tmp_path):
         needles=["99%", "lower --prune-ratio"])
 
 
+def test_sensitivity_file_without_sensitivity_allocation(tmp_path):
+    bad(tmp_path, "export", ZOO, "--sensitivity", "s.json", needles=["--sensitivity s.json", "--allocation sensitivity"])
+
+
+def test_sensitivity_table_missing(tmp_path):
+    bad(tmp_path, "export", ZOO, "--data", npz(tmp_path), *QUICK, "--allocation", "sensitivity",
+        "--sensitivity", "missing.json", needles=["--sensitivity missing.json", "edgecompress sensitivity"])
+
+
 # --- recipes ---------------------------------------------------------------------------------
 
 

@@ -65,6 +65,7 @@ def test_import_edgecompress_stays_light():
         ({"stages": ["ptq"]}, ("ptq",)),
         ({"stages": ["prune", "kd"]}, ("prune", "kd")),
         ({"stages": ["prune", "qat"]}, ("prune", "qat")),
+        ({"stages": ["prune", "kd", "qat"]}, ("prune", "kd", "qat")),
     ],
 )
 def test_stage_plan(kw, plan):

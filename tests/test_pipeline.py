@@ -83,10 +83,17 @@ def test_report_regenerates_from_manifest(result, tmp_path):
     report = result.out_dir / "report.md"
     first = report.read_text()
     report.unlink()
-    proc = run_cli(["report", str(result.out_dir)], cwd=tmp_path)
+    proc = run_cli(["report", str(result.out_dir), "--no-plots"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert report.read_text() == first
     assert "| int8 `int8.onnx`" in first
+    assert not (result.out_dir / "report.png").exists()
+    proc = run_cli(["report", str(result.out_dir)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    png = result.out_dir / "report.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert report.read_text().startswith(first) and "](report.png)" in report.read_text()
+    png.unlink()
 
 
 def test_no_staging_dir_left(result):

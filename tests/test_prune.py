@@ -118,3 +118,86 @@ def test_latency_target_stops_when_measured_p50_meets_it():
     assert hist[-1]["p50_ms"] <= target  # stopped on a measurement that met the target
     assert all(h["p50_ms"] > target for h in hist[:-1])  # ... and not before
     assert res.macs_after < res.macs_before
+
+
+class _TinyGrouped(torch.nn.Module):
+    """ResNeXt-like: two residual bottlenecks whose 3x3 is grouped (4 groups of 8, 16 groups of 4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+
+        def cbr(cin, cout, k, groups=1, relu=True):
+            return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False),
+                                 nn.BatchNorm2d(cout), *([nn.ReLU()] if relu else []))
+
+        self.stem = cbr(3, 32, 3)
+        self.b1 = nn.Sequential(cbr(32, 32, 1), cbr(32, 32, 3, groups=4), cbr(32, 32, 1, relu=False))
+        self.up = cbr(32, 64, 1)
+        self.b2 = nn.Sequential(cbr(64, 64, 1), cbr(64, 64, 3, groups=16), cbr(64, 64, 1, relu=False))
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(x + self.b1(x))
+        x = self.up(x)
+        x = torch.relu(x + self.b2(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_round_to_prunes_grouped_convs_and_keeps_multiples(tmp_path):
+    import copy
+
+    import torch_pruning as tp
+
+    torch.manual_seed(0)
+    model = _TinyGrouped().eval()
+    with torch.no_grad():  # non-trivial BN statistics so the parity check below has signal
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 1.5), m.weight.uniform_(0.5, 1.5)
+    x1 = torch.randn(1, 3, 16, 16)
+    grouped = ("b1.1.0", "b2.1.0")
+    # Torch-Pruning's own rounding never touches these grouped convs at round_to=8 (the bug we fix) ...
+    plain = copy.deepcopy(model)
+    tp.pruner.BasePruner(plain, x1, importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=0.5,
+                         round_to=8, ignored_layers=[plain.fc]).step()
+    assert [plain.get_submodule(n).out_channels for n in grouped] == [32, 64]
+    # ... ours thins them and every width stays a multiple of 8 with valid groups.
+    res = prune(model, x1, PruneConfig(ratio=0.5, round_to=8))
+    assert res.macs_after <= 0.5 * res.macs_before
+    for n, before in zip(grouped, (32, 64), strict=True):
+        conv = res.model.get_submodule(n)
+        assert conv.out_channels < before, (n, conv.out_channels)
+        assert conv.out_channels % conv.groups == 0 and conv.groups == model.get_submodule(n).groups
+    convs = [m for m in res.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(m.out_channels % 8 == 0 for m in convs)  # (so every in_channels but the image's 3 too)
+    path = export_onnx(res.model, x1, tmp_path / "g.onnx", ExportOnnxConfig(exporter="torchscript"))
+    x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    par = parity(res.model, path, x, 1e-4)
+    assert par.passed, par.to_dict()
+
+
+@pytest.mark.parametrize("name", ["convnext_tiny", "mobilenet_v3_small", "googlenet", "resnext50_32x4d",
+                                  "shufflenet_v2_x1_0", "squeezenet1_1", "vgg11_bn"])
+def test_count_macs_params_matches_torch_pruning_without_side_effects(name):
+    """Same numbers as tp.utils.count_ops_and_params (which deep-copies the model) on a batch of 2
+    (LayerNorm subclasses, GELU, hardswish, SE, grouped convs, concat, conv classifier); the
+    model's train flags, BN statistics and hooks are left as they were."""
+    import torch_pruning as tp
+
+    model = create_model(name, num_classes=10, in_chans=3)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    want = tp.utils.count_ops_and_params(model.eval(), x)
+    assert count_macs_params(model, x) == (int(want[0]), int(want[1]))
+    if name == "mobilenet_v3_small":  # a pruned model too (uneven widths, round_to=1)
+        pruned = prune(model, x[:1], PruneConfig(ratio=0.3, round_to=1)).model
+        want = tp.utils.count_ops_and_params(pruned, x)
+        assert count_macs_params(pruned, x) == (int(want[0]), int(want[1]))
+        assert want[0] < 0.75 * count_macs_params(model, x)[0]
+    model.train()
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
+    count_macs_params(model, x)
+    assert all(m.training for m in model.modules())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in stats.items())
+    assert not any(m._forward_hooks for m in model.modules())

@@ -35,7 +35,7 @@ from edgecompress.prune import prune
 from edgecompress.quantize import quantize_ptq
 from edgecompress.zoo import create_model, get_entry, list_models
 
-# VGG's 103M-weight first FC layer is re-scored, re-sliced and deep-copied at each of ~30 progressive
+# VGG's 103M-weight first FC layer is re-scored and re-sliced at each of ~30 progressive
 # pruning steps: ~80-90 s per VGG against 0.2-20 s for every other model (docs/zoo.md). They
 # still run by default (and in CI); `-m "not slow"` skips them for a quick local pass.
 SLOW = {"vgg11_bn", "vgg16_bn"}
@@ -69,13 +69,8 @@ ROUND_TO = {"resnet8-tiny": 4}
 
 
 def _round_to(name: str, model: nn.Module) -> int:
-    # Torch-Pruning 1.6 rounds the *per-group* count of a grouped conv against the layer's *total*
-    # channel count (BasePruner._prune -> _round_to(n_pruned, current_channels, round_to)): with
-    # round_to > 1 and channels % round_to == 0 that always asks for every channel of each group,
-    # check_pruning_group refuses it, and grouped convs are silently never pruned (measured:
-    # ResNeXt/RegNet grouped widths unchanged at round_to=8). round_to=1 prunes them.
-    if any(_is_grouped(m) for m in model.modules()):
-        return 1
+    # Grouped convs (ResNeXt, RegNet) prune at the default round_to=8 too: edgecompress rounds their
+    # per-group widths (prune.group_aware_pruner), where Torch-Pruning 1.6 never pruned them.
     return ROUND_TO.get(name, 8)
 
 
@@ -196,6 +191,7 @@ def test_zoo_model_prunes_exports_and_quantizes(name: str, tmp_path, monkeypatch
         mods = dict(pruned.named_modules())
         assert any(mods[n].out_channels < dict(original.named_modules())[n].out_channels for n in grouped_before)
         assert all(mods[n].out_channels % mods[n].groups == 0 for n in grouped_before)
+        assert all(mods[n].out_channels % cfg.round_to == 0 for n in grouped_before)  # all start as multiples
 
     # 2. the pruned model is the original with exactly the recorded channels removed
     xt = torch.from_numpy(x)

@@ -1,0 +1,123 @@
+"""One KD round of the pipeline: resume checkpoints (``edgecompress.resume``) around
+``distill.distill``. Kept out of ``pipeline.py`` so the pipeline reads as the list of stages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from edgecompress.config import DistillConfig, RunConfig
+from edgecompress.distill import DistillResult, distill
+
+
+def run_kd(cfg: RunConfig, lm: Any, splits: Any, student: nn.Module, teacher: nn.Module, dcfg: DistillConfig,
+           step: int, log: Callable[[str], None]) -> DistillResult:  # fmt: skip
+    """Distils ``student`` in place; prune step ``step`` (1-based) of the schedule."""
+    from edgecompress import prune, resume
+
+    ck = None
+    if cfg.out is not None:  # without --out nobody could name the run to resume
+        key = resume.run_key(cfg.to_dict(), lm.weights_sha256, prune.structural_record(teacher, student), step)
+        ck = resume.KdCheckpoint(resume.resume_dir(Path(cfg.out)) / f"kd-{step}.ckpt", key, resume=cfg.resume,
+                                 every=dcfg.checkpoint_every, log=log)  # fmt: skip
+    seed = cfg.seed + step - 1
+    if cfg.nproc < 2:
+        return distill(student, teacher, splits.train, dcfg, val=splits.val, seed=seed, checkpoint=ck)
+    return _distill_ddp(cfg.nproc, lm, splits, student, teacher, dcfg, seed, ck, log)
+
+
+def _distill_ddp(nproc: int, lm: Any, splits: Any, student: nn.Module, teacher: nn.Module, dcfg: DistillConfig,
+                 seed: int, ck: Any, log: Callable[[str], None]) -> DistillResult:  # fmt: skip
+    """KD over ``nproc`` processes (torch.multiprocessing.spawn, gloo, DistributedDataParallel).
+
+    The workers rebuild teacher and student from the model spec + pruning record + weights (as
+    ``load_pruned`` does: nothing pickled but tensors), train their DistributedSampler shard,
+    and rank 0 hands the weights back through a file; the other ranks write nothing."""
+    import json
+    import socket
+    import tempfile
+
+    import torch
+    import torch.multiprocessing as mp
+
+    from edgecompress import errors, prune
+
+    with socket.socket() as sock:  # a free port for the rendezvous on this machine
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    def shared(a):
+        return None if a is None else torch.from_numpy(a).share_memory_()
+
+    payload = {
+        "spec": lm.spec.to_dict(), "record": prune.structural_record(teacher, student),
+        "student": {k: v.detach().clone() for k, v in student.state_dict().items()},
+        "teacher": {k: v.detach().clone() for k, v in teacher.state_dict().items()},
+        "data": {name: (shared(d.x), shared(d.y), d.source) for name, d in (("train", splits.train), ("val", splits.val))},
+        "cfg": dcfg, "seed": seed, "threads": max(1, torch.get_num_threads() // nproc),
+        "ck": None if ck is None else (str(ck.path), ck.key, ck.resume, ck.every),
+    }  # fmt: skip
+    log(f"distilling on {nproc} processes (torch.distributed, gloo, DistributedDataParallel)")
+    with tempfile.TemporaryDirectory(prefix="edgecompress-ddp-") as tmp:
+        try:
+            mp.spawn(_worker, args=(nproc, port, payload, tmp), nprocs=nproc, join=True)
+        except mp.ProcessRaisedException:
+            for f in sorted(Path(tmp).glob("error-*.json")):  # a bad-input error in a worker: the same error here
+                e = json.loads(f.read_text())
+                raise getattr(errors, e["type"], errors.BadInput)(e["message"]) from None
+            raise
+        out = torch.load(Path(tmp) / "result.pt", map_location="cpu", weights_only=True)
+    student.load_state_dict(out["state_dict"])
+    return DistillResult(**out["result"])
+
+
+def _worker(rank: int, world: int, port: int, payload: dict[str, Any], tmp: str) -> None:
+    import dataclasses
+    import hashlib
+    import io
+    import json
+    import os
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    from edgecompress import prune
+    from edgecompress.data import Dataset
+    from edgecompress.errors import EdgeCompressError
+    from edgecompress.models import ModelSpec, build
+    from edgecompress.resume import KdCheckpoint
+
+    torch.set_num_threads(payload["threads"])
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # gloo even where CUDA exists: the training loop (edgecompress.train) runs on the CPU
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(minutes=30))
+    try:
+        spec = ModelSpec.from_dict(payload["spec"])
+        student = prune.apply_record(build(spec), payload["record"], payload["student"])
+        teacher = build(spec)
+        teacher.load_state_dict(payload["teacher"])
+        teacher.eval()
+        d = {k: Dataset(x.numpy(), None if y is None else y.numpy(), src) for k, (x, y, src) in payload["data"].items()}
+        ck = None
+        if payload["ck"] is not None:
+            path, key, resume, every = payload["ck"]
+            ck = KdCheckpoint(Path(path), key, resume=resume, every=every, enabled=rank == 0,
+                              log=(lambda m: print(f"edgecompress: {m}", flush=True)) if rank == 0 else None)  # fmt: skip
+        dr = distill(student, teacher, d["train"], payload["cfg"], val=d["val"], seed=payload["seed"],
+                     checkpoint=ck, desc=f"distill [rank {rank}]")  # fmt: skip
+        buf = io.BytesIO()
+        torch.save({k: v.contiguous() for k, v in sorted(student.state_dict().items())}, buf)
+        hashes: list[Any] = [None] * world
+        dist.all_gather_object(hashes, hashlib.sha256(buf.getvalue()).hexdigest())
+        if rank == 0:
+            result = dataclasses.asdict(dr) | {"nproc": world, "rank_state_sha256": hashes}
+            torch.save({"state_dict": student.state_dict(), "result": result}, Path(tmp) / "result.pt")
+    except EdgeCompressError as e:
+        (Path(tmp) / f"error-{rank}.json").write_text(json.dumps({"type": type(e).__name__, "message": str(e)}))
+        raise
+    finally:
+        dist.destroy_process_group()
