@@ -13,26 +13,11 @@ import torch
 import torch.nn as nn
 
 from edgecompress.zoo import register
+from edgecompress.zoo.blocks import SqueezeExcite, conv_bn_act
 
 
 def conv_bn_silu(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
-                               nn.BatchNorm2d(cout, eps=1e-3)]
-    if act:
-        layers.append(nn.SiLU(inplace=True))
-    return nn.Sequential(*layers)
-
-
-class SqueezeExcitation(nn.Module):
-    def __init__(self, channels: int, squeeze: int) -> None:
-        super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(channels, squeeze, 1)
-        self.act = nn.SiLU(inplace=True)
-        self.fc2 = nn.Conv2d(squeeze, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(self.fc2(self.act(self.fc1(self.pool(x)))))
+    return conv_bn_act(cin, cout, k, stride, groups, nn.SiLU if act else None, eps=1e-3)
 
 
 class MBConv(nn.Module):
@@ -45,7 +30,7 @@ class MBConv(nn.Module):
             layers.append(conv_bn_silu(cin, hidden, 1))
         layers += [
             conv_bn_silu(hidden, hidden, k, stride, groups=hidden),
-            SqueezeExcitation(hidden, max(1, cin // 4)),
+            SqueezeExcite(hidden, max(1, cin // 4), act=nn.SiLU),
             conv_bn_silu(hidden, cout, 1, act=False),
         ]
         self.block = nn.Sequential(*layers)

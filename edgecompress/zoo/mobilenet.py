@@ -8,16 +8,11 @@ import torch
 import torch.nn as nn
 
 from edgecompress.zoo import register
+from edgecompress.zoo.blocks import conv_bn_act
 
 
-def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True):
-    layers: list[nn.Module] = [
-        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(cout),
-    ]
-    if act:
-        layers.append(nn.ReLU6(inplace=True))
-    return nn.Sequential(*layers)
+def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
+    return conv_bn_act(cin, cout, k, stride, groups, nn.ReLU6 if act else None)
 
 
 class InvertedResidual(nn.Module):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from edgecompress.zoo import register
+from edgecompress.zoo import blocks, register
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
@@ -23,11 +23,7 @@ def make_divisible(v: float, divisor: int = 8) -> int:
 
 def conv_bn_act(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1,
                 act: type[nn.Module] | None = nn.ReLU6) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
-                               nn.BatchNorm2d(cout)]
-    if act is not None:
-        layers.append(act(inplace=True))
-    return nn.Sequential(*layers)
+    return blocks.conv_bn_act(cin, cout, k, stride, groups, act)
 
 
 def init_weights(model: nn.Module) -> None:
@@ -87,19 +83,6 @@ class MobileNetV2(nn.Module):
 # --- MobileNetV3 ---------------------------------------------------------------------------
 
 
-class SqueezeExcite(nn.Module):
-    def __init__(self, channels: int, squeeze: int) -> None:
-        super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(channels, squeeze, 1)
-        self.relu = nn.ReLU(inplace=True)
-        self.fc2 = nn.Conv2d(squeeze, channels, 1)
-        self.gate = nn.Hardsigmoid(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(self.fc2(self.relu(self.fc1(self.pool(x)))))
-
-
 class InvertedResidualV3(nn.Module):
     def __init__(self, cin: int, k: int, hidden: int, cout: int, se: bool, act: type[nn.Module], stride: int):
         super().__init__()
@@ -109,7 +92,7 @@ class InvertedResidualV3(nn.Module):
             layers.append(conv_bn_act(cin, hidden, 1, act=act))
         layers.append(conv_bn_act(hidden, hidden, k, stride, groups=hidden, act=act))
         if se:
-            layers.append(SqueezeExcite(hidden, make_divisible(hidden // 4)))
+            layers.append(blocks.SqueezeExcite(hidden, make_divisible(hidden // 4), gate=nn.Hardsigmoid))
         layers.append(conv_bn_act(hidden, cout, 1, act=None))
         self.block = nn.Sequential(*layers)
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from edgecompress.zoo import register
+from edgecompress.zoo.blocks import SqueezeExcite, conv_bn_act
 
 
 def stage_plan(depth: int, w0: int, wa: float, wm: float, group_w: int) -> list[tuple[int, int]]:
@@ -35,23 +36,7 @@ def stage_plan(depth: int, w0: int, wa: float, wm: float, group_w: int) -> list[
 
 
 def conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, relu: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
-                               nn.BatchNorm2d(cout)]
-    if relu:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
-
-
-class SE(nn.Module):
-    def __init__(self, channels: int, squeeze: int) -> None:
-        super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(channels, squeeze, 1)
-        self.relu = nn.ReLU(inplace=True)
-        self.fc2 = nn.Conv2d(squeeze, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(self.fc2(self.relu(self.fc1(self.pool(x)))))
+    return conv_bn_act(cin, cout, k, stride, groups, nn.ReLU if relu else None)
 
 
 class ResBottleneck(nn.Module):
@@ -61,7 +46,7 @@ class ResBottleneck(nn.Module):
         self.proj = conv_bn(cin, cout, 1, stride, relu=False) if (cin != cout or stride != 1) else None
         layers: list[nn.Module] = [conv_bn(cin, cout, 1), conv_bn(cout, cout, 3, stride, groups)]
         if se_ratio > 0:
-            layers.append(SE(cout, int(round(se_ratio * cin))))
+            layers.append(SqueezeExcite(cout, int(round(se_ratio * cin))))
         layers.append(conv_bn(cout, cout, 1, relu=False))
         self.f = nn.Sequential(*layers)
         self.relu = nn.ReLU(inplace=True)
