@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--ratios", default="0.5,0.8")
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--round-to", type=int, default=4)
+    ap.add_argument("--drop-blocks", default="", help="ratio:blocks depth plan, e.g. 0.8:3 (as reproduce_paper.py)")
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--variants", default="none,ce,kd,kd+ptq,qat+kd")
     ap.add_argument("--fresh", action="store_true")
@@ -65,11 +66,13 @@ def main() -> None:
 
     base = cached("ablation-teacher", {"runs": args.runs}, lambda: fp32_metrics(teacher), fresh=args.fresh)
     rows = [{"ratio": 0.0, "variant": "teacher (FP32)", "quant": "fp32", "kd": False} | base]
+    depth = {float(k): int(v) for k, v in (p.split(":") for p in args.drop_blocks.split(",") if p)}
     for ratio in (float(r) for r in args.ratios.split(",")):
-        pr = prune(teacher, x1, PruneConfig(ratio=ratio, round_to=args.round_to))
+        drops = depth.get(ratio, 0)
+        pr = prune(teacher, x1, PruneConfig(ratio=ratio, round_to=args.round_to, drop_blocks=drops), calib_x=calib[:256])
         for variant in args.variants.split(","):
             key = {"ratio": ratio, "variant": variant, "epochs": args.epochs, "round_to": args.round_to,
-                   "runs": args.runs}
+                   "runs": args.runs} | ({"drop_blocks": drops} if drops else {})
 
             def compute(variant=variant, pr=pr):
                 t0 = time.time()
@@ -93,7 +96,7 @@ def main() -> None:
                 return m | {"macs_removed": 1 - pr.macs_after / pr.macs_before, "seconds": round(time.time() - t0)}
 
             r = cached("ablation", key, compute, fresh=args.fresh)
-            r |= {"quant": "int8" if variant in ("kd+ptq", "qat+kd") else "fp32", "kd": "kd" in variant,
+            r |= {"drop_blocks": drops, "quant": "int8" if variant in ("kd+ptq", "qat+kd") else "fp32", "kd": "kd" in variant,
                   "drop_points": 100 * (base["top1"] - r["top1"]), "speedup": base["p50_ms"] / r["p50_ms"],
                   "size_x": base["bytes"] / r["bytes"]}
             rows.append(r)
@@ -101,7 +104,7 @@ def main() -> None:
                   f"p50 {r['p50_ms']:.3f} ms ({r['speedup']:.2f}x) size {r['size_x']:.1f}x", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "distill_ablation.json").write_text(json.dumps({"epochs": args.epochs, "rows": rows}, indent=2) + "\n")
-    md = table(rows, [("MACs removed (target)", "ratio", ".0%"), ("variant", "variant", ""),
+    md = table(rows, [("MACs removed (target)", "ratio", ".0%"), ("blocks dropped", "drop_blocks", ""), ("variant", "variant", ""),
                       ("top-1", "top1", ".4f"), ("drop (points)", "drop_points", "+.2f"),
                       ("p50 ms", "p50_ms", ".3f"), ("speed-up", "speedup", ".2f"), ("size ×", "size_x", ".1f")])
     (RESULTS / "distill_ablation.md").write_text(md + "\n")

@@ -1,10 +1,12 @@
 """Does pruning make a model faster on this CPU, and by how much, per criterion?
 
 ResNet-18 and MobileNetV2 at 224x224 (random weights: latency and size only), MACs removed
-in {30, 50, 70, 80}%, importance criteria, with and without channel rounding, plus the
-latency-target mode. For each cell: MACs ratio vs the measured onnxruntime latency ratio
-(1 thread, batch 1) of FP32 and edgecompress INT8, all against the FP32 original measured in
-the same run. Cells are cached (benchmarks/cache/), so a killed run resumes.
+in {30, 50, 70, 80}% and the latency-target mode, each for every importance criterion with and
+without channel rounding (criteria x rounding x {ratios, latency targets}). For each cell: MACs
+ratio vs the measured onnxruntime latency ratio (1 thread, batch 1) of FP32 and edgecompress
+INT8, all against the FP32 original measured in the same run; a side-by-side table per model
+(rows criterion x round-to, columns the targets) follows the full one. Cells are cached
+(benchmarks/cache/), so a killed run resumes.
 
     python benchmarks/prune_latency.py                 # the default grid
     python benchmarks/prune_latency.py --quick         # l2 only, 50/80%, fewer runs
@@ -57,7 +59,8 @@ def main() -> None:
         print(f"{name}: FP32 {base['fp32_p50_ms']:.2f} ms, INT8 (unpruned) {base['int8_p50_ms']:.2f} ms", flush=True)
         cells = [(c, float(r), int(rt), None) for c in args.criteria.split(",") for r in args.ratios.split(",")
                  for rt in args.round_to.split(",")]
-        cells += [("l2", None, 8, float(f)) for f in args.latency_targets.split(",") if f]
+        cells += [(c, None, int(rt), float(f)) for c in args.criteria.split(",") for rt in args.round_to.split(",")
+                  for f in args.latency_targets.split(",") if f]
         for crit, ratio, rt, lat_frac in cells:
             key = key0 | {"criterion": crit, "ratio": ratio, "round_to": rt, "latency_target": lat_frac}
 
@@ -93,8 +96,36 @@ def main() -> None:
                       ("FP32 p50 ms", "fp32_p50_ms", ".2f"), ("FP32 speed-up", "fp32_speedup", ".2f"),
                       ("INT8 p50 ms", "int8_p50_ms", ".2f"), ("INT8 speed-up vs FP32 original", "int8_speedup", ".2f"),
                       ("size ×", "size_x", ".1f"), ("int8_op_fraction", "int8_op_fraction", ".2f")])
+    md += "\n\n" + side_by_side(rows)
     (RESULTS / "prune_latency.md").write_text(md + "\n")
     print(md)
+
+
+def side_by_side(rows: list[dict]) -> str:
+    """Per model: one row per (criterion, round-to), one column per target; cells are the INT8 speed-up
+    vs the FP32 original, with the MACs removed for latency targets (where the pruner stopped)."""
+    targets = sorted({("ratio", r["ratio"]) for r in rows if r["ratio"] is not None}) + \
+        sorted({("latency", r["latency_target"]) for r in rows if r["latency_target"] is not None})
+    head = [f"-{v:.0%} MACs" if k == "ratio" else f"p50 <= {v:g}x FP32" for k, v in targets]
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        out += [f"INT8 speed-up vs FP32 original, {model}:", "",
+                "| criterion | round-to | " + " | ".join(head) + " |", "|---|---|" + "---:|" * len(head)]
+        for crit, rt in dict.fromkeys((r["criterion"], r["round_to"]) for r in rows if r["model"] == model):
+            cells = []
+            for k, v in targets:
+                hit = [r for r in rows if r["model"] == model and r["criterion"] == crit and r["round_to"] == rt
+                       and r["ratio" if k == "ratio" else "latency_target"] == v]
+                if not hit:
+                    cells.append("–")
+                elif k == "ratio":
+                    cells.append(f"{hit[0]['int8_speedup']:.2f}x")
+                else:
+                    cells.append(f"{hit[0]['int8_speedup']:.2f}x (-{hit[0]['macs_removed']:.0%}"
+                                 f"{'' if hit[0]['target_met'] else ', missed'})")
+            out.append(f"| {crit} | {rt} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

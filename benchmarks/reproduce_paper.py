@@ -1,0 +1,429 @@
+"""Reproduce and beat the reference result (Bao et al. 2019: pruning + quantization + distillation
+removed 80% of FLOPs for ~1% accuracy loss), with every peer measured in the same run.
+
+Accuracy track, for each trained teacher in models/ (Fashion-MNIST, top-1 on the 10k test split):
+  MACs removed in {50, 70, 80, 90}% x {prune only, prune + INT8, prune + KD (+ INT8),
+  prune + QAT + KD}, plus peers on the same teacher: onnxruntime quantize_static with its
+  defaults, Torch-Pruning alone (same MACs ratio and fine-tuning budget, cross-entropy, no KD)
+  and Intel Neural Compressor 3.x INT8. ``--long-epochs`` adds prune + KD + INT8 cells with a
+  longer distillation at ``--long-ratios``.
+Latency track: ResNet-18 and MobileNetV2 at 224x224 (random weights: latency and size only),
+  80% of MACs removed + INT8, against their FP32 original.
+
+All latencies: onnxruntime, 1 thread, batch 1, measured round-robin over every file of a model
+in one sitting, ratios to that model's FP32 original from the same sitting. Each cell is cached
+(benchmarks/cache/), so a killed run resumes; progress is printed per cell.
+
+Writes benchmarks/results/paper.json (list of rows: model, method, macs_removed, quant, kd, top1,
+teacher_top1, latency_speedup, size_ratio, bytes, latency_ms_p50, ...), benchmarks/RESULTS.md
+and one accuracy-vs-latency Pareto plot per model (benchmarks/results/pareto-MODEL.png).
+
+    python benchmarks/reproduce_paper.py                                # everything
+    python benchmarks/reproduce_paper.py --epochs 1 --long-epochs 6     # what RESULTS.md shows
+    python benchmarks/reproduce_paper.py --tracks latency               # 224 px latency track only
+    python benchmarks/reproduce_paper.py --report-only                  # re-render from paper.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import CACHE, RESULTS, ROOT, cached
+
+# edgecompress's channel + depth plan per MACs-removed ratio for the 28 px teachers: on small
+# inputs latency follows the operator count, so the deeper ratios also remove residual blocks.
+DEFAULT_DEPTH = "0.5:0,0.7:2,0.8:3,0.9:5"
+METHODS = {
+    "original": "FP32 original",
+    "ort-ptq": "onnxruntime quantize_static (its defaults)",
+    "inc-int8": "Intel Neural Compressor 3.x static INT8 (pt2e -> ONNX)",
+    "torch-pruning+ft": "Torch-Pruning alone + cross-entropy fine-tuning",
+    "edgecompress-ptq": "edgecompress PTQ (no pruning)",
+    "prune": "edgecompress prune",
+    "prune+int8": "edgecompress prune + INT8 PTQ",
+    "prune+kd": "edgecompress prune + KD",
+    "prune+kd+int8": "edgecompress prune + KD + INT8 PTQ",
+    "prune+qat+kd": "edgecompress prune + QAT with KD",
+}
+PEERS = ("ort-ptq", "inc-int8", "torch-pruning+ft")
+
+
+def _parse_depth(s: str) -> dict[float, int]:
+    return {float(k): int(v) for k, v in (p.split(":") for p in s.split(",") if p)}
+
+
+class Files:
+    """ONNX files of one model's cells, kept next to the cache so latency can be re-measured."""
+
+    def __init__(self, model: str) -> None:
+        self.dir = CACHE / "paper" / model
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: dict[str, Any], suffix: str) -> Path:
+        import hashlib
+
+        h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        return self.dir / f"{h}-{suffix}.onnx"
+
+
+def _onnx_metrics(path: Path, test) -> dict[str, Any]:
+    from edgecompress.bench import file_bytes, kernel_report, make_session, run_batched
+    from edgecompress.export import finalize_onnx
+    from edgecompress.io import sha256_file
+
+    finalize_onnx(path, {})  # strip debug info as the pipeline does for what it ships
+    row = {"file": str(path.relative_to(ROOT)), "bytes": file_bytes(path), "sha256": sha256_file(path),
+           "int8_op_fraction": kernel_report(path).int8_op_fraction}
+    if test is not None:
+        pred = run_batched(make_session(path, threads=1), test.x).argmax(1)
+        row["top1"] = float((pred == test.y).mean())
+    return row
+
+
+def _export(model, x, path: Path) -> Path:
+    from edgecompress.config import ExportOnnxConfig
+    from edgecompress.export import export_onnx
+
+    export_onnx(model, x, path, ExportOnnxConfig())
+    return path
+
+
+def _ptq(fp32: Path, out: Path, calib) -> Path:
+    from edgecompress.config import QuantConfig
+    from edgecompress.quantize import quantize_ptq
+
+    return quantize_ptq(fp32, out, calib, QuantConfig()).path
+
+
+def _tp_alone(teacher, x, ratio: float):
+    """Torch-Pruning by itself: L2 group magnitude, uniform channel ratio, no rounding, no depth,
+    its progressive schedule stepped until the MACs target is met (as a user would do by hand)."""
+    import torch_pruning as tp
+
+    m = copy.deepcopy(teacher).eval()
+    for p in m.parameters():
+        p.requires_grad_(True)
+    macs0 = tp.utils.count_ops_and_params(m, x)[0]
+    pruner = tp.pruner.MetaPruner(m, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                  pruning_ratio=0.95, iterative_steps=100, ignored_layers=[m.fc])
+    for _ in range(100):
+        pruner.step()
+        if tp.utils.count_ops_and_params(m, x)[0] <= macs0 * (1 - ratio):
+            break
+    return m
+
+
+class Teacher:
+    def __init__(self, name: str, args) -> None:
+        import numpy as np
+        import torch
+
+        from edgecompress.config import ModelConfig
+        from edgecompress.data import load_splits
+        from edgecompress.io import sha256_file
+        from edgecompress.models import load_model
+
+        w = ROOT / "models" / f"{name}.pt"
+        lm = load_model(ModelConfig(name=name, weights=str(w)))
+        self.name, self.model, self.x = name, lm.model.eval(), torch.zeros(*lm.input_shape)
+        self.splits = load_splits(None, None, input_shape=tuple(lm.input_shape[1:]))
+        rng = np.random.default_rng(0)
+        self.calib = self.splits.train.x[np.sort(rng.choice(len(self.splits.train), 512, replace=False))]
+        self.test = self.splits.eval
+        if args.max_test:
+            self.test = self.test.take(np.arange(args.max_test), f"first {args.max_test} of the test split")
+        self.key = {"teacher": name, "sha256": sha256_file(w)[:16], "test": len(self.test), "calib": 512}
+
+
+def accuracy_track(name: str, args) -> list[dict[str, Any]]:
+    import torch
+
+    from edgecompress.config import DistillConfig, PruneConfig
+    from edgecompress.distill import distill
+    from edgecompress.prune import count_macs_params, prune
+
+    t = Teacher(name, args)
+    files = Files(name)
+    depth = _parse_depth(args.drop_blocks)
+    macs0, params0 = count_macs_params(t.model, t.x)
+    pruned_cache: dict[tuple[float, int], Any] = {}
+
+    def pruned(key: dict[str, Any]):
+        r, k = key["ratio"], key["drop_blocks"]
+        if (r, k) not in pruned_cache:
+            cfg = PruneConfig(ratio=r, round_to=args.round_to, drop_blocks=k)
+            pruned_cache[r, k] = prune(t.model, t.x, cfg, calib_x=t.calib[:256])
+        return pruned_cache[r, k]
+
+    def cell(method: str, ratio: float, epochs: float, compute, drops: int | None = None) -> dict[str, Any]:
+        drops = depth.get(ratio, 0) if drops is None else drops
+        key = t.key | {"method": method, "ratio": ratio, "epochs": epochs, "round_to": args.round_to,
+                       "drop_blocks": drops if method.startswith("prune") else 0}
+        t0 = time.time()
+        print(f"[{name}] {method} @ {ratio:.0%} ({epochs:g} epochs) ...", flush=True)
+        row = cached("paper", key, lambda: compute(key) | {"seconds": round(time.time() - t0)}, fresh=args.fresh)
+        if any(not (ROOT / row[k]).exists() for k in ("file", "fp32_file") if k in row):
+            row = cached("paper", key, lambda: compute(key) | {"seconds": round(time.time() - t0)}, fresh=True)
+        print(f"[{name}] {method} @ {ratio:.0%}: top-1 {row.get('top1', float('nan')):.4f}, "
+              f"{row['bytes']:,} B ({row['seconds']} s)", flush=True)
+        return row
+
+    def struct(m) -> dict[str, Any]:
+        macs, params = count_macs_params(m, t.x)
+        return {"macs": macs, "params": params}
+
+    def original(key):
+        return _onnx_metrics(_export(t.model, t.x, files.path(key, "fp32")), t.test) | struct(t.model)
+
+    def ort_ptq(key):
+        from quant_peers import _ort_defaults
+
+        out = files.path(key, "int8")
+        _ort_defaults(ROOT / rows_by["original"]["file"], out, t.calib)
+        return _onnx_metrics(out, t.test) | struct(t.model)
+
+    def inc(key):
+        from edgecompress.inc_backend import quantize_inc
+
+        out = files.path(key, "int8")
+        quantize_inc(t.model, t.x, t.calib, out)
+        return _onnx_metrics(out, t.test) | struct(t.model)
+
+    def ec_ptq(key):
+        return _onnx_metrics(_ptq(ROOT / rows_by["original"]["file"], files.path(key, "int8"), t.calib),
+                             t.test) | struct(t.model)
+
+    def prune_only(key):
+        pr = pruned(key)
+        f = _export(pr.model, t.x, files.path(key, "fp32"))
+        q = _ptq(f, files.path(key, "int8"), t.calib)
+        base = struct(pr.model) | {"dropped_blocks": [b["name"] for b in pr.dropped_blocks]}
+        m32, m8 = _onnx_metrics(f, t.test), _onnx_metrics(q, t.test)
+        return m8 | base | {"fp32_" + k: v for k, v in m32.items()}
+
+    def kd(key):
+        pr = pruned(key)
+        s = copy.deepcopy(pr.model)
+        dr = distill(s, t.model, t.splits.train, DistillConfig(epochs=key["epochs"]), seed=0,
+                     desc=f"kd {key['ratio']:.0%}")
+        f = _export(s, t.x, files.path(key, "fp32"))
+        q = _ptq(f, files.path(key, "int8"), t.calib)
+        m32, m8 = _onnx_metrics(f, t.test), _onnx_metrics(q, t.test)
+        return m8 | struct(s) | {"fp32_" + k: v for k, v in m32.items()} | {
+            "kd_steps": dr.steps, "dropped_blocks": [b["name"] for b in pr.dropped_blocks]}
+
+    def qat_kd(key):
+        from edgecompress.config import QatConfig
+        from edgecompress.qat import export_qat_onnx, qat
+
+        pr = pruned(key)
+        res = qat(pr.model, t.model, t.splits.train, t.x, QatConfig(epochs=key["epochs"]), seed=0,
+                  desc=f"qat {key['ratio']:.0%}")
+        return _onnx_metrics(export_qat_onnx(res.model, t.x, files.path(key, "int8")), t.test) | struct(pr.model) | {
+            "dropped_blocks": [b["name"] for b in pr.dropped_blocks]}
+
+    def tp_ft(key):
+        m = _tp_alone(t.model, t.x, key["ratio"])
+        distill(m, t.model, t.splits.train, DistillConfig(epochs=key["epochs"], alpha=0.0), seed=0,
+                desc=f"tp+ce {key['ratio']:.0%}")  # alpha 0: cross-entropy only
+        return _onnx_metrics(_export(m, t.x, files.path(key, "fp32")), t.test) | struct(m)
+
+    torch.set_num_threads(args.threads)
+    rows_by: dict[str, dict[str, Any]] = {}
+    cells: list[tuple[str, float, str, bool, dict[str, Any]]] = []  # method, ratio, quant, kd, row
+    rows_by["original"] = cell("original", 0.0, 0, original)
+    cells.append(("original", 0.0, "fp32", False, rows_by["original"]))
+    for method, fn in (("edgecompress-ptq", ec_ptq), ("ort-ptq", ort_ptq), ("inc-int8", inc)):
+        if method in args.methods:
+            try:
+                cells.append((method, 0.0, "int8", False, cell(method, 0.0, 0, fn)))
+            except Exception as e:  # one failing peer must not hide the others
+                print(f"[{name}] {method}: FAILED {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
+    for r in args.ratios:
+        if "prune" in args.methods or "prune+int8" in args.methods:
+            row = cell("prune", r, 0, prune_only)
+            cells.append(("prune", r, "fp32", False, _fp32_view(row)))
+            cells.append(("prune+int8", r, "int8", False, row))
+        if "prune+kd+int8" in args.methods and args.epochs > 0:
+            row = cell("prune+kd+int8", r, args.epochs, kd)
+            cells.append(("prune+kd", r, "fp32", True, _fp32_view(row)))
+            cells.append(("prune+kd+int8", r, "int8", True, row))
+        if "prune+qat+kd" in args.methods and args.epochs > 0:
+            cells.append(("prune+qat+kd", r, "int8", True, cell("prune+qat+kd", r, args.epochs, qat_kd)))
+        if "torch-pruning+ft" in args.methods and args.epochs > 0:
+            cells.append(("torch-pruning+ft", r, "fp32", False, cell("torch-pruning+ft", r, args.epochs, tp_ft)))
+    for r, k in args.long_ratios if args.long_epochs > 0 else ():  # k None: the depth plan's
+        row = cell("prune+kd+int8", r, args.long_epochs, kd, drops=k)
+        cells.append(("prune+kd", r, "fp32", True, _fp32_view(row)))
+        cells.append(("prune+kd+int8", r, "int8", True, row))
+
+    lat = _latency({c[4]["file"] for c in cells}, args, name)
+    base = rows_by["original"]
+    teacher_top1 = base.get("top1")
+    out = []
+    for method, r, quant, kd_, c in cells:
+        p50 = lat[c["file"]]
+        out.append({
+            "model": name, "track": "accuracy", "method": method, "label": METHODS[method],
+            "macs_removed": 1 - c["macs"] / macs0, "target_macs_removed": r, "quant": quant, "kd": kd_,
+            "epochs": c.get("epochs", 0), "top1": c.get("top1"), "teacher_top1": teacher_top1,
+            "latency_speedup": lat[base["file"]] / p50, "size_ratio": base["bytes"] / c["bytes"],
+            "bytes": c["bytes"], "latency_ms_p50": p50, "params": c["params"], "macs": c["macs"],
+            "int8_op_fraction": c["int8_op_fraction"], "dropped_blocks": c.get("dropped_blocks", []),
+            "peer": method in PEERS, "file": c["file"],
+        })  # fmt: skip
+    return out
+
+
+def _fp32_view(row: dict[str, Any]) -> dict[str, Any]:
+    """The FP32 parent recorded inside an INT8 cell, as a cell of its own."""
+    v = {k[5:]: val for k, val in row.items() if k.startswith("fp32_")}
+    return row | v
+
+
+def _latency(files: set[str], args, model: str) -> dict[str, float]:
+    """p50 per file, measured round-robin (``rounds`` rounds) so drifts hit every file alike."""
+    from edgecompress.bench import measure_latency
+    from edgecompress.io import sha256_file
+
+    shas = sorted((sha256_file(ROOT / f), f) for f in files)
+    key = {"files": [s for s, _ in shas], "runs": args.runs, "rounds": args.rounds, "model": model}
+
+    def compute():
+        per = max(1, args.runs // args.rounds)
+        p50s: dict[str, list[float]] = {f: [] for _, f in shas}
+        print(f"[{model}] measuring {len(shas)} files round-robin ({args.rounds} x {per} runs)", flush=True)
+        for _ in range(args.rounds):
+            for _, f in shas:
+                p50s[f].append(measure_latency(ROOT / f, threads=1, batch=1, warmup=10, runs=per).p50_ms)
+        return {"by_sha": {s: statistics.median(p50s[f]) for s, f in shas}}
+
+    by_sha = cached("paper-lat", key, compute, fresh=args.fresh or args.remeasure)["by_sha"]
+    return {f: by_sha[s] for s, f in shas}
+
+
+def latency_track(name: str, args) -> list[dict[str, Any]]:
+    import numpy as np
+    import torch
+
+    from edgecompress.config import PruneConfig
+    from edgecompress.prune import count_macs_params, prune
+    from edgecompress.zoo import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=1000, in_chans=3).eval()
+    x = torch.zeros(1, 3, args.size, args.size)
+    calib = np.random.default_rng(0).random((16, 3, args.size, args.size), dtype=np.float32)
+    files = Files(f"{name}-{args.size}")
+    macs0 = count_macs_params(model, x)[0]
+    variants = [("original", 0.0, 0), ("edgecompress-ptq", 0.0, 0), ("ort-ptq", 0.0, 0)]
+    variants += [("prune+int8", r, 0) for r in args.latency_ratios]
+    variants += [("prune+int8", r, k) for r in args.latency_ratios for k in args.latency_drop_blocks if k]
+    cells = []
+    for method, r, k in variants:
+        key = {"model": name, "size": args.size, "method": method, "ratio": r, "drop_blocks": k,
+               "weights": "random (torch.manual_seed(0))", "round_to": 8}
+
+        def compute(method=method, r=r, k=k, key=key):
+            f32 = files.path({"model": name, "size": args.size, "method": "original"}, "fp32")
+            if method == "original":
+                return _onnx_metrics(_export(model, x, f32), None) | {"macs": macs0}
+            if method == "ort-ptq":
+                from quant_peers import _ort_defaults
+
+                _ort_defaults(f32, files.path(key, "int8"), calib)
+                return _onnx_metrics(files.path(key, "int8"), None) | {"macs": macs0}
+            if method == "edgecompress-ptq":
+                return _onnx_metrics(_ptq(f32, files.path(key, "int8"), calib), None) | {"macs": macs0}
+            pr = prune(model, x, PruneConfig(ratio=r, drop_blocks=k), calib_x=calib)
+            f = _export(pr.model, x, files.path(key, "fp32"))
+            return _onnx_metrics(_ptq(f, files.path(key, "int8"), calib), None) | {
+                "macs": pr.macs_after, "dropped_blocks": [b["name"] for b in pr.dropped_blocks]}
+
+        print(f"[{name}@{args.size}] {method} @ {r:.0%}{f' (drop {k})' if k else ''} ...", flush=True)
+        cells.append((method, r, k, cached("paper-lat-track", key, compute, fresh=args.fresh)))
+    lat = _latency({c[3]["file"] for c in cells}, args, f"{name}@{args.size}")
+    base = cells[0][3]
+    return [{
+        "model": f"{name}@{args.size}", "track": "latency", "method": m, "label": METHODS[m]
+        + (f" ({k} blocks dropped)" if k else ""), "macs_removed": 1 - c["macs"] / macs0, "target_macs_removed": r,
+        "quant": "fp32" if m == "original" else "int8", "kd": False, "epochs": 0, "top1": None, "teacher_top1": None,
+        "latency_speedup": lat[base["file"]] / lat[c["file"]], "size_ratio": base["bytes"] / c["bytes"],
+        "bytes": c["bytes"], "latency_ms_p50": lat[c["file"]], "int8_op_fraction": c["int8_op_fraction"],
+        "dropped_blocks": c.get("dropped_blocks", []), "peer": m in PEERS, "file": c["file"],
+    } for m, r, k, c in cells]  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="resnet20", help="teachers in models/ for the accuracy track")
+    ap.add_argument("--tracks", default="accuracy,latency")
+    ap.add_argument("--ratios", default="0.5,0.7,0.8,0.9")
+    ap.add_argument("--methods", default=",".join(m for m in METHODS if m not in ("prune+kd",)))
+    ap.add_argument("--epochs", type=float, default=1.0, help="fine-tuning budget of every trained cell")
+    ap.add_argument("--long-epochs", type=float, default=0.0, help="extra prune+KD+INT8 cells with this budget")
+    ap.add_argument("--long-ratios", default="0.8,0.9,0.8:0",
+                    help="ratios of the long cells; RATIO:K drops K blocks instead of the depth plan's")
+    ap.add_argument("--drop-blocks", default=DEFAULT_DEPTH, help="ratio:blocks plan of depth pruning")
+    ap.add_argument("--round-to", type=int, default=2, help="coarser rounding overshoots the MACs target at 80-90%%")
+    ap.add_argument("--latency-models", default="resnet18,mobilenet_v2")
+    ap.add_argument("--latency-ratios", default="0.5,0.8")
+    ap.add_argument("--latency-drop-blocks", default="0,2,4", help="depth variants (blocks dropped) of the latency track")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--runs", type=int, default=1000, help="timed runs per file (accuracy track)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for training")
+    ap.add_argument("--max-test", type=int, default=0, help="evaluate on the first N test images (0 = all)")
+    ap.add_argument("--fresh", action="store_true", help="recompute every cell")
+    ap.add_argument("--remeasure", action="store_true", help="re-measure latency only (cells stay cached)")
+    ap.add_argument("--report-only", action="store_true", help="re-render RESULTS.md and plots from paper.json")
+    args = ap.parse_args()
+    args.ratios = [float(r) for r in args.ratios.split(",") if r]
+    args.long_ratios = [(float(r.split(":")[0]), int(r.split(":")[1]) if ":" in r else None)
+                        for r in args.long_ratios.split(",") if r]
+    args.latency_ratios = [float(r) for r in args.latency_ratios.split(",") if r]
+    args.latency_drop_blocks = [int(k) for k in args.latency_drop_blocks.split(",") if k]
+    args.methods = args.methods.split(",")
+
+    out = RESULTS / "paper.json"
+    if args.report_only:
+        rows = json.loads(out.read_text())
+    else:
+        rows = []
+        tracks = args.tracks.split(",")
+        if "accuracy" in tracks:
+            for m in args.models.split(","):
+                if not (ROOT / "models" / f"{m}.pt").exists():
+                    print(f"skipping {m}: no teacher models/{m}.pt (train it with tools/train_teacher.py {m})")
+                    continue
+                rows += accuracy_track(m, args)
+        if "latency" in tracks:
+            saved_runs = args.runs
+            args.runs = min(args.runs, 100)  # 224 px files take milliseconds per run
+            for m in args.latency_models.split(","):
+                rows += latency_track(m, args)
+            args.runs = saved_runs
+        old = json.loads(out.read_text()) if out.exists() else []
+        done = {r["model"] for r in rows}
+        rows = [r for r in old if r["model"] not in done] + rows  # other models' rows stay
+        from edgecompress.io import atomic_write_text
+
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, json.dumps(rows, indent=1) + "\n")
+    from paper_report import render
+
+    meta = {"machine": f"{platform.processor() or platform.machine()}, onnxruntime 1 thread, batch 1",
+            "command": "python benchmarks/reproduce_paper.py " + " ".join(__import__("sys").argv[1:])}
+    render(rows, ROOT / "benchmarks" / "RESULTS.md", RESULTS, meta)
+    print(f"wrote {out.relative_to(ROOT)}, benchmarks/RESULTS.md and the Pareto plots")
+
+
+if __name__ == "__main__":
+    main()
