@@ -66,7 +66,8 @@ def _plot(model: str, rows: list[dict[str, Any]], path: Path) -> None:
 COLS = [("method", "method", ""), ("MACs removed", "macs_removed", ".1%"), ("quant", "quant", ""),
         ("KD", "kd", ""), ("epochs", "epochs", "g"), ("top-1", "top1", ".4f"), ("Δ points", "drop", "+.2f"),
         ("p50 ms", "latency_ms_p50", ".3f"), ("speed-up", "latency_speedup", ".2f"), ("bytes", "bytes", ","),
-        ("smaller ×", "size_ratio", ".1f"), ("int8 ops", "int8_op_fraction", ".2f"), ("blocks dropped", "nblocks", "")]
+        ("smaller ×", "size_ratio", ".1f"), ("int8 ops", "int8_op_fraction", ".2f"), ("blocks dropped", "nblocks", ""),
+        ("round-to", "round_to", "")]
 
 
 def _bars(model: str, rows: list[dict[str, Any]]) -> list[str]:
@@ -129,7 +130,7 @@ def render(rows: list[dict[str, Any]], md_path: Path, results: Path, meta: dict[
         lines += [f"## {model} ({track} track)", ""]
         if track == "accuracy":
             lines += [f"Teacher top-1 **{mr[0]['teacher_top1']:.4f}**. Δ points = teacher − row (positive = loss).", ""]
-        cols = [c for c in COLS if track == "accuracy" or c[1] not in ("top1", "drop", "kd", "epochs")]
+        cols = [c for c in COLS if track == "accuracy" or c[1] not in ("top1", "drop", "kd", "epochs", "round_to")]
         lines += [table(sorted(mr, key=lambda r: (r["peer"], r["macs_removed"], r["method"])), cols), ""]
         if track == "accuracy":
             png = results / f"pareto-{model}.png"

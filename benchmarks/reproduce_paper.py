@@ -55,6 +55,15 @@ METHODS = {
 PEERS = ("ort-ptq", "inc-int8", "torch-pruning+ft")
 
 
+def _long_cell(v: str) -> tuple[float, int | None, float | None, int | None]:
+    """RATIO[:BLOCKS][@EPOCHS][/ROUND] -> (ratio, blocks, epochs, round-to); None = the defaults
+    (the depth plan, --long-epochs, --round-to)."""
+    v, _, rt = v.partition("/")
+    v, _, e = v.partition("@")
+    r, _, k = v.partition(":")
+    return float(r), int(k) if k else None, float(e) if e else None, int(rt) if rt else None
+
+
 def _parse_depth(s: str) -> dict[float, int]:
     return {float(k): int(v) for k, v in (p.split(":") for p in s.split(",") if p)}
 
@@ -153,18 +162,19 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
     files = Files(name)
     depth = _parse_depth(args.drop_blocks)
     macs0, params0 = count_macs_params(t.model, t.x)
-    pruned_cache: dict[tuple[float, int], Any] = {}
+    pruned_cache: dict[tuple[float, int, int], Any] = {}
 
     def pruned(key: dict[str, Any]):
         r, k = key["ratio"], key["drop_blocks"]
-        if (r, k) not in pruned_cache:
-            cfg = PruneConfig(ratio=r, round_to=args.round_to, drop_blocks=k)
-            pruned_cache[r, k] = prune(t.model, t.x, cfg, calib_x=t.calib[:256])
-        return pruned_cache[r, k]
+        if (r, k, key["round_to"]) not in pruned_cache:
+            cfg = PruneConfig(ratio=r, round_to=key["round_to"], drop_blocks=k)
+            pruned_cache[r, k, key["round_to"]] = prune(t.model, t.x, cfg, calib_x=t.calib[:256])
+        return pruned_cache[r, k, key["round_to"]]
 
-    def cell(method: str, ratio: float, epochs: float, compute, drops: int | None = None) -> dict[str, Any]:
+    def cell(method: str, ratio: float, epochs: float, compute, drops: int | None = None,
+             round_to: int | None = None) -> dict[str, Any]:
         drops = depth.get(ratio, 0) if drops is None else drops
-        key = t.key | {"method": method, "ratio": ratio, "epochs": epochs, "round_to": args.round_to,
+        key = t.key | {"method": method, "ratio": ratio, "epochs": epochs, "round_to": round_to or args.round_to,
                        "drop_blocks": drops if method.startswith("prune") else 0}
         t0 = time.time()
         print(f"[{name}] {method} @ {ratio:.0%} ({epochs:g} epochs) ...", flush=True)
@@ -259,8 +269,8 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
             cells.append(("prune+qat+kd", r, "int8", True, cell("prune+qat+kd", r, args.epochs, qat_kd)))
         if "torch-pruning+ft" in args.methods and args.epochs > 0:
             cells.append(("torch-pruning+ft", r, "fp32", False, cell("torch-pruning+ft", r, args.epochs, tp_ft)))
-    for r, k in args.long_ratios if args.long_epochs > 0 else ():  # k None: the depth plan's
-        row = cell("prune+kd+int8", r, args.long_epochs, kd, drops=k)
+    for r, k, e, rt in args.long_ratios if args.long_epochs > 0 else ():  # None: the defaults
+        row = cell("prune+kd+int8", r, e or args.long_epochs, kd, drops=k, round_to=rt)
         cells.append(("prune+kd", r, "fp32", True, _fp32_view(row)))
         cells.append(("prune+kd+int8", r, "int8", True, row))
 
@@ -278,6 +288,7 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
             "bytes": c["bytes"], "latency_ms_p50": p50, "params": c["params"], "macs": c["macs"],
             "int8_op_fraction": c["int8_op_fraction"], "dropped_blocks": c.get("dropped_blocks", []),
             "peer": method in PEERS, "file": c["file"],
+            "round_to": c.get("round_to") if method.startswith("prune") else None,
         })  # fmt: skip
     return out
 
@@ -370,7 +381,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=1.0, help="fine-tuning budget of every trained cell")
     ap.add_argument("--long-epochs", type=float, default=0.0, help="extra prune+KD+INT8 cells with this budget")
     ap.add_argument("--long-ratios", default="0.8,0.9,0.8:0",
-                    help="ratios of the long cells; RATIO:K drops K blocks instead of the depth plan's")
+                    help="long cells, RATIO[:K][@EPOCHS][/ROUND]: K blocks dropped instead of the depth plan's, "
+                         "EPOCHS instead of --long-epochs, round-to ROUND instead of --round-to")
     ap.add_argument("--drop-blocks", default=DEFAULT_DEPTH, help="ratio:blocks plan of depth pruning")
     ap.add_argument("--round-to", type=int, default=2, help="coarser rounding overshoots the MACs target at 80-90%%")
     ap.add_argument("--latency-models", default="resnet18,mobilenet_v2")
@@ -386,8 +398,7 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="re-render RESULTS.md and plots from paper.json")
     args = ap.parse_args()
     args.ratios = [float(r) for r in args.ratios.split(",") if r]
-    args.long_ratios = [(float(r.split(":")[0]), int(r.split(":")[1]) if ":" in r else None)
-                        for r in args.long_ratios.split(",") if r]
+    args.long_ratios = [_long_cell(v) for v in args.long_ratios.split(",") if v]
     args.latency_ratios = [float(r) for r in args.latency_ratios.split(",") if r]
     args.latency_drop_blocks = [int(k) for k in args.latency_drop_blocks.split(",") if k]
     args.methods = args.methods.split(",")

@@ -116,6 +116,7 @@ def test_latency_target_stops_when_measured_p50_meets_it():
     hist = res.latency_history
     assert hist[0]["macs"] == res.macs_before and len(hist) >= 2
     assert hist[-1]["p50_ms"] <= target  # stopped on a measurement that met the target
+    assert "first_p50_ms" in hist[-1]  # ... confirmed by a median of 3 before stopping
     assert all(h["p50_ms"] > target for h in hist[:-1])  # ... and not before
     assert res.macs_after < res.macs_before
 
