@@ -30,6 +30,7 @@ import argparse
 import copy
 import json
 import platform
+import random
 import statistics
 import time
 from pathlib import Path
@@ -300,7 +301,8 @@ def _fp32_view(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _latency(files: set[str], args, model: str) -> dict[str, float]:
-    """p50 per file, measured round-robin (``rounds`` rounds) so drifts hit every file alike."""
+    """p50 per file: the median over ``rounds`` rounds, each visiting every file once in a shuffled
+    order (a fresh onnxruntime session per visit), so drifts and periodic noise hit files alike."""
     from edgecompress.bench import measure_latency
     from edgecompress.io import sha256_file
 
@@ -311,8 +313,11 @@ def _latency(files: set[str], args, model: str) -> dict[str, float]:
         per = max(1, args.runs // args.rounds)
         p50s: dict[str, list[float]] = {f: [] for _, f in shas}
         print(f"[{model}] measuring {len(shas)} files round-robin ({args.rounds} x {per} runs)", flush=True)
+        order = [f for _, f in shas]
+        rng = random.Random(0)
         for _ in range(args.rounds):
-            for _, f in shas:
+            rng.shuffle(order)  # a periodic disturbance must not hit the same file in every round
+            for f in order:
                 p50s[f].append(measure_latency(ROOT / f, threads=1, batch=1, warmup=10, runs=per).p50_ms)
         return {"by_sha": {s: statistics.median(p50s[f]) for s, f in shas}}
 
@@ -390,7 +395,7 @@ def main() -> None:
     ap.add_argument("--latency-drop-blocks", default="0,2,4", help="depth variants (blocks dropped) of the latency track")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--runs", type=int, default=1000, help="timed runs per file (accuracy track)")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for training")
     ap.add_argument("--max-test", type=int, default=0, help="evaluate on the first N test images (0 = all)")
     ap.add_argument("--fresh", action="store_true", help="recompute every cell")
@@ -417,7 +422,7 @@ def main() -> None:
                 rows += accuracy_track(m, args)
         if "latency" in tracks:
             saved_runs = args.runs
-            args.runs = min(args.runs, 100)  # 224 px files take milliseconds per run
+            args.runs = min(args.runs, 300)  # 224 px files take milliseconds per run
             for m in args.latency_models.split(","):
                 rows += latency_track(m, args)
             args.runs = saved_runs
