@@ -131,7 +131,8 @@ def _add_export(sub) -> None:
       "checkpoint (kept in .OUT.resume/ beside --out); same command and --out as the interrupted run")
     a("--seed", type=int)
     a("--stages", type=lambda v: [x.strip() for x in v.split(",") if x.strip()],
-      help="stage order: prune,kd,ptq (default) | prune,qat | prune,kd,qat | ptq | prune | prune,kd | qat")
+      help="stage order: prune,kd,ptq (default; prune,kd,qat with --quant qat) | prune,qat | ptq | prune | "
+      "prune,kd | qat")
     a("--dry-run", action="store_true", help="print the resolved configuration and stages, then exit")
 
 

@@ -98,7 +98,7 @@ def test_inc_backend_runs_end_to_end(tmp_path):
 @needs_fmnist
 def test_qat_export_runs_int8_kernels(tmp_path):
     out = tmp_path / "qat"
-    p = run_cli(["export", "resnet8-tiny", "--quant", "qat", "--qat-epochs", "0.3", "--max-train", "1024",
+    p = run_cli(["export", "resnet8-tiny", "--quant", "qat", "--stages", "prune,qat", "--qat-epochs", "0.3", "--max-train", "1024",
                  "--max-eval", "500", "--round-to", "2", "--runs", "5", "--min-agreement", "0", "--out", str(out)], cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     m = json.loads((out / "manifest.json").read_text())

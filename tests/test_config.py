@@ -78,5 +78,7 @@ def test_bad_stage_orders_are_rejected(stages):
         RunConfig.from_dict({"stages": stages}).validate()
 
 
-def test_qat_mode_replaces_kd_and_ptq():
-    assert RunConfig.from_dict({"quant": {"mode": "qat"}}).validate().plan() == ("prune", "qat")
+def test_qat_mode_replaces_ptq_after_kd():
+    assert RunConfig.from_dict({"quant": {"mode": "qat"}}).validate().plan() == ("prune", "kd", "qat")
+    no_kd = {"quant": {"mode": "qat"}, "distill": {"epochs": 0}}
+    assert RunConfig.from_dict(no_kd).validate().plan() == ("prune", "qat")

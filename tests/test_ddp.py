@@ -22,7 +22,7 @@ from .conftest import make_npz
 
 def test_nproc_needs_a_kd_stage():
     with pytest.raises(ConfigError, match="--nproc 2 spreads KD") as e:
-        RunConfig.from_dict({"nproc": 2, "quant": {"mode": "qat"}}).validate()
+        RunConfig.from_dict({"nproc": 2, "quant": {"mode": "qat"}, "stages": ["prune", "qat"]}).validate()
     assert "\n" not in str(e.value)
     assert RunConfig.from_dict({"nproc": 2, "stages": ["prune", "kd", "qat"]}).validate().plan()[1] == "kd"
 
