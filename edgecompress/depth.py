@@ -95,10 +95,14 @@ def residual_blocks(model: nn.Module, example: torch.Tensor) -> list[str]:
         for h in hooks:
             h.remove()
     mods = dict(model.named_modules())
-    return [n for n, same in shapes.items() if same and _is_residual(mods[n])]
+    found = [n for n, same in shapes.items() if same and _is_residual(mods[n])]
+    # a container whose only content is one residual block traces as residual too (layer1 =
+    # Sequential(block)): it is the same block, so keep the innermost name only
+    return [n for n in found if not any(o.startswith(n + ".") for o in found)]
 
 
-def _set(model: nn.Module, name: str, new: nn.Module) -> None:
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Puts ``new`` where the submodule ``name`` (dotted path) was."""
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
@@ -127,11 +131,11 @@ def drop_blocks(model: nn.Module, example: torch.Tensor, n: int, calib_x: np.nda
         scores = []
         for c in cands:
             trial = copy.deepcopy(model)
-            _set(trial, c, nn.Identity())
+            replace_module(trial, c, nn.Identity())
             with torch.no_grad():
                 scores.append((_kl(ref, trial(x)), c))
         kl, best = min(scores)
-        _set(model, best, nn.Identity())
+        replace_module(model, best, nn.Identity())
         # nested candidates inside the removed block are gone with it
         cands = [c for c in cands if c != best and not c.startswith(best + ".")]
         dropped.append(DroppedBlock(best, kl, count_macs_params(model, example)[0]))

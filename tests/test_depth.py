@@ -27,6 +27,12 @@ def test_residual_blocks_are_the_shape_preserving_identity_shortcuts():
     assert names == ["layer1.0", "layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer3.1", "layer3.2"]
 
 
+def test_a_container_of_one_block_is_not_a_second_candidate():
+    torch.manual_seed(0)
+    # resnet8-tiny: layer1 = Sequential(one identity-shortcut block); layer2/3 change the shape
+    assert residual_blocks(create_model("resnet8-tiny").eval(), X) == ["layer1.0"]
+
+
 def test_a_plain_conv_stack_has_no_removable_block():
     class Plain(nn.Module):
         def __init__(self):
