@@ -430,13 +430,14 @@ FORMAT = "edgecompress-pruned/1"
 
 def apply_record(model: nn.Module, record: dict[str, dict[str, Any]], state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """Reshapes a freshly built ``model`` to the pruned structure and loads ``state_dict``."""
+    from edgecompress.depth import replace_module
+
     mods = _named(model)
     for name in sorted(n for n, a in record.items() if a == {"removed": True}):
         if name not in mods:
             raise BadInput(f"pruning record removes module {name!r} the model does not have; "
                            "was the checkpoint made from another model?")
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
+        replace_module(model, name, nn.Identity())
     mods = _named(model)
     for name, attrs in record.items():
         if attrs == {"removed": True}:
