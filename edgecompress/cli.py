@@ -54,7 +54,7 @@ _EXPORT_FLAGS: dict[str, tuple[str, str]] = {
     "min_agreement": ("verify", "min_int8_agreement"), "max_accuracy_drop": ("verify", "max_accuracy_drop"),
     "parity_tol": ("verify", "parity_tol"),
     "threads": ("bench", "threads"), "runs": ("bench", "runs"),
-    "exporter": ("onnx", "exporter"),
+    "exporter": ("onnx", "exporter"), "compact_names": ("onnx", "compact_names"),
     "out": ("", "out"), "overwrite": ("", "overwrite"), "seed": ("", "seed"), "stages": ("", "stages"),
     "resume": ("", "resume"), "nproc": ("", "nproc"),
 }  # fmt: skip
@@ -85,7 +85,8 @@ def _add_export(sub) -> None:
       "(default: measured on the validation split and saved in the run)")
     a("--round-to", type=int, help="keep channel counts multiples of N (default 8; 1 = off)")
     a("--ignore", action="append", help="module name to leave unpruned (repeatable)")
-    a("--target-params", type=float, help="instead of --prune-ratio: fraction of parameters to remove")
+    a("--target-params", type=float, help="fraction of parameters to remove; alone it replaces the MACs "
+      "target, with --prune-ratio pruning goes on until both are met (file size follows parameters)")
     a("--target-latency-ms", type=float, help="instead of --prune-ratio: prune until the p50 latency measured "
       "here with onnxruntime (1 thread, batch 1; INT8 unless --quant none) is at most this")
     a("--prune-steps", type=int, help="iterative schedule: N rounds of prune -> distill (default 1)")
@@ -123,6 +124,8 @@ def _add_export(sub) -> None:
     a("--threads", type=int, help="onnxruntime intra-op threads for latency (default 1)")
     a("--runs", type=int, help="timed runs per artifact (default 200)")
     a("--exporter", help="dynamo (default) or torchscript")
+    a("--compact-names", action="store_true", default=None, help="rename the ONNX files' internal tensors and "
+      "nodes to short ids (inputs/outputs keep theirs): smaller files for tiny models, less readable graphs")
     a("--out", help="output directory (default: a new one under ./edgecompress-out/)")
     a("--overwrite", action="store_true", default=None, help="replace a previous run in --out")
     a("--nproc", type=int, help="distil on N processes with torch.distributed DDP (gloo, DistributedSampler "

@@ -75,10 +75,12 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, cfg: Export
     return path
 
 
-def finalize_onnx(path: Path, meta: dict[str, str]) -> None:
+def finalize_onnx(path: Path, meta: dict[str, str], *, compact_names: bool = False) -> None:
     """Writes the consumer-facing metadata into the ONNX file (metadata_props) and drops what
-    only a debugger needs: the dynamo exporter's per-node source metadata and doc strings, and
-    intermediate value_info (onnxruntime infers shapes). That is ~20% of a small INT8 file."""
+    only a debugger needs: the dynamo exporter's per-node source metadata, graph signature and
+    doc strings, and intermediate value_info (onnxruntime infers shapes). That is ~30% of a small
+    INT8 file.
+    ``compact_names`` also renames every tensor and node to a short id (see compact_names)."""
     import onnx
 
     from edgecompress.io import atomic_write_bytes
@@ -88,10 +90,48 @@ def finalize_onnx(path: Path, meta: dict[str, str]) -> None:
         del node.metadata_props[:]
         node.doc_string = ""
     del m.graph.value_info[:]
+    del m.graph.metadata_props[:]  # the dynamo exporter's graph signature: ~8 KB of parameter names
+    for v in (*m.graph.input, *m.graph.output):
+        del v.metadata_props[:]
+    if compact_names:
+        _compact_names(m.graph)
     del m.metadata_props[:]
     for k, v in meta.items():
         m.metadata_props.add(key=k, value=v)
     atomic_write_bytes(path, m.SerializeToString())
+
+
+def _compact_names(graph) -> None:
+    """Renames the graph's internal tensors to base-36 ids and its nodes to ``OpType_i``; the
+    graph's inputs and outputs keep their names, so callers see the same interface. Names are
+    free-form in ONNX; a quantized file's (``layer1.0.conv1.weight_quantized_scale``...) cost
+    about 16 KB of an 89 KB ResNet-20."""
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    new: dict[str, str] = {"": ""}
+
+    def short(name: str) -> str:
+        if name in keep:
+            return name
+        if name not in new:
+            n, digits = len(new) - 1, ""
+            while True:
+                n, r = divmod(n, 36)
+                digits = "0123456789abcdefghijklmnopqrstuvwxyz"[r] + digits
+                if not n:
+                    break
+            new[name] = digits
+        return new[name]
+
+    for t in graph.initializer:
+        t.name = short(t.name)
+    for t in graph.sparse_initializer:
+        t.values.name = short(t.values.name)
+    for i, node in enumerate(graph.node):
+        if any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute):
+            raise ValueError(f"compact_names: node {node.name} ({node.op_type}) has a subgraph; not supported")
+        node.name = f"{node.op_type}_{i}"
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]
 
 
 def check_onnx(path: Path) -> None:

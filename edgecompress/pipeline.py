@@ -146,7 +146,7 @@ def _fp32_artifact(c: _Ctx, name: str, model, parent: str | None) -> None:
     t0 = time.time()
     path = c.d / f"{name}.onnx"
     export.export_onnx(model, c.example, path, c.cfg.onnx)
-    _stamp(path, c.meta | {"edgecompress.artifact": name})
+    _stamp(path, c.meta | {"edgecompress.artifact": name}, c.cfg.onnx.compact_names)
     src = c.splits.eval if c.splits.eval is not None else c.splits.train
     par = export.parity(model, path, src.x[:64], c.cfg.verify.parity_tol)
     c.gates.append({"name": f"parity {name}.onnx vs PyTorch (max-abs logit)", "value": par.max_abs,
@@ -179,7 +179,8 @@ def _compress(c: _Ctx) -> None:
         t0 = time.time()
         p = cfg.prune
         goal = (f"to p50 <= {p.target_latency_ms} ms (measured)" if p.target_latency_ms is not None else
-                f"{p.target_params:.0%} of params" if p.target_params is not None else f"{p.ratio:.0%} of MACs")
+                " and ".join(([f"{p.macs_target:.0%} of MACs"] if p.macs_target > 0 else [])
+                             + ([f"{p.target_params:.0%} of params"] if p.target_params is not None else [])))
         c.log(f"pruning {goal} ({p.importance}, {p.allocation}, round-to {p.round_to}"
               f"{f', {p.steps} steps' if p.steps > 1 else ''}{f', {p.drop_blocks} blocks dropped' if p.drop_blocks else ''})")
         idx = c.calib_idx[:256] if len(c.calib_idx) else np.arange(min(256, len(splits.train)))
@@ -192,7 +193,7 @@ def _compress(c: _Ctx) -> None:
         quant_planned = any(s in plan for s in ("ptq", "dynamic", "qat"))
         for step in range(1, p.steps + 1):
             # iterative schedule: step i brings the MACs to (1 - ratio * i / steps) of the original
-            goal_macs = macs0 * (1 - p.ratio * step / p.steps)
+            goal_macs = macs0 * (1 - p.macs_target * step / p.steps)
             now = prune.count_macs_params(student, c.example)[0]
             # blocks are dropped once, in the first step; later steps only prune channels
             pstep = p if step == 1 else replace(p, drop_blocks=0)
@@ -232,7 +233,9 @@ def _compress(c: _Ctx) -> None:
             pr.allocation = {"per_step": allocations}
         c.stages.append("prune")
         c.stage_results["prune"] = pr.summary() | {"importance": p.importance, "allocation": p.allocation,
-                                                    "round_to": p.round_to, "steps": p.steps}
+                                                    "round_to": p.round_to, "steps": p.steps,
+                                                    "macs_target": p.macs_target, "target_params": p.target_params,
+                                                    "target_latency_ms": p.target_latency_ms}
         c.log(f"pruned: MACs {pr.macs_before:,} -> {pr.macs_after:,} ({1 - pr.macs_after / pr.macs_before:.1%} "
               f"removed), params {pr.params_before:,} -> {pr.params_after:,}")
         if history:
@@ -273,7 +276,7 @@ def _compress(c: _Ctx) -> None:
                 c.stage_results["accuracy_fallback"] = fallback
             else:
                 qr = quantize.quantize_ptq(c.d / f"{parent}.onnx", c.d / "int8.onnx", calib, cfg.quant)
-        _stamp(c.d / "int8.onnx", c.meta | {"edgecompress.artifact": "int8"})
+        _stamp(c.d / "int8.onnx", c.meta | {"edgecompress.artifact": "int8"}, c.cfg.onnx.compact_names)
         export.check_onnx(c.d / "int8.onnx")
         kr = bench.kernel_report(c.d / "int8.onnx")
         c.stages.append(quant)
@@ -300,7 +303,7 @@ def _qat(c: _Ctx) -> None:
     c.log(f"quantization-aware training of {start} for {cfg.qat.epochs:g} epoch(s) with KD from the original")
     qr = qatm.qat(c.fp32_model, c.lm.model, c.splits.train, c.example, cfg.qat, seed=cfg.seed)
     path = qatm.export_qat_onnx(qr.model, c.example, c.d / "int8.onnx", opset=cfg.onnx.opset)
-    _stamp(path, c.meta | {"edgecompress.artifact": "int8"})
+    _stamp(path, c.meta | {"edgecompress.artifact": "int8"}, c.cfg.onnx.compact_names)
     src = c.splits.eval if c.splits.eval is not None else c.splits.train
     par = qatm.check_qat_parity(qr.model, path, src.x[:256])
     c.gates.append({"name": "parity int8.onnx vs converted QAT model (max-abs logit)", "value": par.max_abs,
@@ -460,10 +463,10 @@ def _metadata(lm, classes) -> dict[str, str]:
     }
 
 
-def _stamp(path: Path, meta: dict[str, str]) -> None:
+def _stamp(path: Path, meta: dict[str, str], compact_names: bool) -> None:
     from edgecompress.export import finalize_onnx
 
-    finalize_onnx(path, meta)
+    finalize_onnx(path, meta, compact_names=compact_names)
 
 
 def _sensitivity_table(c: _Ctx) -> Path:

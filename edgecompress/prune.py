@@ -339,8 +339,9 @@ def prune(
     exporter: str = "dynamo",
 ) -> PruneResult:
     """Returns a pruned copy of ``model`` that meets the target: ``cfg.target_latency_ms``
-    (measured), else ``cfg.target_params``, else ``ratio`` (default ``cfg.ratio``) of MACs removed."""
-    ratio = cfg.ratio if ratio is None else ratio
+    (measured), else ``ratio`` (default ``cfg.macs_target``) of MACs removed and, when set,
+    ``cfg.target_params`` of parameters removed (both)."""
+    ratio = cfg.macs_target if ratio is None else ratio
     original = model
     model = copy.deepcopy(model).eval()
     for prm in model.parameters():  # the dependency graph is traced through autograd
@@ -369,12 +370,14 @@ def prune(
                            f"{p50:.3f} ms here; nothing to prune (use --prune-ratio instead)")
         done = probe.criterion(cfg.target_latency_ms)
         goal = f"a p50 latency of {cfg.target_latency_ms} ms"
-    elif cfg.target_params is not None:
-        target_p = params0 * (1 - cfg.target_params)
-        done, goal = (lambda _m, _macs, params: params <= target_p), f"{cfg.target_params:.0%} of params removed"
-    else:
-        target = macs0 * (1 - ratio)
-        done, goal = (lambda _m, macs, _params: macs <= target), f"{ratio:.0%} of MACs removed"
+    else:  # MACs and params: every target given must be met
+        target_m = macs0 * (1 - ratio)
+        target_p = params0 * (1 - (cfg.target_params or 0.0))
+        done = lambda _m, macs, params: macs <= target_m and params <= target_p  # noqa: E731
+        goals = [f"{ratio:.0%} of MACs removed"] if ratio > 0 else []
+        if cfg.target_params is not None:
+            goals.append(f"{cfg.target_params:.0%} of params removed")
+        goal = " and ".join(goals)
     allocation: dict[str, Any] = {}
     if dropped and probe is None and done(model, *count_macs_params(model, example)):
         pruned, r, met = model, 0.0, True  # the dropped blocks alone meet the target

@@ -75,6 +75,24 @@ def test_random_data_keeps_parity_gates_and_skips_accuracy(tmp_path):
     assert sum(g["name"].startswith("parity") and g["passed"] for g in m["gates"]) == 2
 
 
+def test_joint_macs_params_target_and_compact_names_reach_the_artifacts(tmp_path):
+    import onnx
+
+    out = tmp_path / "o"
+    p = run_cli(["export", "resnet8-tiny", "--data", "random", "--input-shape", "1,1,28,28", "--prune-ratio", "0.3",
+                 "--target-params", "0.6", "--round-to", "1", "--distill-epochs", "0.2", "--calib-samples", "16",
+                 "--runs", "5", "--compact-names", "--out", str(out)], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    m = json.loads((out / "manifest.json").read_text())
+    pr = m["stage_results"]["prune"]
+    assert pr["macs_target"] == 0.3 and pr["target_params"] == 0.6
+    assert pr["params_after"] <= 0.4 * pr["params_before"] and pr["macs_removed"] >= 0.3
+    g = onnx.load(str(out / "int8.onnx")).graph
+    assert [i.name for i in g.input] == ["input"] and [o.name for o in g.output] == ["logits"]
+    assert max(len(t.name) for t in g.initializer) <= 3
+    assert m["config"]["onnx"]["compact_names"] is True
+
+
 def test_dry_run_prints_plan_and_writes_nothing(tmp_path):
     p = run_cli(["export", "resnet20", "--stages", "prune,kd", "--dry-run", "--out", str(tmp_path / "x")], cwd=tmp_path)
     assert p.returncode == 0, p.stderr

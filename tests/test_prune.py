@@ -106,6 +106,34 @@ def test_target_params_is_met():
     assert res.params_after > 0.3 * res.params_before  # no gross overshoot
 
 
+def test_target_params_alone_sets_no_macs_target():
+    assert PruneConfig(target_params=0.6).macs_target == 0.0
+    assert PruneConfig().macs_target == 0.5  # no target at all: the default
+    assert PruneConfig(ratio=0.3, target_params=0.6).macs_target == 0.3
+
+
+def test_macs_and_params_targets_are_both_met():
+    """Uniform pruning at 50% MACs removes ~50% of params on resnet20; asking for 75% of the
+    params too keeps pruning past the MACs target until the params target is met."""
+    model = create_model("resnet20").eval()
+    macs_only = prune(model, X, PruneConfig(ratio=0.5, round_to=1))
+    both = prune(model, X, PruneConfig(ratio=0.5, target_params=0.75, round_to=1))
+    assert macs_only.params_after > 0.25 * macs_only.params_before  # the params target is not met by MACs alone
+    assert both.params_after <= 0.25 * both.params_before
+    assert both.macs_after <= 0.5 * both.macs_before
+    # the other way round: a params target already met leaves the MACs target in charge
+    deep = prune(model, X, PruneConfig(ratio=0.8, target_params=0.1, round_to=1))
+    assert deep.macs_after <= 0.2 * deep.macs_before
+
+
+def test_ratio_and_latency_target_conflict():
+    from edgecompress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="choose one"):
+        PruneConfig(ratio=0.5, target_latency_ms=1.0).validate()
+    PruneConfig(ratio=0.0, target_latency_ms=1.0).validate()  # 0 = no MACs target: fine
+
+
 def test_latency_target_stops_when_measured_p50_meets_it():
     from edgecompress.prune import LatencyProbe
 
