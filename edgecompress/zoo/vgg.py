@@ -58,3 +58,33 @@ def vgg11_bn(*, num_classes: int = 10, in_chans: int = 3) -> nn.Module:
 @register("vgg16_bn", "VGG-16 with BN (138M params): plain conv chain, flatten into a big MLP", (3, 224, 224))
 def vgg16_bn(*, num_classes: int = 10, in_chans: int = 3) -> nn.Module:
     return VGG(CFGS["D"], num_classes, in_chans)
+
+
+class VGGSmall(nn.Module):
+    """A VGG-style chain for 28-32 px inputs: 3x3 conv-BN-ReLU stages with max-pools, then global
+    average pooling and one linear layer (no flatten MLP: at this size it would be most of the model)."""
+
+    def __init__(self, cfg: tuple, num_classes: int = 10, in_chans: int = 1) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_chans
+        for v in cfg:
+            if v == M:
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(c, v, 3, padding=1, bias=False), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+                c = v
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+@register("vgg7-small", "VGG-style 6 conv-BN layers 24-48-96 + GAP + linear (157k params), for 28 px")
+def vgg7_small(*, num_classes: int = 10, in_chans: int = 1) -> nn.Module:
+    return VGGSmall((24, M, 48, 48, M, 96, 96, M), num_classes, in_chans)
