@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
+import statistics
 import sys
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +31,78 @@ def cached(kind: str, key: dict[str, Any], compute: Callable[[], dict[str, Any]]
     return row
 
 
-def fp32_and_int8(model, example, calib, *, runs: int, exporter: str = "dynamo") -> dict[str, Any]:
-    """Exports ``model``, quantizes it with edgecompress PTQ, measures both (1 thread, batch 1)."""
-    from edgecompress.bench import file_bytes, kernel_report, measure_latency
-    from edgecompress.config import ExportOnnxConfig, QuantConfig
+class Files:
+    """ONNX files of one model's cells under benchmarks/cache/<subdir>/, kept next to the cache so
+    latency can be re-measured; a file's name is a hash of its cell's key."""
+
+    def __init__(self, subdir: str) -> None:
+        self.dir = CACHE / subdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: dict[str, Any], suffix: str) -> Path:
+        h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        return self.dir / f"{h}-{suffix}.onnx"
+
+
+def onnx_metrics(path: Path, test=None) -> dict[str, Any]:
+    """Finalizes ``path`` (as the pipeline does for what it ships) and returns what a cell records
+    about it: file (relative to the repo), bytes, sha256, int8_op_fraction, and top1 on ``test``."""
+    from edgecompress.bench import file_bytes, kernel_report, make_session, run_batched
+    from edgecompress.export import finalize_onnx
+    from edgecompress.io import sha256_file
+
+    finalize_onnx(path, {})  # strip debug info as the pipeline does for what it ships
+    row = {"file": str(path.relative_to(ROOT)), "bytes": file_bytes(path), "sha256": sha256_file(path),
+           "int8_op_fraction": kernel_report(path).int8_op_fraction}
+    if test is not None:
+        pred = run_batched(make_session(path, threads=1), test.x).argmax(1)
+        row["top1"] = float((pred == test.y).mean())
+    return row
+
+
+def export_fp32(model, x, path: Path) -> Path:
+    """torch -> ONNX with edgecompress's default exporter settings."""
+    from edgecompress.config import ExportOnnxConfig
     from edgecompress.export import export_onnx
+
+    export_onnx(model, x, path, ExportOnnxConfig())
+    return path
+
+
+def ptq_int8(fp32: Path, out: Path, calib) -> Path:
+    """edgecompress PTQ with its defaults; returns the INT8 file."""
+    from edgecompress.config import QuantConfig
     from edgecompress.quantize import quantize_ptq
 
-    with tempfile.TemporaryDirectory(prefix="ecbench-") as d:
-        f32 = Path(d) / "fp32.onnx"
-        export_onnx(model, example, f32, ExportOnnxConfig(exporter=exporter))
-        q = quantize_ptq(f32, Path(d) / "int8.onnx", calib, QuantConfig()).path
-        lat32 = measure_latency(f32, threads=1, batch=1, warmup=10, runs=runs)
-        lat8 = measure_latency(q, threads=1, batch=1, warmup=10, runs=runs)
-        return {"fp32_p50_ms": lat32.p50_ms, "int8_p50_ms": lat8.p50_ms, "fp32_bytes": file_bytes(f32),
-                "int8_bytes": file_bytes(q), "int8_op_fraction": kernel_report(q).int8_op_fraction}
+    return quantize_ptq(fp32, out, calib, QuantConfig()).path
+
+
+def latency_round_robin(files: Iterable[str], *, runs: int, rounds: int, kind: str, key_extra: dict[str, Any],
+                        fresh: bool = False, label: str = "") -> dict[str, float]:
+    """p50 in ms per file (paths relative to the repo): the median over ``rounds`` rounds, each
+    visiting every file once in a shuffled order (a fresh onnxruntime session per visit, 1 thread,
+    batch 1, ``runs // rounds`` timed runs), so drifts and periodic noise hit files alike. Cached
+    as ``kind`` keyed by the files' sha256s, runs, rounds and ``key_extra``; ``fresh`` re-measures."""
+    from edgecompress.bench import measure_latency
+    from edgecompress.io import sha256_file
+
+    shas = sorted((sha256_file(ROOT / f), f) for f in set(files))
+    key = {"files": [s for s, _ in shas], "runs": runs, "rounds": rounds} | key_extra
+
+    def compute():
+        per = max(1, runs // rounds)
+        p50s: dict[str, list[float]] = {f: [] for _, f in shas}
+        print(f"[{label}] measuring {len(shas)} files round-robin ({rounds} x {per} runs)", flush=True)
+        order = [f for _, f in shas]
+        rng = random.Random(0)
+        for _ in range(rounds):
+            rng.shuffle(order)  # a periodic disturbance must not hit the same file in every round
+            for f in order:
+                p50s[f].append(measure_latency(ROOT / f, threads=1, batch=1, warmup=10, runs=per).p50_ms)
+        return {"by_sha": {s: statistics.median(p50s[f]) for s, f in shas}}
+
+    by_sha = cached(kind, key, compute, fresh=fresh)["by_sha"]
+    return {f: by_sha[s] for s, f in shas}
 
 
 def table(rows: list[dict[str, Any]], cols: list[tuple[str, str, str]]) -> str:

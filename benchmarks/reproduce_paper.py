@@ -30,13 +30,10 @@ import argparse
 import copy
 import json
 import platform
-import random
-import statistics
 import time
-from pathlib import Path
 from typing import Any
 
-from _common import CACHE, RESULTS, ROOT, cached
+from _common import RESULTS, ROOT, Files, cached, export_fp32, latency_round_robin, onnx_metrics, ptq_int8
 
 # edgecompress's channel + depth plan per MACs-removed ratio for the 28 px teachers: on small
 # inputs latency follows the operator count, so the deeper ratios also remove residual blocks.
@@ -67,49 +64,6 @@ def _long_cell(v: str) -> tuple[float, int | None, float | None, int | None]:
 
 def _parse_depth(s: str) -> dict[float, int]:
     return {float(k): int(v) for k, v in (p.split(":") for p in s.split(",") if p)}
-
-
-class Files:
-    """ONNX files of one model's cells, kept next to the cache so latency can be re-measured."""
-
-    def __init__(self, model: str) -> None:
-        self.dir = CACHE / "paper" / model
-        self.dir.mkdir(parents=True, exist_ok=True)
-
-    def path(self, key: dict[str, Any], suffix: str) -> Path:
-        import hashlib
-
-        h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        return self.dir / f"{h}-{suffix}.onnx"
-
-
-def _onnx_metrics(path: Path, test) -> dict[str, Any]:
-    from edgecompress.bench import file_bytes, kernel_report, make_session, run_batched
-    from edgecompress.export import finalize_onnx
-    from edgecompress.io import sha256_file
-
-    finalize_onnx(path, {})  # strip debug info as the pipeline does for what it ships
-    row = {"file": str(path.relative_to(ROOT)), "bytes": file_bytes(path), "sha256": sha256_file(path),
-           "int8_op_fraction": kernel_report(path).int8_op_fraction}
-    if test is not None:
-        pred = run_batched(make_session(path, threads=1), test.x).argmax(1)
-        row["top1"] = float((pred == test.y).mean())
-    return row
-
-
-def _export(model, x, path: Path) -> Path:
-    from edgecompress.config import ExportOnnxConfig
-    from edgecompress.export import export_onnx
-
-    export_onnx(model, x, path, ExportOnnxConfig())
-    return path
-
-
-def _ptq(fp32: Path, out: Path, calib) -> Path:
-    from edgecompress.config import QuantConfig
-    from edgecompress.quantize import quantize_ptq
-
-    return quantize_ptq(fp32, out, calib, QuantConfig()).path
 
 
 def _tp_alone(teacher, x, ratio: float):
@@ -160,7 +114,7 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
     from edgecompress.prune import count_macs_params, prune
 
     t = Teacher(name, args)
-    files = Files(name)
+    files = Files(f"paper/{name}")
     depth = _parse_depth(args.drop_blocks)
     macs0, params0 = count_macs_params(t.model, t.x)
     pruned_cache: dict[tuple[float, int, int], Any] = {}
@@ -191,32 +145,32 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
         return {"macs": macs, "params": params}
 
     def original(key):
-        return _onnx_metrics(_export(t.model, t.x, files.path(key, "fp32")), t.test) | struct(t.model)
+        return onnx_metrics(export_fp32(t.model, t.x, files.path(key, "fp32")), t.test) | struct(t.model)
 
     def ort_ptq(key):
         from quant_peers import _ort_defaults
 
         out = files.path(key, "int8")
         _ort_defaults(ROOT / rows_by["original"]["file"], out, t.calib)
-        return _onnx_metrics(out, t.test) | struct(t.model)
+        return onnx_metrics(out, t.test) | struct(t.model)
 
     def inc(key):
         from edgecompress.inc_backend import quantize_inc
 
         out = files.path(key, "int8")
         quantize_inc(t.model, t.x, t.calib, out)
-        return _onnx_metrics(out, t.test) | struct(t.model)
+        return onnx_metrics(out, t.test) | struct(t.model)
 
     def ec_ptq(key):
-        return _onnx_metrics(_ptq(ROOT / rows_by["original"]["file"], files.path(key, "int8"), t.calib),
-                             t.test) | struct(t.model)
+        return onnx_metrics(ptq_int8(ROOT / rows_by["original"]["file"], files.path(key, "int8"), t.calib),
+                            t.test) | struct(t.model)
 
     def prune_only(key):
         pr = pruned(key)
-        f = _export(pr.model, t.x, files.path(key, "fp32"))
-        q = _ptq(f, files.path(key, "int8"), t.calib)
+        f = export_fp32(pr.model, t.x, files.path(key, "fp32"))
+        q = ptq_int8(f, files.path(key, "int8"), t.calib)
         base = struct(pr.model) | {"dropped_blocks": [b["name"] for b in pr.dropped_blocks]}
-        m32, m8 = _onnx_metrics(f, t.test), _onnx_metrics(q, t.test)
+        m32, m8 = onnx_metrics(f, t.test), onnx_metrics(q, t.test)
         return m8 | base | {"fp32_" + k: v for k, v in m32.items()}
 
     def kd(key):
@@ -224,9 +178,9 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
         s = copy.deepcopy(pr.model)
         dr = distill(s, t.model, t.splits.train, DistillConfig(epochs=key["epochs"]), seed=0,
                      desc=f"kd {key['ratio']:.0%}")
-        f = _export(s, t.x, files.path(key, "fp32"))
-        q = _ptq(f, files.path(key, "int8"), t.calib)
-        m32, m8 = _onnx_metrics(f, t.test), _onnx_metrics(q, t.test)
+        f = export_fp32(s, t.x, files.path(key, "fp32"))
+        q = ptq_int8(f, files.path(key, "int8"), t.calib)
+        m32, m8 = onnx_metrics(f, t.test), onnx_metrics(q, t.test)
         return m8 | struct(s) | {"fp32_" + k: v for k, v in m32.items()} | {
             "kd_steps": dr.steps, "dropped_blocks": [b["name"] for b in pr.dropped_blocks]}
 
@@ -237,14 +191,14 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
         pr = pruned(key)
         res = qat(pr.model, t.model, t.splits.train, t.x, QatConfig(epochs=key["epochs"]), seed=0,
                   desc=f"qat {key['ratio']:.0%}")
-        return _onnx_metrics(export_qat_onnx(res.model, t.x, files.path(key, "int8")), t.test) | struct(pr.model) | {
+        return onnx_metrics(export_qat_onnx(res.model, t.x, files.path(key, "int8")), t.test) | struct(pr.model) | {
             "dropped_blocks": [b["name"] for b in pr.dropped_blocks]}
 
     def tp_ft(key):
         m = _tp_alone(t.model, t.x, key["ratio"])
         distill(m, t.model, t.splits.train, DistillConfig(epochs=key["epochs"], alpha=0.0), seed=0,
                 desc=f"tp+ce {key['ratio']:.0%}")  # alpha 0: cross-entropy only
-        return _onnx_metrics(_export(m, t.x, files.path(key, "fp32")), t.test) | struct(m)
+        return onnx_metrics(export_fp32(m, t.x, files.path(key, "fp32")), t.test) | struct(m)
 
     torch.set_num_threads(args.threads)
     rows_by: dict[str, dict[str, Any]] = {}
@@ -301,28 +255,9 @@ def _fp32_view(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _latency(files: set[str], args, model: str) -> dict[str, float]:
-    """p50 per file: the median over ``rounds`` rounds, each visiting every file once in a shuffled
-    order (a fresh onnxruntime session per visit), so drifts and periodic noise hit files alike."""
-    from edgecompress.bench import measure_latency
-    from edgecompress.io import sha256_file
-
-    shas = sorted((sha256_file(ROOT / f), f) for f in files)
-    key = {"files": [s for s, _ in shas], "runs": args.runs, "rounds": args.rounds, "model": model}
-
-    def compute():
-        per = max(1, args.runs // args.rounds)
-        p50s: dict[str, list[float]] = {f: [] for _, f in shas}
-        print(f"[{model}] measuring {len(shas)} files round-robin ({args.rounds} x {per} runs)", flush=True)
-        order = [f for _, f in shas]
-        rng = random.Random(0)
-        for _ in range(args.rounds):
-            rng.shuffle(order)  # a periodic disturbance must not hit the same file in every round
-            for f in order:
-                p50s[f].append(measure_latency(ROOT / f, threads=1, batch=1, warmup=10, runs=per).p50_ms)
-        return {"by_sha": {s: statistics.median(p50s[f]) for s, f in shas}}
-
-    by_sha = cached("paper-lat", key, compute, fresh=args.fresh or args.remeasure)["by_sha"]
-    return {f: by_sha[s] for s, f in shas}
+    """p50 per file, measured round-robin over all of ``files`` (see latency_round_robin)."""
+    return latency_round_robin(files, runs=args.runs, rounds=args.rounds, kind="paper-lat", key_extra={"model": model},
+                               fresh=args.fresh or args.remeasure, label=model)
 
 
 def latency_track(name: str, args) -> list[dict[str, Any]]:
@@ -337,7 +272,7 @@ def latency_track(name: str, args) -> list[dict[str, Any]]:
     model = create_model(name, num_classes=1000, in_chans=3).eval()
     x = torch.zeros(1, 3, args.size, args.size)
     calib = np.random.default_rng(0).random((16, 3, args.size, args.size), dtype=np.float32)
-    files = Files(f"{name}-{args.size}")
+    files = Files(f"paper/{name}-{args.size}")
     macs0 = count_macs_params(model, x)[0]
     variants = [("original", 0.0, 0), ("edgecompress-ptq", 0.0, 0), ("ort-ptq", 0.0, 0)]
     variants += [("prune+int8", r, 0) for r in args.latency_ratios]
@@ -350,17 +285,17 @@ def latency_track(name: str, args) -> list[dict[str, Any]]:
         def compute(method=method, r=r, k=k, key=key):
             f32 = files.path({"model": name, "size": args.size, "method": "original"}, "fp32")
             if method == "original":
-                return _onnx_metrics(_export(model, x, f32), None) | {"macs": macs0}
+                return onnx_metrics(export_fp32(model, x, f32), None) | {"macs": macs0}
             if method == "ort-ptq":
                 from quant_peers import _ort_defaults
 
                 _ort_defaults(f32, files.path(key, "int8"), calib)
-                return _onnx_metrics(files.path(key, "int8"), None) | {"macs": macs0}
+                return onnx_metrics(files.path(key, "int8"), None) | {"macs": macs0}
             if method == "edgecompress-ptq":
-                return _onnx_metrics(_ptq(f32, files.path(key, "int8"), calib), None) | {"macs": macs0}
+                return onnx_metrics(ptq_int8(f32, files.path(key, "int8"), calib), None) | {"macs": macs0}
             pr = prune(model, x, PruneConfig(ratio=r, drop_blocks=k), calib_x=calib)
-            f = _export(pr.model, x, files.path(key, "fp32"))
-            return _onnx_metrics(_ptq(f, files.path(key, "int8"), calib), None) | {
+            f = export_fp32(pr.model, x, files.path(key, "fp32"))
+            return onnx_metrics(ptq_int8(f, files.path(key, "int8"), calib), None) | {
                 "macs": pr.macs_after, "dropped_blocks": [b["name"] for b in pr.dropped_blocks]}
 
         print(f"[{name}@{args.size}] {method} @ {r:.0%}{f' (drop {k})' if k else ''} ...", flush=True)
