@@ -70,7 +70,8 @@ def prune_by_sensitivity(model: nn.Module, example: torch.Tensor, cfg, ignored: 
                          calib_x=None, calib_y=None) -> tuple[nn.Module, float, bool, dict[str, Any]]:
     """Returns (pruned copy, mean group ratio, True, allocation record), or BadInput when even the
     largest measured ratios miss the target. ``done`` is prune's MACs or params criterion."""
-    from edgecompress.prune import _accumulate_taylor_grads, _importance, count_macs_params, group_aware_pruner
+    from edgecompress.measure import count_macs_params
+    from edgecompress.prune import _accumulate_taylor_grads, _importance, group_aware_pruner
 
     names = {m: n for n, m in model.named_modules()}
     skip = {names[m] for m in ignored if m in names}

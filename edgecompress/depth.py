@@ -114,7 +114,7 @@ def _kl(ref_logp: torch.Tensor, logits: torch.Tensor) -> float:
 def drop_blocks(model: nn.Module, example: torch.Tensor, n: int, calib_x: np.ndarray | None,
                 *, protect: tuple[str, ...] = ()) -> list[DroppedBlock]:
     """Replaces the ``n`` least important residual blocks of ``model`` (in place) by nn.Identity."""
-    from edgecompress.prune import count_macs_params
+    from edgecompress.measure import count_macs_params
 
     cands = [c for c in residual_blocks(model, example) if not any(c == p or p.startswith(c + ".") for p in protect)]
     if n > len(cands):

@@ -2,16 +2,16 @@
 
 Channels are physically removed (conv/linear/BN shapes shrink), coupled layers (residual
 adds, concats, depthwise/grouped convs) are pruned together as one *group*, and the
-classifier's output is never touched. ``ratio`` is a fraction of MACs to remove: we search
-the per-layer channel ratio that meets it (bisection on copies of the model), because
-Torch-Pruning's own knob is a channel ratio and MACs fall roughly quadratically with it.
+classifier's output is never touched. The target (MACs and/or params removed, or a measured
+latency) is met by Torch-Pruning's progressive schedule: the per-layer channel ratio grows in
+small steps, importance re-estimated on what is left, until the target is met. Counting MACs
+and measuring latency live in ``measure``.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,10 @@ import torch.nn.functional as F
 
 from edgecompress.config import PruneConfig
 from edgecompress.errors import BadInput
+from edgecompress.measure import Criterion, LatencyProbe, count_macs_params
+
+__all__ = ["FORMAT", "LatencyProbe", "PruneResult", "apply_record", "count_macs_params", "layer_table", "prune",
+           "structural_record"]
 
 # Module attributes that describe structure; the pruning record stores the changed ones.
 STRUCT_ATTRS = (
@@ -53,45 +57,6 @@ class PruneResult:
             "latency_history": self.latency_history, "dropped_blocks": self.dropped_blocks,
             **({"sensitivity_allocation": self.allocation} if self.allocation else {}),
         }  # fmt: skip
-
-
-class _Tally:
-    """Stands in for a module in Torch-Pruning's per-type counting hooks: reads go to the module,
-    the ``module.__flops__ += n`` they do lands here instead of on the model."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.__dict__.update(_module=module, __flops__=0)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._module, name)
-
-
-def count_macs_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
-    """Torch-Pruning's ``count_ops_and_params``, same numbers, without its deep copy of the model
-    (0.5 GB for VGG, at each of up to 100 pruning steps). Its own per-type hooks count each
-    module whose *exact* type it knows; a known module's children are not added again, a module
-    called twice counts twice, and the total is per sample. The forward runs in eval mode under
-    no_grad, and the modules' train/eval flags are restored afterwards."""
-    from torch_pruning.utils import op_counter
-
-    table = op_counter.MODULES_MAPPING
-    tallies = {m: _Tally(m) for m in model.modules() if type(m) in table}
-    modes = [(m, m.training) for m in model.modules()]
-    hooks = [m.register_forward_hook(lambda mod, i, o, t=t: table[type(mod)](t, i, o)) for m, t in tallies.items()]
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
-        for m, training in modes:
-            m.training = training
-
-    def total(m: nn.Module) -> int:  # op_counter.accumulate_flops
-        return tallies[m].__flops__ if m in tallies else sum(total(c) for c in m.children())
-
-    return int(total(model) / len(example)), sum(p.numel() for p in model.parameters())
 
 
 def output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
@@ -149,12 +114,17 @@ def _named(model: nn.Module) -> dict[str, nn.Module]:
     return dict(model.named_modules())
 
 
+def _ignore_names(model: nn.Module, names: tuple[str, ...]) -> tuple[str, ...]:
+    """--ignore plus what the model declares: a model may list layers the dependency graph cannot
+    follow (e.g. ShuffleNet's channel shuffle) as ``prune_ignore``, names of modules whose output
+    channels must stay whole."""
+    return tuple(getattr(model, "prune_ignore", ())) + tuple(names)
+
+
 def _resolve_ignored(model: nn.Module, example: torch.Tensor, names: tuple[str, ...]) -> list[nn.Module]:
+    """The modules to leave alone: the output layers and ``names`` (from _ignore_names)."""
     mods = _named(model)
     ignored = output_layers(model, example)
-    # A model may declare layers the dependency graph cannot follow (e.g. ShuffleNet's channel
-    # shuffle) as ``prune_ignore``: names of modules whose output channels must stay whole.
-    names = tuple(getattr(model, "prune_ignore", ())) + tuple(names)
     for n in names:
         if n not in mods:
             close = [k for k in mods if n in k][:3]
@@ -162,9 +132,6 @@ def _resolve_ignored(model: nn.Module, example: torch.Tensor, names: tuple[str, 
                            "; list names with print(model)"))
         ignored.append(mods[n])
     return ignored
-
-
-Criterion = Callable[[nn.Module, int, int], bool]  # (model, macs, params) -> target met?
 
 
 def group_aware_pruner(model, example, **kwargs):
@@ -243,57 +210,6 @@ def _progressive(model, example, cfg, ignored, done: Criterion, calib_x, calib_y
     return model, ratio, met
 
 
-class LatencyProbe:
-    """Measures the p50 latency (onnxruntime, 1 thread, batch 1) of a model as deployed: FP32
-    ONNX, or INT8 after a quick PTQ when ``int8``. Only re-measures after MACs fell by
-    ``min_drop`` since the last measurement, so a 100-step schedule costs ~20 measurements."""
-
-    def __init__(self, example: torch.Tensor, calib_x: np.ndarray | None, *, int8: bool, runs: int = 100,
-                 min_drop: float = 0.03, exporter: str = "dynamo") -> None:
-        self.example, self.calib_x, self.int8, self.runs, self.min_drop = example, calib_x, int8, runs, min_drop
-        self.exporter = exporter  # measure the graph that will ship: the exporters' graphs differ in speed
-        self.last_macs: int | None = None
-        self.history: list[dict[str, float]] = []
-
-    def __call__(self, model: nn.Module, repeats: int = 1) -> float:
-        """p50 in ms; with ``repeats`` > 1 the median of that many independent measurements."""
-        import statistics
-        import tempfile
-        from pathlib import Path
-
-        from edgecompress.bench import measure_latency
-        from edgecompress.config import ExportOnnxConfig, QuantConfig
-        from edgecompress.export import export_onnx
-
-        with tempfile.TemporaryDirectory(prefix="edgecompress-lat-") as d:
-            path = Path(d) / "m.onnx"
-            export_onnx(model, self.example, path, ExportOnnxConfig(exporter=self.exporter))
-            if self.int8:
-                from edgecompress.quantize import quantize_ptq
-
-                calib = self.calib_x[:64] if self.calib_x is not None else \
-                    np.random.default_rng(0).random((16, *self.example.shape[1:]), dtype=np.float32)
-                path = quantize_ptq(path, Path(d) / "q.onnx", calib, QuantConfig()).path
-            return statistics.median(measure_latency(path, threads=1, batch=1, warmup=10, runs=self.runs).p50_ms
-                                     for _ in range(repeats))
-
-    def criterion(self, target_ms: float) -> Criterion:
-        def done(model: nn.Module, macs: int, _params: int) -> bool:
-            if self.last_macs is not None and macs > (1 - self.min_drop) * self.last_macs:
-                return False
-            self.last_macs = macs
-            p50 = self(model)
-            entry: dict[str, Any] = {"macs": macs, "p50_ms": p50}
-            if p50 <= target_ms:
-                # confirm before stopping: the first noisy dip under the target would otherwise end
-                # the search early (the final artifact then misses the target it "met")
-                entry = {"macs": macs, "p50_ms": self(model, repeats=3), "first_p50_ms": p50}
-            self.history.append(entry)
-            return entry["p50_ms"] <= target_ms
-
-        return done
-
-
 def structural_record(original: nn.Module, pruned: nn.Module) -> dict[str, dict[str, Any]]:
     before, record = _named(original), {}
     for name, m in pruned.named_modules():
@@ -348,12 +264,12 @@ def prune(
         prm.requires_grad_(True)
     macs0, params0 = count_macs_params(model, example)
     dropped = []
+    protect = _ignore_names(model, cfg.ignore)
     if cfg.drop_blocks:  # depth first: the channel search then meets the target on what is left
         from edgecompress.depth import drop_blocks
 
-        protect = tuple(getattr(model, "prune_ignore", ())) + tuple(cfg.ignore)
         dropped = [d.as_dict() for d in drop_blocks(model, example, cfg.drop_blocks, calib_x, protect=protect)]
-    ignored = _resolve_ignored(model, example, cfg.ignore)
+    ignored = _resolve_ignored(model, example, protect)
     if ratio <= 0 and cfg.target_latency_ms is None and cfg.target_params is None:
         macs1, params1 = count_macs_params(model, example)
         return PruneResult(model, macs0, macs1, params0, params1, 0.0, structural_record(original, model),

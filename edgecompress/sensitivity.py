@@ -34,7 +34,8 @@ def sensitivity(model: nn.Module, example: torch.Tensor, val: Dataset, cfg: Sens
     import torch_pruning as tp
 
     from edgecompress.errors import BadInput
-    from edgecompress.prune import _importance, count_macs_params, group_aware_pruner, output_layers
+    from edgecompress.measure import count_macs_params
+    from edgecompress.prune import _importance, group_aware_pruner, output_layers
     from edgecompress.train import top1
 
     if val.y is None:
