@@ -60,6 +60,22 @@ def onnx_metrics(path: Path, test=None) -> dict[str, Any]:
     return row
 
 
+def shipped_sizes(rel: str) -> dict[str, int]:
+    """Bytes of a cell's file as edgecompress ships it today (re-finalized in place, so a file
+    cached before a change to finalize_onnx gets it too) and as ``--compact-names`` ships it
+    (computed in memory; names do not change what onnxruntime runs)."""
+    import onnx
+
+    from edgecompress.bench import file_bytes
+    from edgecompress.export import compact_graph_names, finalize_onnx
+
+    path = ROOT / rel
+    finalize_onnx(path, {})
+    m = onnx.load(str(path))
+    compact_graph_names(m.graph)
+    return {"bytes": file_bytes(path), "bytes_compact": len(m.SerializeToString())}
+
+
 def export_fp32(model, x, path: Path) -> Path:
     """torch -> ONNX with edgecompress's default exporter settings."""
     from edgecompress.config import ExportOnnxConfig

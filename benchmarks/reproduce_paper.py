@@ -33,7 +33,17 @@ import platform
 import time
 from typing import Any
 
-from _common import RESULTS, ROOT, Files, cached, export_fp32, latency_round_robin, onnx_metrics, ptq_int8
+from _common import (
+    RESULTS,
+    ROOT,
+    Files,
+    cached,
+    export_fp32,
+    latency_round_robin,
+    onnx_metrics,
+    ptq_int8,
+    shipped_sizes,
+)
 
 # edgecompress's channel + depth plan per MACs-removed ratio for the 28 px teachers: on small
 # inputs latency follows the operator count, so the deeper ratios also remove residual blocks.
@@ -53,13 +63,17 @@ METHODS = {
 PEERS = ("ort-ptq", "inc-int8", "torch-pruning+ft")
 
 
-def _long_cell(v: str) -> tuple[float, int | None, float | None, int | None]:
-    """RATIO[:BLOCKS][@EPOCHS][/ROUND] -> (ratio, blocks, epochs, round-to); None = the defaults
-    (the depth plan, --long-epochs, --round-to)."""
+def _long_cell(v: str) -> tuple[float, int | None, float | None, int | None, float | None]:
+    """RATIO[:BLOCKS][@EPOCHS][/ROUND][+PARAMS] -> (ratio, blocks, epochs, round-to, params
+    removed target); None = the defaults (the depth plan, --long-epochs, --round-to, no params
+    target). E.g. 0.8:3@16/4+0.83: 80% of MACs and 83% of params removed, 3 blocks dropped,
+    round-to 4, 16 epochs of KD."""
+    v, _, tp = v.partition("+")
     v, _, rt = v.partition("/")
     v, _, e = v.partition("@")
     r, _, k = v.partition(":")
-    return float(r), int(k) if k else None, float(e) if e else None, int(rt) if rt else None
+    return (float(r), int(k) if k else None, float(e) if e else None, int(rt) if rt else None,
+            float(tp) if tp else None)
 
 
 def _parse_depth(s: str) -> dict[float, int]:
@@ -115,22 +129,28 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
 
     t = Teacher(name, args)
     files = Files(f"paper/{name}")
-    depth = _parse_depth(args.drop_blocks)
+    from edgecompress.depth import residual_blocks
+
+    # the depth plan where the model has residual blocks to drop (a plain VGG chain has none)
+    n_blocks = len(residual_blocks(t.model, t.x))
+    depth = {r: min(k, n_blocks) for r, k in _parse_depth(args.drop_blocks).items()}
     macs0, params0 = count_macs_params(t.model, t.x)
-    pruned_cache: dict[tuple[float, int, int], Any] = {}
+    pruned_cache: dict[tuple[float, int, int, float | None], Any] = {}
 
     def pruned(key: dict[str, Any]):
-        r, k = key["ratio"], key["drop_blocks"]
-        if (r, k, key["round_to"]) not in pruned_cache:
-            cfg = PruneConfig(ratio=r, round_to=key["round_to"], drop_blocks=k)
-            pruned_cache[r, k, key["round_to"]] = prune(t.model, t.x, cfg, calib_x=t.calib[:256])
-        return pruned_cache[r, k, key["round_to"]]
+        pk = (key["ratio"], key["drop_blocks"], key["round_to"], key.get("target_params"))
+        if pk not in pruned_cache:
+            cfg = PruneConfig(ratio=pk[0], drop_blocks=pk[1], round_to=pk[2], target_params=pk[3])
+            pruned_cache[pk] = prune(t.model, t.x, cfg, calib_x=t.calib[:256])
+        return pruned_cache[pk]
 
     def cell(method: str, ratio: float, epochs: float, compute, drops: int | None = None,
-             round_to: int | None = None) -> dict[str, Any]:
+             round_to: int | None = None, target_params: float | None = None) -> dict[str, Any]:
         drops = depth.get(ratio, 0) if drops is None else drops
         key = t.key | {"method": method, "ratio": ratio, "epochs": epochs, "round_to": round_to or args.round_to,
                        "drop_blocks": drops if method.startswith("prune") else 0}
+        if target_params is not None:  # only then: the cells cached before this option keep their keys
+            key["target_params"] = target_params
         t0 = time.time()
         print(f"[{name}] {method} @ {ratio:.0%} ({epochs:g} epochs) ...", flush=True)
         row = cached("paper", key, lambda: compute(key) | {"seconds": round(time.time() - t0)}, fresh=args.fresh)
@@ -224,11 +244,12 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
             cells.append(("prune+qat+kd", r, "int8", True, cell("prune+qat+kd", r, args.epochs, qat_kd)))
         if "torch-pruning+ft" in args.methods and args.epochs > 0:
             cells.append(("torch-pruning+ft", r, "fp32", False, cell("torch-pruning+ft", r, args.epochs, tp_ft)))
-    for r, k, e, rt in args.long_ratios if args.long_epochs > 0 else ():  # None: the defaults
-        row = cell("prune+kd+int8", r, e or args.long_epochs, kd, drops=k, round_to=rt)
+    for r, k, e, rt, tp in args.long_ratios if args.long_epochs > 0 else ():  # None: the defaults
+        row = cell("prune+kd+int8", r, e or args.long_epochs, kd, drops=k, round_to=rt, target_params=tp)
         cells.append(("prune+kd", r, "fp32", True, _fp32_view(row)))
         cells.append(("prune+kd+int8", r, "int8", True, row))
 
+    sizes = {f: shipped_sizes(f) for f in {c[4]["file"] for c in cells}}
     lat = _latency({c[4]["file"] for c in cells}, args, name)
     base = rows_by["original"]
     teacher_top1 = base.get("top1")
@@ -239,13 +260,22 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
             "model": name, "track": "accuracy", "method": method, "label": METHODS[method],
             "macs_removed": 1 - c["macs"] / macs0, "target_macs_removed": r, "quant": quant, "kd": kd_,
             "epochs": c.get("epochs", 0), "top1": c.get("top1"), "teacher_top1": teacher_top1,
-            "latency_speedup": lat[base["file"]] / p50, "size_ratio": base["bytes"] / c["bytes"],
-            "bytes": c["bytes"], "latency_ms_p50": p50, "params": c["params"], "macs": c["macs"],
+            "latency_speedup": lat[base["file"]] / p50, **_size_fields(sizes, base["file"], c["file"]),
+            "target_params_removed": c.get("target_params"),
+            "latency_ms_p50": p50, "params": c["params"], "macs": c["macs"],
             "int8_op_fraction": c["int8_op_fraction"], "dropped_blocks": c.get("dropped_blocks", []),
             "peer": method in PEERS, "file": c["file"],
             "round_to": c.get("round_to") if method.startswith("prune") else None,
         })  # fmt: skip
     return out
+
+
+def _size_fields(sizes: dict[str, dict[str, int]], base: str, f: str) -> dict[str, Any]:
+    """bytes and the size ratio to the FP32 original, as shipped and with --compact-names (the
+    original compacted too, so the ratio compares like with like)."""
+    return {"bytes": sizes[f]["bytes"], "size_ratio": sizes[base]["bytes"] / sizes[f]["bytes"],
+            "bytes_compact": sizes[f]["bytes_compact"],
+            "size_ratio_compact": sizes[base]["bytes_compact"] / sizes[f]["bytes_compact"]}
 
 
 def _fp32_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -274,15 +304,18 @@ def latency_track(name: str, args) -> list[dict[str, Any]]:
     calib = np.random.default_rng(0).random((16, 3, args.size, args.size), dtype=np.float32)
     files = Files(f"paper/{name}-{args.size}")
     macs0 = count_macs_params(model, x)[0]
-    variants = [("original", 0.0, 0), ("edgecompress-ptq", 0.0, 0), ("ort-ptq", 0.0, 0)]
-    variants += [("prune+int8", r, 0) for r in args.latency_ratios]
-    variants += [("prune+int8", r, k) for r in args.latency_ratios for k in args.latency_drop_blocks if k]
+    variants = [("original", 0.0, 0, None), ("edgecompress-ptq", 0.0, 0, None), ("ort-ptq", 0.0, 0, None)]
+    variants += [("prune+int8", r, 0, None) for r in args.latency_ratios]
+    variants += [("prune+int8", r, k, None) for r in args.latency_ratios for k in args.latency_drop_blocks if k]
+    variants += [("prune+int8", r, 0, tp) for r in args.latency_ratios if r >= 0.79 for tp in args.latency_params]
     cells = []
-    for method, r, k in variants:
+    for method, r, k, tp in variants:
         key = {"model": name, "size": args.size, "method": method, "ratio": r, "drop_blocks": k,
                "weights": "random (torch.manual_seed(0))", "round_to": 8}
+        if tp is not None:  # only then: the cells cached before this option keep their keys
+            key["target_params"] = tp
 
-        def compute(method=method, r=r, k=k, key=key):
+        def compute(method=method, r=r, k=k, tp=tp, key=key):
             f32 = files.path({"model": name, "size": args.size, "method": "original"}, "fp32")
             if method == "original":
                 return onnx_metrics(export_fp32(model, x, f32), None) | {"macs": macs0}
@@ -293,22 +326,26 @@ def latency_track(name: str, args) -> list[dict[str, Any]]:
                 return onnx_metrics(files.path(key, "int8"), None) | {"macs": macs0}
             if method == "edgecompress-ptq":
                 return onnx_metrics(ptq_int8(f32, files.path(key, "int8"), calib), None) | {"macs": macs0}
-            pr = prune(model, x, PruneConfig(ratio=r, drop_blocks=k), calib_x=calib)
+            pr = prune(model, x, PruneConfig(ratio=r, drop_blocks=k, target_params=tp), calib_x=calib)
             f = export_fp32(pr.model, x, files.path(key, "fp32"))
             return onnx_metrics(ptq_int8(f, files.path(key, "int8"), calib), None) | {
                 "macs": pr.macs_after, "dropped_blocks": [b["name"] for b in pr.dropped_blocks]}
 
-        print(f"[{name}@{args.size}] {method} @ {r:.0%}{f' (drop {k})' if k else ''} ...", flush=True)
-        cells.append((method, r, k, cached("paper-lat-track", key, compute, fresh=args.fresh)))
+        print(f"[{name}@{args.size}] {method} @ {r:.0%}{f' (drop {k})' if k else ''}"
+              f"{f' (params -{tp:.0%})' if tp else ''} ...", flush=True)
+        cells.append((method, r, k, cached("paper-lat-track", key, compute, fresh=args.fresh) | {"target_params": tp}))
+    sizes = {f: shipped_sizes(f) for f in {c[3]["file"] for c in cells}}
     lat = _latency({c[3]["file"] for c in cells}, args, f"{name}@{args.size}")
     base = cells[0][3]
     return [{
         "model": f"{name}@{args.size}", "track": "latency", "method": m, "label": METHODS[m]
-        + (f" ({k} blocks dropped)" if k else ""), "macs_removed": 1 - c["macs"] / macs0, "target_macs_removed": r,
+        + (f" ({k} blocks dropped)" if k else "")
+        + (f" (+ {c['target_params']:.0%} of params removed)" if c["target_params"] else ""), "macs_removed": 1 - c["macs"] / macs0, "target_macs_removed": r,
         "quant": "fp32" if m == "original" else "int8", "kd": False, "epochs": 0, "top1": None, "teacher_top1": None,
-        "latency_speedup": lat[base["file"]] / lat[c["file"]], "size_ratio": base["bytes"] / c["bytes"],
-        "bytes": c["bytes"], "latency_ms_p50": lat[c["file"]], "int8_op_fraction": c["int8_op_fraction"],
+        "latency_speedup": lat[base["file"]] / lat[c["file"]], **_size_fields(sizes, base["file"], c["file"]),
+        "latency_ms_p50": lat[c["file"]], "int8_op_fraction": c["int8_op_fraction"],
         "dropped_blocks": c.get("dropped_blocks", []), "peer": m in PEERS, "file": c["file"],
+        "target_params_removed": c["target_params"],
     } for m, r, k, c in cells]  # fmt: skip
 
 
@@ -328,6 +365,8 @@ def main() -> None:
     ap.add_argument("--latency-models", default="resnet18,mobilenet_v2")
     ap.add_argument("--latency-ratios", default="0.5,0.8")
     ap.add_argument("--latency-drop-blocks", default="0,2,4", help="depth variants (blocks dropped) of the latency track")
+    ap.add_argument("--latency-params", default="", help="latency track: extra 80%% cells that also remove this "
+                    "fraction of params (--target-params), e.g. 0.8")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--runs", type=int, default=1000, help="timed runs per file (accuracy track)")
     ap.add_argument("--rounds", type=int, default=9)
@@ -341,6 +380,7 @@ def main() -> None:
     args.long_ratios = [_long_cell(v) for v in args.long_ratios.split(",") if v]
     args.latency_ratios = [float(r) for r in args.latency_ratios.split(",") if r]
     args.latency_drop_blocks = [int(k) for k in args.latency_drop_blocks.split(",") if k]
+    args.latency_params = [float(v) for v in args.latency_params.split(",") if v]
     args.methods = args.methods.split(",")
 
     out = RESULTS / "paper.json"
