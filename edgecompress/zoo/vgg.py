@@ -20,18 +20,23 @@ CFGS = {
 }
 
 
+def _features(cfg: tuple, in_chans: int, *, bias: bool) -> tuple[nn.Sequential, int]:
+    """3x3 conv-BN-ReLU for each width in ``cfg``, a 2x2 max-pool for each M; and the last width."""
+    layers: list[nn.Module] = []
+    c = in_chans
+    for v in cfg:
+        if v == M:
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(c, v, 3, padding=1, bias=bias), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+            c = v
+    return nn.Sequential(*layers), c
+
+
 class VGG(nn.Module):
     def __init__(self, cfg: tuple, num_classes: int = 1000, in_chans: int = 3, dropout: float = 0.5) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        c = in_chans
-        for v in cfg:
-            if v == M:
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                layers += [nn.Conv2d(c, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
-                c = v
-        self.features = nn.Sequential(*layers)
+        self.features, c = _features(cfg, in_chans, bias=True)
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
         self.classifier = nn.Sequential(
             nn.Linear(c * 7 * 7, 4096), nn.ReLU(inplace=True), nn.Dropout(dropout),
@@ -66,15 +71,7 @@ class VGGSmall(nn.Module):
 
     def __init__(self, cfg: tuple, num_classes: int = 10, in_chans: int = 1) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        c = in_chans
-        for v in cfg:
-            if v == M:
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                layers += [nn.Conv2d(c, v, 3, padding=1, bias=False), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
-                c = v
-        self.features = nn.Sequential(*layers)
+        self.features, c = _features(cfg, in_chans, bias=False)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c, num_classes)
         for m in self.modules():
