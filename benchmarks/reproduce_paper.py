@@ -244,7 +244,8 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
             cells.append(("prune+qat+kd", r, "int8", True, cell("prune+qat+kd", r, args.epochs, qat_kd)))
         if "torch-pruning+ft" in args.methods and args.epochs > 0:
             cells.append(("torch-pruning+ft", r, "fp32", False, cell("torch-pruning+ft", r, args.epochs, tp_ft)))
-    for r, k, e, rt, tp in args.long_ratios if args.long_epochs > 0 else ():  # None: the defaults
+    long_cells = args.long_ratios if args.long_epochs > 0 and name in (args.long_models or [name]) else ()
+    for r, k, e, rt, tp in long_cells:  # None: the defaults
         row = cell("prune+kd+int8", r, e or args.long_epochs, kd, drops=k, round_to=rt, target_params=tp)
         cells.append(("prune+kd", r, "fp32", True, _fp32_view(row)))
         cells.append(("prune+kd+int8", r, "int8", True, row))
@@ -358,8 +359,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=1.0, help="fine-tuning budget of every trained cell")
     ap.add_argument("--long-epochs", type=float, default=0.0, help="extra prune+KD+INT8 cells with this budget")
     ap.add_argument("--long-ratios", default="0.8,0.9,0.8:0",
-                    help="long cells, RATIO[:K][@EPOCHS][/ROUND]: K blocks dropped instead of the depth plan's, "
-                         "EPOCHS instead of --long-epochs, round-to ROUND instead of --round-to")
+                    help="long cells, RATIO[:K][@EPOCHS][/ROUND][+PARAMS]: K blocks dropped instead of the depth "
+                         "plan's, EPOCHS instead of --long-epochs, round-to ROUND instead of --round-to, and PARAMS of "
+                         "the parameters removed too")
+    ap.add_argument("--long-models", default="", help="teachers that get the long cells (default: all of --models)")
     ap.add_argument("--drop-blocks", default=DEFAULT_DEPTH, help="ratio:blocks plan of depth pruning")
     ap.add_argument("--round-to", type=int, default=2, help="coarser rounding overshoots the MACs target at 80-90%%")
     ap.add_argument("--latency-models", default="resnet18,mobilenet_v2")
@@ -382,6 +385,7 @@ def main() -> None:
     args.latency_drop_blocks = [int(k) for k in args.latency_drop_blocks.split(",") if k]
     args.latency_params = [float(v) for v in args.latency_params.split(",") if v]
     args.methods = args.methods.split(",")
+    args.long_models = [m for m in args.long_models.split(",") if m]
 
     out = RESULTS / "paper.json"
     if args.report_only:
