@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--criteria", default="l2,l1,bn,taylor,random")
     ap.add_argument("--round-to", default="8,1", help="rounding variants to compare")
     ap.add_argument("--latency-targets", default="0.25", help="target p50 as a fraction of the FP32 original's")
+    ap.add_argument("--latency-criteria", default="", help="criteria crossed with the latency targets (default: "
+                    "--criteria); each target cell runs a measured search, minutes at 224 px")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--runs", type=int, default=50,
                     help="timed runs per file, spread over the rounds (also the FP32 original's measurement "
@@ -94,8 +96,8 @@ def main() -> None:
         print(f"{name}: FP32 original {base['fp32_bytes']:,} B, INT8 (unpruned) {base['bytes']:,} B", flush=True)
         cells = [(c, float(r), int(rt), None) for c in args.criteria.split(",") for r in args.ratios.split(",")
                  for rt in args.round_to.split(",")]
-        cells += [(c, None, int(rt), float(f)) for c in args.criteria.split(",") for rt in args.round_to.split(",")
-                  for f in args.latency_targets.split(",") if f]
+        cells += [(c, None, int(rt), float(f)) for c in (args.latency_criteria or args.criteria).split(",")
+                  for rt in args.round_to.split(",") for f in args.latency_targets.split(",") if f]
         done = []
         for crit, ratio, rt, lat_frac in cells:
             key = key0 | {"criterion": crit, "ratio": ratio, "round_to": rt, "latency_target": lat_frac}
