@@ -80,7 +80,7 @@ def finalize_onnx(path: Path, meta: dict[str, str], *, compact_names: bool = Fal
     only a debugger needs: the dynamo exporter's per-node source metadata, graph signature and
     doc strings, and intermediate value_info (onnxruntime infers shapes). That is ~30% of a small
     INT8 file.
-    ``compact_names`` also renames every tensor and node to a short id (see compact_names)."""
+    ``compact_names`` also renames every tensor and node to a short id (compact_graph_names)."""
     import onnx
 
     from edgecompress.io import atomic_write_bytes
@@ -94,14 +94,14 @@ def finalize_onnx(path: Path, meta: dict[str, str], *, compact_names: bool = Fal
     for v in (*m.graph.input, *m.graph.output):
         del v.metadata_props[:]
     if compact_names:
-        _compact_names(m.graph)
+        compact_graph_names(m.graph)
     del m.metadata_props[:]
     for k, v in meta.items():
         m.metadata_props.add(key=k, value=v)
     atomic_write_bytes(path, m.SerializeToString())
 
 
-def _compact_names(graph) -> None:
+def compact_graph_names(graph) -> None:
     """Renames the graph's internal tensors to base-36 ids and its nodes to ``OpType_i``; the
     graph's inputs and outputs keep their names, so callers see the same interface. Names are
     free-form in ONNX; a quantized file's (``layer1.0.conv1.weight_quantized_scale``...) cost
