@@ -18,12 +18,16 @@ CACHE = ROOT / "benchmarks" / "cache"
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+def cache_path(kind: str, key: dict[str, Any]) -> Path:
+    h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return CACHE / f"{kind}-{h}.json"
+
+
 def cached(kind: str, key: dict[str, Any], compute: Callable[[], dict[str, Any]], *, fresh: bool = False) -> dict[str, Any]:
     from edgecompress.io import atomic_write_text
 
     CACHE.mkdir(parents=True, exist_ok=True)
-    h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    p = CACHE / f"{kind}-{h}.json"
+    p = cache_path(kind, key)
     if p.exists() and not fresh:
         return json.loads(p.read_text())
     row = key | compute()

@@ -31,7 +31,18 @@ import platform
 import time
 from typing import Any
 
-from _common import RESULTS, ROOT, Files, cached, export_fp32, latency_round_robin, onnx_metrics, ptq_int8, table
+from _common import (
+    RESULTS,
+    ROOT,
+    Files,
+    cache_path,
+    cached,
+    export_fp32,
+    latency_round_robin,
+    onnx_metrics,
+    ptq_int8,
+    table,
+)
 
 
 def _fp32_and_int8(model, x, calib, files: Files, key: dict[str, Any]) -> dict[str, Any]:
@@ -59,6 +70,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=9, help="round-robin rounds; p50 = median over the rounds")
     ap.add_argument("--quick", action="store_true", help="l2 only, ratios 0.5,0.8, round-to 8")
     ap.add_argument("--fresh", action="store_true", help="ignore cached cells")
+    ap.add_argument("--cached-only", action="store_true", help="tabulate the cells computed so far, compute none "
+                    "(e.g. to merge runs made per model)")
     ap.add_argument("--remeasure", action="store_true", help="re-measure latency only (cells stay cached)")
     args = ap.parse_args()
     if args.quick:
@@ -123,6 +136,9 @@ def main() -> None:
                 return _fp32_and_int8(res.model, x, calib, files, key) | extra | {
                     "macs_removed": 1 - res.macs_after / macs0, "params_removed": 1 - res.params_after / params0}
 
+            if args.cached_only and not cache_path("prunelat2", key).exists():
+                print(f"  {crit:6s} ratio={ratio} round={rt} target={lat_frac}: not computed yet, skipped", flush=True)
+                continue
             c = cell("prunelat2", key, compute)
             done.append((key, c))
             print(f"  {crit:6s} ratio={ratio} round={rt} target={lat_frac}: MACs -{c['macs_removed']:.0%} "
