@@ -67,6 +67,7 @@ COLS = [("method", "method", ""), ("MACs removed", "macs_removed", ".1%"), ("qua
         ("KD", "kd", ""), ("epochs", "epochs", "g"), ("top-1", "top1", ".4f"), ("Δ points", "drop", "+.2f"),
         ("p50 ms", "latency_ms_p50", ".3f"), ("speed-up", "latency_speedup", ".2f"), ("bytes", "bytes", ","),
         ("smaller ×", "size_ratio", ".1f"), ("smaller × (compact names)", "size_ratio_compact", ".1f"), ("int8 ops", "int8_op_fraction", ".2f"), ("blocks dropped", "nblocks", ""),
+        ("params removed ≥", "target_params_removed", ".0%"),
         ("round-to", "round_to", "")]
 
 
