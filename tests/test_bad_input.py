@@ -393,6 +393,11 @@ def test_prune_ratio_too_high(tmp_path):
         needles=["99%", "lower --prune-ratio"])
 
 
+def test_prune_ratio_with_latency_target(tmp_path):
+    bad(tmp_path, "export", ZOO, "--prune-ratio", "0.5", "--target-latency-ms", "3",
+        needles=["--prune-ratio 0.5", "--target-latency-ms", "choose one"])
+
+
 def test_sensitivity_file_without_sensitivity_allocation(tmp_path):
     bad(tmp_path, "export", ZOO, "--sensitivity", "s.json", needles=["--sensitivity s.json", "--allocation sensitivity"])
 
