@@ -94,6 +94,16 @@ class PruneConfig:
             return self.ratio
         return 0.5 if self.target_params is None and self.target_latency_ms is None else 0.0
 
+    def goal(self, ratio: float | None = None) -> str:
+        """The target in words (``ratio`` overrides the MACs target, as prune() allows)."""
+        if self.target_latency_ms is not None:
+            return f"a p50 latency of {self.target_latency_ms} ms (measured)"
+        r = self.macs_target if ratio is None else ratio
+        goals = [f"{r:.0%} of MACs removed"] if r > 0 else []
+        if self.target_params is not None:
+            goals.append(f"{self.target_params:.0%} of params removed")
+        return " and ".join(goals)
+
     def validate(self) -> None:
         if self.target_latency_ms is not None and self.ratio:
             raise ConfigError(f"--prune-ratio {self.ratio} and --target-latency-ms: choose one; the latency "

@@ -178,10 +178,7 @@ def _compress(c: _Ctx) -> None:
     if "prune" in plan:
         t0 = time.time()
         p = cfg.prune
-        goal = (f"to p50 <= {p.target_latency_ms} ms (measured)" if p.target_latency_ms is not None else
-                " and ".join(([f"{p.macs_target:.0%} of MACs"] if p.macs_target > 0 else [])
-                             + ([f"{p.target_params:.0%} of params"] if p.target_params is not None else [])))
-        c.log(f"pruning {goal} ({p.importance}, {p.allocation}, round-to {p.round_to}"
+        c.log(f"pruning to {p.goal()} ({p.importance}, {p.allocation}, round-to {p.round_to}"
               f"{f', {p.steps} steps' if p.steps > 1 else ''}{f', {p.drop_blocks} blocks dropped' if p.drop_blocks else ''})")
         idx = c.calib_idx[:256] if len(c.calib_idx) else np.arange(min(256, len(splits.train)))
         calib = {"calib_x": splits.train.x[idx], "calib_y": None if splits.train.y is None else splits.train.y[idx]}

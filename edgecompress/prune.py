@@ -285,15 +285,10 @@ def prune(
             raise BadInput(f"--target-latency-ms {cfg.target_latency_ms}: the unpruned model already runs in "
                            f"{p50:.3f} ms here; nothing to prune (use --prune-ratio instead)")
         done = probe.criterion(cfg.target_latency_ms)
-        goal = f"a p50 latency of {cfg.target_latency_ms} ms"
     else:  # MACs and params: every target given must be met
         target_m = macs0 * (1 - ratio)
         target_p = params0 * (1 - (cfg.target_params or 0.0))
         done = lambda _m, macs, params: macs <= target_m and params <= target_p  # noqa: E731
-        goals = [f"{ratio:.0%} of MACs removed"] if ratio > 0 else []
-        if cfg.target_params is not None:
-            goals.append(f"{cfg.target_params:.0%} of params removed")
-        goal = " and ".join(goals)
     allocation: dict[str, Any] = {}
     if dropped and probe is None and done(model, *count_macs_params(model, example)):
         pruned, r, met = model, 0.0, True  # the dropped blocks alone meet the target
@@ -310,7 +305,7 @@ def prune(
     macs1 = count_macs_params(pruned, example)[0]
     if not met:
         raise BadInput(
-            f"cannot reach {goal}: pruning up to {cfg.max_layer_ratio:.0%} of each layer's channels removes "
+            f"cannot reach {cfg.goal(ratio)}: pruning up to {cfg.max_layer_ratio:.0%} of each layer's channels removes "
             f"{1 - macs1 / macs0:.1%} of MACs (round-to {cfg.round_to}"
             f"{', ' + str(len(cfg.ignore)) + ' ignored layer(s)' if cfg.ignore else ''}); "
             "lower --prune-ratio (or the target) or --round-to, or ignore fewer layers"
