@@ -113,13 +113,7 @@ def compact_graph_names(graph) -> None:
         if name in keep:
             return name
         if name not in new:
-            n, digits = len(new) - 1, ""
-            while True:
-                n, r = divmod(n, 36)
-                digits = "0123456789abcdefghijklmnopqrstuvwxyz"[r] + digits
-                if not n:
-                    break
-            new[name] = digits
+            new[name] = np.base_repr(len(new) - 1, 36).lower()
         return new[name]
 
     for t in graph.initializer:
