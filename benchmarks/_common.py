@@ -35,6 +35,15 @@ def cached(kind: str, key: dict[str, Any], compute: Callable[[], dict[str, Any]]
     return row
 
 
+def cached_files(kind: str, key: dict[str, Any], compute: Callable[[], dict[str, Any]], *,
+                 fresh: bool = False) -> dict[str, Any]:
+    """``cached``, recomputed when a file the row records (``file``, ``fp32_file``) is gone."""
+    row = cached(kind, key, compute, fresh=fresh)
+    if any(not (ROOT / row[k]).exists() for k in ("file", "fp32_file") if k in row):
+        row = cached(kind, key, compute, fresh=True)
+    return row
+
+
 class Files:
     """ONNX files of one model's cells under benchmarks/cache/<subdir>/, kept next to the cache so
     latency can be re-measured; a file's name is a hash of its cell's key."""

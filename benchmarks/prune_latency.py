@@ -36,7 +36,7 @@ from _common import (
     ROOT,
     Files,
     cache_path,
-    cached,
+    cached_files,
     export_fp32,
     latency_round_robin,
     onnx_metrics,
@@ -98,14 +98,9 @@ def main() -> None:
         files = Files(f"prunelat/{name}-{args.size}")
         key0 = {"model": name, "size": args.size}
 
-        def cell(kind: str, key: dict[str, Any], compute) -> dict[str, Any]:
-            row = cached(kind, key, compute, fresh=args.fresh)
-            if any(not (ROOT / row[k]).exists() for k in ("file", "fp32_file")):  # files deleted: redo the cell
-                row = cached(kind, key, compute, fresh=True)
-            return row
-
-        base = cell("prunelat2-base", key0,
-                    lambda m=model, xx=x, c=calib, fs=files, k=key0: _fp32_and_int8(m, xx, c, fs, k))
+        base = cached_files("prunelat2-base", key0,
+                            lambda m=model, xx=x, c=calib, fs=files, k=key0: _fp32_and_int8(m, xx, c, fs, k),
+                            fresh=args.fresh)
         print(f"{name}: FP32 original {base['fp32_bytes']:,} B, INT8 (unpruned) {base['bytes']:,} B", flush=True)
         cells = [(c, float(r), int(rt), None) for c in args.criteria.split(",") for r in args.ratios.split(",")
                  for rt in args.round_to.split(",")]
@@ -139,7 +134,7 @@ def main() -> None:
             if args.cached_only and not cache_path("prunelat2", key).exists():
                 print(f"  {crit:6s} ratio={ratio} round={rt} target={lat_frac}: not computed yet, skipped", flush=True)
                 continue
-            c = cell("prunelat2", key, compute)
+            c = cached_files("prunelat2", key, compute, fresh=args.fresh)
             done.append((key, c))
             print(f"  {crit:6s} ratio={ratio} round={rt} target={lat_frac}: MACs -{c['macs_removed']:.0%} "
                   f"({1 / (1 - c['macs_removed']):.2f}x) size {base['fp32_bytes'] / c['bytes']:.1f}x "

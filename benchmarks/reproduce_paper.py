@@ -38,6 +38,7 @@ from _common import (
     ROOT,
     Files,
     cached,
+    cached_files,
     export_fp32,
     latency_round_robin,
     onnx_metrics,
@@ -153,9 +154,7 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
             key["target_params"] = target_params
         t0 = time.time()
         print(f"[{name}] {method} @ {ratio:.0%} ({epochs:g} epochs) ...", flush=True)
-        row = cached("paper", key, lambda: compute(key) | {"seconds": round(time.time() - t0)}, fresh=args.fresh)
-        if any(not (ROOT / row[k]).exists() for k in ("file", "fp32_file") if k in row):
-            row = cached("paper", key, lambda: compute(key) | {"seconds": round(time.time() - t0)}, fresh=True)
+        row = cached_files("paper", key, lambda: compute(key) | {"seconds": round(time.time() - t0)}, fresh=args.fresh)
         print(f"[{name}] {method} @ {ratio:.0%}: top-1 {row.get('top1', float('nan')):.4f}, "
               f"{row['bytes']:,} B ({row['seconds']} s)", flush=True)
         return row
