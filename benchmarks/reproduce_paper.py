@@ -64,16 +64,18 @@ METHODS = {
 PEERS = ("ort-ptq", "inc-int8", "torch-pruning+ft")
 
 
-def _long_cell(v: str) -> tuple[float, int | None, float | None, int | None, float | None]:
-    """RATIO[:BLOCKS][@EPOCHS][/ROUND][+PARAMS] -> (ratio, blocks, epochs, round-to, params
-    removed target); None = the defaults (the depth plan, --long-epochs, --round-to, no params
-    target). E.g. 0.8:3@16/4+0.83: 80% of MACs and 83% of params removed, 3 blocks dropped,
-    round-to 4, 16 epochs of KD."""
+def _long_cell(v: str) -> tuple[str | None, float, int | None, float | None, int | None, float | None]:
+    """[MODEL=]RATIO[:BLOCKS][@EPOCHS][/ROUND][+PARAMS] -> (model, ratio, blocks, epochs, round-to,
+    params removed target); None = the defaults (every --long-models teacher, the depth plan,
+    --long-epochs, --round-to, no params target). E.g. 0.8:3@16/4+0.83: 80% of MACs and 83% of
+    params removed, 3 blocks dropped, round-to 4, 16 epochs of KD; vgg7-small=0.8@48: that teacher
+    only."""
+    model, _, v = v.rpartition("=")
     v, _, tp = v.partition("+")
     v, _, rt = v.partition("/")
     v, _, e = v.partition("@")
     r, _, k = v.partition(":")
-    return (float(r), int(k) if k else None, float(e) if e else None, int(rt) if rt else None,
+    return (model or None, float(r), int(k) if k else None, float(e) if e else None, int(rt) if rt else None,
             float(tp) if tp else None)
 
 
@@ -243,9 +245,16 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
             cells.append(("prune+qat+kd", r, "int8", True, cell("prune+qat+kd", r, args.epochs, qat_kd)))
         if "torch-pruning+ft" in args.methods and args.epochs > 0:
             cells.append(("torch-pruning+ft", r, "fp32", False, cell("torch-pruning+ft", r, args.epochs, tp_ft)))
-    long_cells = args.long_ratios if args.long_epochs > 0 and name in (args.long_models or [name]) else ()
-    for r, k, e, rt, tp in long_cells:  # None: the defaults
-        row = cell("prune+kd+int8", r, e or args.long_epochs, kd, drops=k, round_to=rt, target_params=tp)
+    seen = set()
+    for model, r, k, e, rt, tp in args.long_ratios:  # None: the defaults
+        if model != name and (model is not None or name not in (args.long_models or [name])):
+            continue
+        k = depth.get(r, 0) if k is None else min(k, n_blocks)
+        e = e or args.long_epochs
+        if not e or (r, k, e, rt or args.round_to, tp) in seen:  # e.g. 0.8 and 0.8:0 on a chain without blocks
+            continue
+        seen.add((r, k, e, rt or args.round_to, tp))
+        row = cell("prune+kd+int8", r, e, kd, drops=k, round_to=rt, target_params=tp)
         cells.append(("prune+kd", r, "fp32", True, _fp32_view(row)))
         cells.append(("prune+kd+int8", r, "int8", True, row))
 
@@ -358,9 +367,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=1.0, help="fine-tuning budget of every trained cell")
     ap.add_argument("--long-epochs", type=float, default=0.0, help="extra prune+KD+INT8 cells with this budget")
     ap.add_argument("--long-ratios", default="0.8,0.9,0.8:0",
-                    help="long cells, RATIO[:K][@EPOCHS][/ROUND][+PARAMS]: K blocks dropped instead of the depth "
-                         "plan's, EPOCHS instead of --long-epochs, round-to ROUND instead of --round-to, and PARAMS of "
-                         "the parameters removed too")
+                    help="long cells, [MODEL=]RATIO[:K][@EPOCHS][/ROUND][+PARAMS]: that teacher only, K blocks "
+                         "dropped instead of the depth plan's, EPOCHS instead of --long-epochs, round-to ROUND "
+                         "instead of --round-to, and PARAMS of the parameters removed too")
     ap.add_argument("--long-models", default="", help="teachers that get the long cells (default: all of --models)")
     ap.add_argument("--drop-blocks", default=DEFAULT_DEPTH, help="ratio:blocks plan of depth pruning")
     ap.add_argument("--round-to", type=int, default=2, help="coarser rounding overshoots the MACs target at 80-90%%")
