@@ -424,7 +424,7 @@ def main() -> None:
 
     meta = {"machine": f"{platform.processor() or platform.machine()}, onnxruntime 1 thread, batch 1",
             "command": "python benchmarks/reproduce_paper.py " + " ".join(__import__("sys").argv[1:])}
-    render(rows, ROOT / "benchmarks" / "RESULTS.md", RESULTS, meta)
+    render(rows, ROOT / "benchmarks" / "RESULTS.md", RESULTS, meta, notes=ROOT / "benchmarks" / "paper_notes.md")
     print(f"wrote {out.relative_to(ROOT)}, benchmarks/RESULTS.md and the Pareto plots")
 
 
