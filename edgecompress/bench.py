@@ -173,3 +173,80 @@ def kernel_report(path: Path | str) -> KernelReport:
             islands.append(n.name or n.op_type)
     total = int8 + flt
     return KernelReport(int8, flt, int8 / total if total else 0.0, islands, dict(sorted(counts.items())))
+
+
+@dataclass(frozen=True)
+class OpTime:
+    op: str  # op type after onnxruntime's optimiser; grouped convs are labelled "(depthwise)"/"(grouped)"
+    nodes: int
+    ms_per_run: float
+    share: float  # of the time spent in node kernels
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class OpProfile:
+    runs: int
+    kernel_ms_per_run: float  # sum of node kernel times; the rest of a run is session overhead
+    ops: list[OpTime]  # slowest first
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"runs": self.runs, "kernel_ms_per_run": self.kernel_ms_per_run, "ops": [o.to_dict() for o in self.ops]}
+
+
+def _conv_kinds(model) -> dict[str, str]:
+    """Node name -> "(depthwise)" or "(grouped)" for convolutions with group > 1."""
+    shapes = {i.name: list(i.dims) for i in model.graph.initializer}
+    kinds = {}
+    for n in model.graph.node:
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        if group > 1:
+            w = shapes.get(n.input[3] if n.op_type == "QLinearConv" else n.input[1], [])
+            kinds[n.name] = "(depthwise)" if len(w) > 1 and w[1] == 1 else "(grouped)"
+    return kinds
+
+
+def profile_ops(path: Path | str, *, threads: int = 1, batch: int = 1, warmup: int = 20, runs: int = 100,
+                input_shape: tuple[int, ...] | None = None, seed: int = 0) -> OpProfile:
+    """Where the time of one run goes, per operator type, from onnxruntime's own profiler (the
+    kernels of the optimised graph: fused QLinearConv, FusedConv, ...). Warm-up runs are left out."""
+    import json
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as d:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(d) / "profile")
+        so.optimized_model_filepath = str(Path(d) / "optimized.onnx")
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        kinds = _conv_kinds(onnx.load(so.optimized_model_filepath))
+        inp = sess.get_inputs()[0]
+        shape = tuple(input_shape) if input_shape else input_shape_of(sess, batch)
+        x = np.random.default_rng(seed).random((batch, *shape[1:])).astype(_NP_TYPES.get(inp.type, np.float32))
+        for _ in range(warmup + runs):
+            sess.run(None, {inp.name: x})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    timed = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])[-runs:]
+    start = timed[0]["ts"] if timed else 0
+    per_op: dict[str, list[float]] = {}
+    names: dict[str, set[str]] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e["ts"] < start:
+            continue
+        node = e["name"][: -len("_kernel_time")]
+        op = e.get("args", {}).get("op_name", "?")
+        op = f"{op} {kinds[node]}" if node in kinds else op
+        per_op.setdefault(op, []).append(e["dur"] / 1e3)
+        names.setdefault(op, set()).add(node)
+    total = sum(sum(v) for v in per_op.values())
+    ops = sorted((OpTime(op, len(names[op]), sum(v) / len(timed), sum(v) / total if total else 0.0)
+                  for op, v in per_op.items()), key=lambda o: -o.ms_per_run)
+    return OpProfile(len(timed), total / len(timed) if timed else 0.0, ops)

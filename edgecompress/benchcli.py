@@ -25,7 +25,7 @@ def check_model_file(path: Path) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from edgecompress.bench import cpu_info, file_bytes, measure_latency
+    from edgecompress.bench import cpu_info, file_bytes, measure_latency, profile_ops
 
     path = Path(args.onnx)
     check_model_file(path)
@@ -34,9 +34,12 @@ def run_bench(args: argparse.Namespace) -> int:
     rows = []
     for t in args.threads:
         for b in args.batch:
+            kw = {"threads": t, "batch": b, "warmup": args.warmup, "runs": args.runs,
+                  "input_shape": tuple(args.input_shape) if args.input_shape else None}
             try:
-                lat = measure_latency(path, threads=t, batch=b, warmup=args.warmup, runs=args.runs,
-                                      input_shape=tuple(args.input_shape) if args.input_shape else None)
+                row = measure_latency(path, **kw).to_dict()
+                if getattr(args, "profile", False):  # a separate session: the profiler slows every run
+                    row["profile"] = profile_ops(path, **kw).to_dict()
             except ValueError as e:
                 raise BadInput(f"{path}: {e}") from None
             except Exception as e:  # onnxruntime's own errors (Fail, InvalidArgument, ...) subclass Exception
@@ -45,7 +48,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 msg = " ".join(str(e).split())[:240]
                 raise BadInput(f"{path}: onnxruntime cannot run it ({type(e).__name__}: {msg}); check "
                                "--input-shape (N,C,H,W of the model input) and that the ops are standard ONNX") from None
-            rows.append(lat.to_dict())
+            rows.append(row)
     out = {"model": str(path), "bytes": file_bytes(path), "cpu": cpu_info(), "results": rows}
     if args.json:
         print(json.dumps(out, indent=2))
@@ -55,4 +58,11 @@ def run_bench(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['threads']:>7} {r['batch']:>5} {r['p50_ms']:>9.3f} {r['p90_ms']:>9.3f} {r['mean_ms']:>9.3f} "
               f"{r['throughput_per_s']:>10.1f}")
+    for r in (r for r in rows if "profile" in r):
+        pr = r["profile"]
+        print(f"\nwhere the time goes, threads {r['threads']} batch {r['batch']} (onnxruntime profiler, {pr['runs']} runs; "
+              f"kernels {pr['kernel_ms_per_run']:.3f} ms per run with the profiler's overhead)")
+        print(f"{'operator':<28} {'nodes':>5} {'ms/run':>9} {'share':>7}")
+        for o in pr["ops"]:
+            print(f"{o['op']:<28} {o['nodes']:>5} {o['ms_per_run']:>9.4f} {o['share']:>7.1%}")
     return 0

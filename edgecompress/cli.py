@@ -244,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=20)
     b.add_argument("--runs", type=int, default=200)
     b.add_argument("--input-shape", type=_shape, help="N,C,H,W when the model's input has symbolic dims")
+    b.add_argument("--profile", action="store_true", help="also show where the time goes per operator type "
+                   "(onnxruntime's profiler; depthwise convs apart), for every threads x batch")
     b.add_argument("--json", action="store_true", help="print only JSON on stdout")
     pr = sub.add_parser("predict", help="top-k classes of an ONNX classifier for an .npz or image files")
     pr.add_argument("onnx", help="model.onnx")

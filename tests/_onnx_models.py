@@ -22,8 +22,10 @@ def _save(graph, path: Path, metadata: dict[str, str] | None = None, opset: int 
 
 
 def cnn(path: Path, *, channels: int = 1, hw: int | str = 8, batch: int | str = "N", classes: int = 5,
-        hidden: int = 8, seed: int = 0, metadata: dict[str, str] | None = None, weight_std: float = 0.5) -> Path:
-    """Conv+Relu+GlobalAveragePool+Flatten+Gemm with random weights. ``hw`` may be a symbolic name."""
+        hidden: int = 8, seed: int = 0, metadata: dict[str, str] | None = None, weight_std: float = 0.5,
+        depthwise: bool = False) -> Path:
+    """Conv+Relu+GlobalAveragePool+Flatten+Gemm with random weights. ``hw`` may be a symbolic name;
+    ``depthwise`` adds a 3x3 depthwise Conv (group = hidden) after the Relu."""
     rng = np.random.default_rng(seed)
     inits = [
         numpy_helper.from_array(rng.normal(0, weight_std, (hidden, channels, 3, 3)).astype(np.float32), "conv_w"),
@@ -33,11 +35,14 @@ def cnn(path: Path, *, channels: int = 1, hw: int | str = 8, batch: int | str = 
     ]
     nodes = [
         helper.make_node("Conv", ["x", "conv_w", "conv_b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
-        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Relu", ["c"], ["r0" if depthwise else "r"], name="relu"),
         helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
         helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
         helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits"], transB=1, name="fc"),
     ]
+    if depthwise:
+        inits.append(numpy_helper.from_array(rng.normal(0, weight_std, (hidden, 1, 3, 3)).astype(np.float32), "dw_w"))
+        nodes.insert(2, helper.make_node("Conv", ["r0", "dw_w"], ["r"], pads=[1, 1, 1, 1], group=hidden, name="dw"))
     h = w = hw
     if isinstance(hw, str):
         h, w = f"{hw}_h", f"{hw}_w"

@@ -96,3 +96,49 @@ def test_refuses_file_failing_the_checker(tmp_path, capsys):
 def test_bad_arguments_exit_2(model, capsys, args, needle):
     rc, out, err = _bench(capsys, *[a.format(model=model) for a in args], *QUICK)
     assert rc == 2 and needle in err
+
+
+def test_profile_splits_kernel_time_by_operator(tmp_path, capsys):
+    m = cnn(tmp_path / "dw.onnx", hw=16, hidden=16, depthwise=True)
+    rc, out, err = _bench(capsys, str(m), "--threads", "1,2", "--json", "--profile", *QUICK)
+    assert rc == 0, err
+    rows = json.loads(out)["results"]
+    assert len(rows) == 2
+    for r in rows:
+        pr = r["profile"]
+        assert pr["runs"] == 3  # the warm-up run is left out
+        assert pr["kernel_ms_per_run"] > 0
+        assert sum(o["share"] for o in pr["ops"]) == pytest.approx(1.0)
+        assert sum(o["ms_per_run"] for o in pr["ops"]) == pytest.approx(pr["kernel_ms_per_run"])
+        by_op = {o["op"]: o for o in pr["ops"]}
+        dw = [o for o in by_op if o.endswith("(depthwise)")]
+        assert len(dw) == 1 and by_op[dw[0]]["nodes"] == 1, by_op  # the 3x3 group conv, told apart
+        assert sum(o["nodes"] for o in pr["ops"] if "Conv" in o["op"]) == 2
+        assert "Gemm" in by_op or "FusedGemm" in by_op
+    assert [o["ms_per_run"] for o in rows[0]["profile"]["ops"]] == sorted(
+        (o["ms_per_run"] for o in rows[0]["profile"]["ops"]), reverse=True)
+
+
+def test_profile_table_and_no_profile_by_default(model, capsys):
+    rc, out, err = _bench(capsys, str(model), *QUICK, "--profile")
+    assert rc == 0, err
+    head = out.index("where the time goes, threads 1 batch 1")
+    assert out[head:].splitlines()[1].split() == ["operator", "nodes", "ms/run", "share"]
+    rc, out, err = _bench(capsys, str(model), "--json", *QUICK)
+    assert "profile" not in json.loads(out)["results"][0]
+
+
+def test_conv_kinds_reads_qlinearconv_weights():
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgecompress.bench import _conv_kinds
+
+    w = lambda name, shape: numpy_helper.from_array(np.zeros(shape, np.int8), name)  # noqa: E731
+    q = ["x", "xs", "xz"]
+    nodes = [helper.make_node("QLinearConv", [*q, "w_dw", "ws", "wz", "ys", "yz"], ["a"], group=8, name="dw"),
+             helper.make_node("QLinearConv", [*q, "w_g", "ws", "wz", "ys", "yz"], ["b"], group=2, name="g"),
+             helper.make_node("QLinearConv", [*q, "w_pw", "ws", "wz", "ys", "yz"], ["c"], name="pw")]
+    g = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x", TensorProto.INT8, [1, 8, 4, 4])], [],
+                          [w("w_dw", (8, 1, 3, 3)), w("w_g", (8, 4, 3, 3)), w("w_pw", (8, 8, 1, 1))])
+    assert _conv_kinds(helper.make_model(g)) == {"dw": "(depthwise)", "g": "(grouped)"}
