@@ -45,8 +45,10 @@ def cpu_info() -> dict[str, Any]:
     }
 
 
-def make_session(path: Path | str, threads: int = 1, optimized_out: Path | None = None):
-    """An onnxruntime CPU session with graph optimisation ALL (QDQ fusion needs >= EXTENDED)."""
+def make_session(path: Path | str, threads: int = 1, optimized_out: Path | None = None,
+                 profile_prefix: Path | None = None):
+    """An onnxruntime CPU session with graph optimisation ALL (QDQ fusion needs >= EXTENDED);
+    ``profile_prefix`` turns onnxruntime's profiler on (``end_profiling()`` returns its file)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -57,6 +59,9 @@ def make_session(path: Path | str, threads: int = 1, optimized_out: Path | None 
     so.log_severity_level = 3
     if optimized_out is not None:
         so.optimized_model_filepath = str(optimized_out)
+    if profile_prefix is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(profile_prefix)
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
@@ -215,19 +220,11 @@ def profile_ops(path: Path | str, *, threads: int = 1, batch: int = 1, warmup: i
     import json
 
     import onnx
-    import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as d:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.log_severity_level = 3
-        so.enable_profiling = True
-        so.profile_file_prefix = str(Path(d) / "profile")
-        so.optimized_model_filepath = str(Path(d) / "optimized.onnx")
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        kinds = _conv_kinds(onnx.load(so.optimized_model_filepath))
+        opt = Path(d) / "optimized.onnx"
+        sess = make_session(path, threads, optimized_out=opt, profile_prefix=Path(d) / "profile")
+        kinds = _conv_kinds(onnx.load(str(opt)))
         inp = sess.get_inputs()[0]
         shape = tuple(input_shape) if input_shape else input_shape_of(sess, batch)
         x = np.random.default_rng(seed).random((batch, *shape[1:])).astype(_NP_TYPES.get(inp.type, np.float32))
