@@ -86,14 +86,16 @@ def _parse_depth(s: str) -> dict[float, int]:
 def _tp_alone(teacher, x, ratio: float):
     """Torch-Pruning by itself: L2 group magnitude, uniform channel ratio, no rounding, no depth,
     its progressive schedule stepped until the MACs target is met (as a user would do by hand)."""
+    import torch
     import torch_pruning as tp
 
     m = copy.deepcopy(teacher).eval()
     for p in m.parameters():
         p.requires_grad_(True)
     macs0 = tp.utils.count_ops_and_params(m, x)[0]
+    classifier = [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear)][-1]  # its outputs are the classes
     pruner = tp.pruner.MetaPruner(m, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                  pruning_ratio=0.95, iterative_steps=100, ignored_layers=[m.fc])
+                                  pruning_ratio=0.95, iterative_steps=100, ignored_layers=[classifier])
     for _ in range(100):
         pruner.step()
         if tp.utils.count_ops_and_params(m, x)[0] <= macs0 * (1 - ratio):
