@@ -318,7 +318,8 @@ def latency_track(name: str, args) -> list[dict[str, Any]]:
     variants = [("original", 0.0, 0, None), ("edgecompress-ptq", 0.0, 0, None), ("ort-ptq", 0.0, 0, None)]
     variants += [("prune+int8", r, 0, None) for r in args.latency_ratios]
     variants += [("prune+int8", r, k, None) for r in args.latency_ratios for k in args.latency_drop_blocks if k]
-    variants += [("prune+int8", r, 0, tp) for r in args.latency_ratios if r >= 0.79 for tp in args.latency_params]
+    variants += [("prune+int8", r, k, tp) for r in args.latency_ratios if r >= 0.79 for tp in args.latency_params
+                 for k in dict.fromkeys([0, *args.latency_drop_blocks])]
     cells = []
     for method, r, k, tp in variants:
         key = {"model": name, "size": args.size, "method": method, "ratio": r, "drop_blocks": k,
@@ -379,7 +380,7 @@ def main() -> None:
     ap.add_argument("--latency-ratios", default="0.5,0.8")
     ap.add_argument("--latency-drop-blocks", default="0,2,4", help="depth variants (blocks dropped) of the latency track")
     ap.add_argument("--latency-params", default="", help="latency track: extra 80%% cells that also remove this "
-                    "fraction of params (--target-params), e.g. 0.8")
+                    "fraction of params (--target-params), e.g. 0.8, with each --latency-drop-blocks")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--runs", type=int, default=1000, help="timed runs per file (accuracy track)")
     ap.add_argument("--rounds", type=int, default=9)
@@ -396,6 +397,8 @@ def main() -> None:
     args.latency_params = [float(v) for v in args.latency_params.split(",") if v]
     args.methods = args.methods.split(",")
     args.long_models = [m for m in args.long_models.split(",") if m]
+
+    from edgecompress.io import atomic_write_text
 
     out = RESULTS / "paper.json"
     if args.report_only:
@@ -418,14 +421,18 @@ def main() -> None:
         old = json.loads(out.read_text()) if out.exists() else []
         done = {r["model"] for r in rows}
         rows = [r for r in old if r["model"] not in done] + rows  # other models' rows stay
-        from edgecompress.io import atomic_write_text
-
         RESULTS.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, json.dumps(rows, indent=1) + "\n")
     from paper_report import render
 
-    meta = {"machine": f"{platform.processor() or platform.machine()}, onnxruntime 1 thread, batch 1",
-            "command": "python benchmarks/reproduce_paper.py " + " ".join(__import__("sys").argv[1:])}
+    meta_path = RESULTS / "paper-run.json"  # the command behind paper.json, kept for --report-only
+    if args.report_only and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+    else:
+        meta = {"machine": f"{platform.processor() or platform.machine()}, onnxruntime 1 thread, batch 1",
+                "command": "python benchmarks/reproduce_paper.py " + " ".join(__import__("sys").argv[1:])}
+        if not args.report_only:
+            atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
     render(rows, ROOT / "benchmarks" / "RESULTS.md", RESULTS, meta, notes=ROOT / "benchmarks" / "paper_notes.md")
     print(f"wrote {out.relative_to(ROOT)}, benchmarks/RESULTS.md and the Pareto plots")
 
