@@ -233,6 +233,7 @@ def profile_ops(path: Path | str, *, threads: int = 1, batch: int = 1, warmup: i
         events = json.loads(Path(sess.end_profiling()).read_text())
     timed = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])[-runs:]
     start = timed[0]["ts"] if timed else 0
+    n = len(timed) or warmup + runs  # without run events (other onnxruntime builds) warm-up stays in
     per_op: dict[str, list[float]] = {}
     names: dict[str, set[str]] = {}
     for e in events:
@@ -244,6 +245,6 @@ def profile_ops(path: Path | str, *, threads: int = 1, batch: int = 1, warmup: i
         per_op.setdefault(op, []).append(e["dur"] / 1e3)
         names.setdefault(op, set()).add(node)
     total = sum(sum(v) for v in per_op.values())
-    ops = sorted((OpTime(op, len(names[op]), sum(v) / len(timed), sum(v) / total if total else 0.0)
+    ops = sorted((OpTime(op, len(names[op]), sum(v) / n, sum(v) / total if total else 0.0)
                   for op, v in per_op.items()), key=lambda o: -o.ms_per_run)
-    return OpProfile(len(timed), total / len(timed) if timed else 0.0, ops)
+    return OpProfile(n, total / n, ops)

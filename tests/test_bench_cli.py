@@ -142,3 +142,21 @@ def test_conv_kinds_reads_qlinearconv_weights():
     g = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x", TensorProto.INT8, [1, 8, 4, 4])], [],
                           [w("w_dw", (8, 1, 3, 3)), w("w_g", (8, 4, 3, 3)), w("w_pw", (8, 8, 1, 1))])
     assert _conv_kinds(helper.make_model(g)) == {"dw": "(depthwise)", "g": "(grouped)"}
+
+
+def test_profile_without_run_events_counts_every_run(tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    from edgecompress.bench import profile_ops
+
+    end = ort.InferenceSession.end_profiling
+
+    def no_run_events(self):  # as a build whose profiler writes no model_run events
+        p = Path(end(self))
+        p.write_text(json.dumps([e for e in json.loads(p.read_text()) if e.get("name") != "model_run"]))
+        return str(p)
+
+    monkeypatch.setattr(ort.InferenceSession, "end_profiling", no_run_events)
+    pr = profile_ops(cnn(tmp_path / "m.onnx"), warmup=2, runs=3)
+    assert pr.runs == 5  # warm-up included: nothing tells the runs apart
+    assert pr.kernel_ms_per_run > 0 and sum(o.share for o in pr.ops) == pytest.approx(1.0)
