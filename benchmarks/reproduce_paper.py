@@ -253,9 +253,10 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
             continue
         k = depth.get(r, 0) if k is None else min(k, n_blocks)
         e = e or args.long_epochs
-        if not e or (r, k, e, rt or args.round_to, tp) in seen:  # e.g. 0.8 and 0.8:0 on a chain without blocks
+        same = (r, k, e, rt or args.round_to, tp)
+        if not e or same in seen:  # e.g. 0.8 and 0.8:0 on a chain without blocks
             continue
-        seen.add((r, k, e, rt or args.round_to, tp))
+        seen.add(same)
         row = cell("prune+kd+int8", r, e, kd, drops=k, round_to=rt, target_params=tp)
         cells.append(("prune+kd", r, "fp32", True, _fp32_view(row)))
         cells.append(("prune+kd+int8", r, "int8", True, row))

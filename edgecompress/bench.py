@@ -105,15 +105,18 @@ class Latency:
         return asdict(self)
 
 
+def random_feed(sess, batch: int, input_shape: tuple[int, ...] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Uniform random input of ``sess`` at ``batch`` (``input_shape`` for symbolic dims)."""
+    inp = sess.get_inputs()[0]
+    shape = tuple(input_shape) if input_shape else input_shape_of(sess, batch)
+    x = np.random.default_rng(seed).random((batch, *shape[1:])).astype(_NP_TYPES.get(inp.type, np.float32))
+    return {inp.name: x}
+
+
 def measure_latency(path: Path | str, *, threads: int = 1, batch: int = 1, warmup: int = 20, runs: int = 200,
                     input_shape: tuple[int, ...] | None = None, seed: int = 0) -> Latency:
     sess = make_session(path, threads)
-    inp = sess.get_inputs()[0]
-    shape = tuple(input_shape) if input_shape else input_shape_of(sess, batch)
-    shape = (batch, *shape[1:])
-    rng = np.random.default_rng(seed)
-    x = rng.random(shape).astype(_NP_TYPES.get(inp.type, np.float32))
-    feed = {inp.name: x}
+    feed = random_feed(sess, batch, input_shape, seed)
     for _ in range(warmup):
         sess.run(None, feed)
     times = []
@@ -225,11 +228,9 @@ def profile_ops(path: Path | str, *, threads: int = 1, batch: int = 1, warmup: i
         opt = Path(d) / "optimized.onnx"
         sess = make_session(path, threads, optimized_out=opt, profile_prefix=Path(d) / "profile")
         kinds = _conv_kinds(onnx.load(str(opt)))
-        inp = sess.get_inputs()[0]
-        shape = tuple(input_shape) if input_shape else input_shape_of(sess, batch)
-        x = np.random.default_rng(seed).random((batch, *shape[1:])).astype(_NP_TYPES.get(inp.type, np.float32))
+        feed = random_feed(sess, batch, input_shape, seed)
         for _ in range(warmup + runs):
-            sess.run(None, {inp.name: x})
+            sess.run(None, feed)
         events = json.loads(Path(sess.end_profiling()).read_text())
     timed = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])[-runs:]
     start = timed[0]["ts"] if timed else 0

@@ -38,7 +38,7 @@ def run_bench(args: argparse.Namespace) -> int:
                   "input_shape": tuple(args.input_shape) if args.input_shape else None}
             try:
                 row = measure_latency(path, **kw).to_dict()
-                if getattr(args, "profile", False):  # a separate session: the profiler slows every run
+                if args.profile:  # a separate session: the profiler slows every run
                     row["profile"] = profile_ops(path, **kw).to_dict()
             except ValueError as e:
                 raise BadInput(f"{path}: {e}") from None
