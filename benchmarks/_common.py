@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
-import statistics
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -112,7 +110,7 @@ def latency_round_robin(files: Iterable[str], *, runs: int, rounds: int, kind: s
     visiting every file once in a shuffled order (a fresh onnxruntime session per visit, 1 thread,
     batch 1, ``runs // rounds`` timed runs), so drifts and periodic noise hit files alike. Cached
     as ``kind`` keyed by the files' sha256s, runs, rounds and ``key_extra``; ``fresh`` re-measures."""
-    from edgecompress.bench import measure_latency
+    from edgecompress.bench import round_robin_p50
     from edgecompress.io import sha256_file
 
     shas = sorted((sha256_file(ROOT / f), f) for f in set(files))
@@ -120,15 +118,9 @@ def latency_round_robin(files: Iterable[str], *, runs: int, rounds: int, kind: s
 
     def compute():
         per = max(1, runs // rounds)
-        p50s: dict[str, list[float]] = {f: [] for _, f in shas}
         print(f"[{label}] measuring {len(shas)} files round-robin ({rounds} x {per} runs)", flush=True)
-        order = [f for _, f in shas]
-        rng = random.Random(0)
-        for _ in range(rounds):
-            rng.shuffle(order)  # a periodic disturbance must not hit the same file in every round
-            for f in order:
-                p50s[f].append(measure_latency(ROOT / f, threads=1, batch=1, warmup=10, runs=per).p50_ms)
-        return {"by_sha": {s: statistics.median(p50s[f]) for s, f in shas}}
+        p50s = round_robin_p50([ROOT / f for _, f in shas], rounds=rounds, runs=per, warmup=10)
+        return {"by_sha": {s: p for (s, _), p in zip(shas, p50s, strict=True)}}
 
     by_sha = cached(kind, key, compute, fresh=fresh)["by_sha"]
     return {f: by_sha[s] for s, f in shas}

@@ -216,10 +216,18 @@ def _conv_kinds(model) -> dict[str, str]:
     return kinds
 
 
-def profile_ops(path: Path | str, *, threads: int = 1, batch: int = 1, warmup: int = 20, runs: int = 100,
-                input_shape: tuple[int, ...] | None = None, seed: int = 0) -> OpProfile:
-    """Where the time of one run goes, per operator type, from onnxruntime's own profiler (the
-    kernels of the optimised graph: fused QLinearConv, FusedConv, ...). Warm-up runs are left out."""
+@dataclass(frozen=True)
+class NodeTimes:
+    runs: int
+    ms: dict[str, float]  # node of the optimised graph -> kernel ms per run
+    op: dict[str, str]  # node -> op type (grouped convs labelled "(depthwise)"/"(grouped)")
+    model: Any  # the optimised graph (onnx.ModelProto) the node names refer to
+
+
+def node_times(path: Path | str, *, threads: int = 1, batch: int = 1, warmup: int = 20, runs: int = 100,
+               input_shape: tuple[int, ...] | None = None, seed: int = 0) -> NodeTimes:
+    """Kernel time per node of onnxruntime's optimised graph (fused QLinearConv, FusedConv, ...),
+    from onnxruntime's own profiler; warm-up runs are left out."""
     import json
 
     import onnx
@@ -227,25 +235,57 @@ def profile_ops(path: Path | str, *, threads: int = 1, batch: int = 1, warmup: i
     with tempfile.TemporaryDirectory() as d:
         opt = Path(d) / "optimized.onnx"
         sess = make_session(path, threads, optimized_out=opt, profile_prefix=Path(d) / "profile")
-        kinds = _conv_kinds(onnx.load(str(opt)))
+        model = onnx.load(str(opt))
         feed = random_feed(sess, batch, input_shape, seed)
         for _ in range(warmup + runs):
             sess.run(None, feed)
         events = json.loads(Path(sess.end_profiling()).read_text())
+    kinds = _conv_kinds(model)
     timed = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])[-runs:]
     start = timed[0]["ts"] if timed else 0
     n = len(timed) or warmup + runs  # without run events (other onnxruntime builds) warm-up stays in
-    per_op: dict[str, list[float]] = {}
-    names: dict[str, set[str]] = {}
+    total: dict[str, float] = {}
+    ops: dict[str, str] = {}
     for e in events:
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e["ts"] < start:
             continue
         node = e["name"][: -len("_kernel_time")]
         op = e.get("args", {}).get("op_name", "?")
-        op = f"{op} {kinds[node]}" if node in kinds else op
-        per_op.setdefault(op, []).append(e["dur"] / 1e3)
-        names.setdefault(op, set()).add(node)
-    total = sum(sum(v) for v in per_op.values())
-    ops = sorted((OpTime(op, len(names[op]), sum(v) / n, sum(v) / total if total else 0.0)
-                  for op, v in per_op.items()), key=lambda o: -o.ms_per_run)
-    return OpProfile(n, total / n, ops)
+        ops[node] = f"{op} {kinds[node]}" if node in kinds else op
+        total[node] = total.get(node, 0.0) + e["dur"] / 1e3
+    return NodeTimes(n, {k: v / n for k, v in total.items()}, ops, model)
+
+
+def profile_ops(path: Path | str, *, threads: int = 1, batch: int = 1, warmup: int = 20, runs: int = 100,
+                input_shape: tuple[int, ...] | None = None, seed: int = 0) -> OpProfile:
+    """Where the time of one run goes, per operator type (see :func:`node_times`)."""
+    nt = node_times(path, threads=threads, batch=batch, warmup=warmup, runs=runs, input_shape=input_shape, seed=seed)
+    per_op: dict[str, float] = {}
+    count: dict[str, int] = {}
+    for node, ms in nt.ms.items():
+        per_op[nt.op[node]] = per_op.get(nt.op[node], 0.0) + ms
+        count[nt.op[node]] = count.get(nt.op[node], 0) + 1
+    total = sum(per_op.values())
+    ops = sorted((OpTime(op, count[op], ms, ms / total if total else 0.0) for op, ms in per_op.items()),
+                 key=lambda o: -o.ms_per_run)
+    return OpProfile(nt.runs, total, ops)
+
+
+def round_robin_p50(paths: list[Path | str], *, threads: int = 1, batch: int = 1, rounds: int = 5,
+                    runs: int = 100, warmup: int = 10, seed: int = 0,
+                    input_shape: tuple[int, ...] | None = None) -> list[float]:
+    """p50 latency (ms) per file: the median over ``rounds`` rounds that each visit every file
+    once, in a shuffled order, with ``runs`` timed runs; drifts and periodic noise of a shared
+    machine then hit all files alike, so the ratios between them hold."""
+    import random
+
+    order = list(range(len(paths)))
+    p50s: list[list[float]] = [[] for _ in paths]
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for i in order:
+            lat = measure_latency(paths[i], threads=threads, batch=batch, warmup=warmup, runs=runs,
+                                  input_shape=input_shape, seed=seed)
+            p50s[i].append(lat.p50_ms)
+    return [statistics.median(p) for p in p50s]
