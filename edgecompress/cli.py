@@ -50,7 +50,7 @@ _EXPORT_FLAGS: dict[str, tuple[str, str]] = {
     "kd_cache_teacher": ("distill", "cache_teacher"), "kd_augment_shift": ("distill", "augment_shift"),
     "kd_augment_flip": ("distill", "augment_flip"),
     "quant": ("quant", "mode"), "quant_backend": ("quant", "backend"), "calib_samples": ("quant", "calib_samples"), "calib_method": ("quant", "method"),
-    "target": ("quant", "target"),
+    "target": ("quant", "target"), "latency_aware_int8": ("quant", "latency_aware"),
     "min_agreement": ("verify", "min_int8_agreement"), "max_accuracy_drop": ("verify", "max_accuracy_drop"),
     "parity_tol": ("verify", "parity_tol"),
     "threads": ("bench", "threads"), "runs": ("bench", "runs"),
@@ -118,6 +118,9 @@ def _add_export(sub) -> None:
     a("--calib-method", help="minmax (default), entropy, percentile")
     a("--target", help="CPU the INT8 file is for: auto (default: this machine), x86-vnni, x86-avx2 (7-bit "
       "weights against U8S8 saturation) or arm64 (S8S8)")
+    a("--latency-aware-int8", action="store_true", default=None, help="leave in FP32 the layers whose INT8 "
+      "kernel is slower than FP32 on this CPU (onnxruntime profiler), kept only if the model gets faster end to "
+      "end; measured here, so use it on the machine (class) the file is for")
     a("--min-agreement", type=float, help="gate: INT8 vs FP32 top-1 agreement on the eval set >= F (default 0.99; 0 = report only)")
     a("--max-accuracy-drop", type=float, help="gate: INT8 top-1 at most F points below the original")
     a("--parity-tol", type=float, help="gate: FP32 ONNX vs PyTorch max-abs <= F * max(1,|logit|) (default 1e-4)")

@@ -199,6 +199,9 @@ class QuantConfig:
     # activation_type / weight_type / reduce_range where those are left at their defaults.
     target: str = "auto"
     backend: str = "ort"  # ort: onnxruntime quantize_static (default) | inc: Intel Neural Compressor 3.x pt2e
+    # leave in FP32 the layers whose INT8 kernel is slower than FP32 on this CPU, if the model gets
+    # faster end to end (edgecompress.quant_speed); measured here, so for a file that runs here
+    latency_aware: bool = False
 
     def validate(self) -> None:
         _choice("--quant", self.mode, QUANT_MODES)
@@ -206,6 +209,9 @@ class QuantConfig:
         if self.backend == "inc" and self.mode != "ptq":
             raise ConfigError(f"--quant-backend inc does static INT8 only; use it with --quant ptq, not {self.mode}")
         _choice("--target", self.target, QUANT_TARGETS)
+        if self.latency_aware and (self.mode != "ptq" or self.backend != "ort"):
+            raise ConfigError("--latency-aware-int8 re-quantizes with onnxruntime static PTQ; use it with --quant ptq "
+                              f"and --quant-backend ort (got --quant {self.mode}, --quant-backend {self.backend})")
         _choice("calibration method", self.method, CALIB_METHODS)
         _choice("activation_type", self.activation_type, QTYPES)
         _choice("weight_type", self.weight_type, QTYPES)

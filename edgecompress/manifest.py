@@ -118,6 +118,19 @@ def render_report(m: dict[str, Any]) -> str:
                          + (f"kept in FP32, most sensitive first: {', '.join(kept)}; " if kept else "no layer needed FP32; ")
                          + f"final validation drop {fb['steps'][-1]['val_drop']:.2f} points"
                          + ("" if fb.get("met") else " — bound NOT met") + ".")
+        la = st.get("latency_aware")
+        if la:
+            kept = la.get("fp32_nodes") or []
+            if not la.get("candidates"):
+                lines.append("Latency-aware INT8: every layer's INT8 kernel is at least as fast as its FP32 one here; "
+                             "all stay INT8.")
+            elif kept:
+                lines.append(f"Latency-aware INT8: kept in FP32 because faster here: {', '.join(kept)}; p50 "
+                             f"{la['p50_ms_all_int8']:.4f} ms all-INT8 → {la['p50_ms_final']:.4f} ms "
+                             f"({la['threads']} thread(s), batch {la['batch']}).")
+            else:
+                lines.append(f"Latency-aware INT8: {len(la['candidates'])} layer(s) had a slower INT8 kernel, but "
+                             "leaving them in FP32 did not make the model faster end to end; all stay INT8.")
         if q.get("agreement_with_fp32") is not None:
             lines.append(f"INT8 vs FP32 top-1 agreement on the eval set: {q['agreement_with_fp32']:.2%}.")
     gates = m.get("gates", [])

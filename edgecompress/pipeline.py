@@ -271,6 +271,10 @@ def _compress(c: _Ctx) -> None:
                 qr, fallback = accuracy_aware_ptq(c.d / f"{parent}.onnx", c.d / "int8.onnx", calib, splits.val.x,
                                                   splits.val.y, cfg.quant, cfg.verify.max_accuracy_drop, log=c.log)
                 c.stage_results["accuracy_fallback"] = fallback
+                if cfg.quant.latency_aware:
+                    qr = _latency_aware(c, calib, fallback["fp32_nodes"])
+            elif cfg.quant.latency_aware:
+                qr = _latency_aware(c, calib, [])
             else:
                 qr = quantize.quantize_ptq(c.d / f"{parent}.onnx", c.d / "int8.onnx", calib, cfg.quant)
         _stamp(c.d / "int8.onnx", c.meta | {"edgecompress.artifact": "int8"}, c.cfg.onnx.compact_names)
@@ -317,6 +321,30 @@ def _qat(c: _Ctx) -> None:
                 "observers_frozen_at": qr.observers_frozen_at, "parity_top1_agreement": par.top1_agreement},
     }  # fmt: skip
     c.timings["qat"] = time.time() - t0
+
+
+def _latency_aware(c: _Ctx, calib: np.ndarray, keep_fp32: list[str]):
+    """--latency-aware-int8: the layers faster in FP32 on this CPU stay FP32 (after any the
+    accuracy fallback already keeps in FP32); skipped, with a warning, when quantizing for another
+    CPU class, since what is measured here would not hold there."""
+    from edgecompress import quantize
+    from edgecompress.quant_speed import latency_aware_ptq
+
+    qcfg = replace(c.cfg.quant, exclude_nodes=tuple(c.cfg.quant.exclude_nodes) + tuple(keep_fp32))
+    src, dst = c.d / f"{c.fp32_parent}.onnx", c.d / "int8.onnx"
+    _, tgt = quantize.resolve_target(qcfg)
+    if tgt["target"] != tgt["build_machine_target"]:
+        qr = quantize.quantize_ptq(src, dst, calib, qcfg)
+        qr.settings.setdefault("warnings", []).append(
+            f"--latency-aware-int8 skipped: it measures on this {tgt['build_machine_target']} machine, and the file "
+            f"is for {tgt['target']}; run it on a {tgt['target']} machine")
+        return qr
+    b = c.cfg.bench
+    c.log(f"latency-aware INT8: timing every layer as INT8 and as FP32 ({b.threads} thread(s), batch {b.batch})")
+    qr, rec = latency_aware_ptq(src, dst, calib, qcfg, threads=b.threads, batch=b.batch,
+                                input_shape=tuple(c.lm.input_shape), log=c.log)
+    c.stage_results["latency_aware"] = rec
+    return qr
 
 
 def _quantize_inc(c: _Ctx, calib: np.ndarray):

@@ -1,0 +1,207 @@
+"""Latency-aware mixed precision (edgecompress.quant_speed). The decisions are tested with
+injected timings, so no test depends on this machine's speed; the real profiler is tested for
+what it must always do: name every compute layer of both files."""
+
+import onnx
+import pytest
+import torch
+
+from edgecompress.bench import kernel_report
+from edgecompress.config import DataConfig, ExportOnnxConfig, ModelConfig, QuantConfig, RunConfig
+from edgecompress.export import export_onnx
+from edgecompress.quant_fallback import compute_nodes
+from edgecompress.quant_speed import _preprocessed, latency_aware_ptq, layer_times, origin_keys
+from edgecompress.quantize import quantize_ptq
+from edgecompress.zoo import create_model
+
+from .conftest import quadrants
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model("resnet8-tiny", num_classes=4).eval()
+    path = tmp_path_factory.mktemp("ls") / "fp32.onnx"
+    export_onnx(model, torch.zeros(1, 1, 16, 16), path, ExportOnnxConfig())
+    return path
+
+
+@pytest.fixture(scope="module")
+def calib():
+    return quadrants(32, 0).x
+
+
+def fp32_layers(path) -> set[str]:
+    """Compute nodes of a QDQ file whose weight is a float initializer, not a DequantizeLinear output."""
+    m = onnx.load(str(path))
+    inits = {i.name for i in m.graph.initializer}
+    return {n.name for n in m.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] in inits}
+
+
+def test_profiler_names_every_layer_of_both_files(fp32, calib, tmp_path):
+    q = quantize_ptq(fp32, tmp_path / "q.onnx", calib, QuantConfig()).path
+    keys = origin_keys(_preprocessed(fp32))
+    nodes = set(compute_nodes(fp32))
+    t32 = layer_times(fp32, keys, threads=1, batch=1, runs=5)
+    t8 = layer_times(q, keys, threads=1, batch=1, runs=5)
+    assert len(nodes) >= 8
+    assert set(t32) == nodes  # the float kernels (NCHWc Conv, fused Gemm) map back by name/output
+    assert set(t8) == nodes  # the int8 kernels (QLinearConv, QGemm) map back by quantized weight
+    assert all(v > 0 for v in [*t32.values(), *t8.values()])
+
+
+def _fake_times(slow: dict[str, float]):
+    """Every layer 1.0 ms in FP32 and 0.5 ms in INT8, except ``slow`` (INT8 ms); FP32 layers of a
+    trial file are reported at their FP32 time."""
+
+    def times(path):
+        names = compute_nodes_cache["nodes"]
+        if path.name == "fp32.onnx":
+            return dict.fromkeys(names, 1.0)
+        f = fp32_layers(path)
+        return {n: 1.0 if n in f else slow.get(n, 0.5) for n in names}
+
+    return times
+
+
+compute_nodes_cache: dict = {}
+
+
+def _fake_compare(effect: dict[str, float], calls: list):
+    """p50 of a file = 1.0 + the effect of each layer it keeps in FP32 (negative = faster)."""
+
+    def compare(paths):
+        calls.append([sorted(fp32_layers(p)) for p in paths])
+        return [1.0 + sum(effect.get(n, 0.0) for n in fp32_layers(p)) for p in paths]
+
+    return compare
+
+
+def test_keeps_only_the_fp32_layers_that_make_the_model_faster(fp32, calib, tmp_path):
+    nodes = compute_nodes_cache.setdefault("nodes", compute_nodes(fp32))
+    a, b, c = nodes[0], nodes[1], nodes[4]
+    calls = []
+    # per layer: a, b, c all slower in INT8; end to end, a helps a lot, b a little, c hurts (its borders)
+    res, rec = latency_aware_ptq(fp32, tmp_path / "q.onnx", calib, QuantConfig(),
+                                 times=_fake_times({a: 4.0, b: 3.0, c: 1.5}),
+                                 compare=_fake_compare({a: -0.3, b: -0.1, c: +0.02}, calls))  # fmt: skip
+    assert list(rec["candidates"]) == [a, b, c]  # by per-layer gain, largest first
+    assert rec["trials"][0]["fp32_nodes"] == [a, b, c] and rec["trials"][0]["against"] == "all-int8"
+    assert sorted(rec["fp32_nodes"]) == sorted([a, b])  # c went back to INT8, a and b are needed
+    assert fp32_layers(res.path) == {a, b}  # the file written is the chosen one
+    assert rec["p50_ms_final"] == pytest.approx(0.6) and rec["p50_ms_all_int8"] == pytest.approx(1.0)
+    # all three to FP32; then back to INT8, smallest per-layer gain first: c yes, b no, a no; then
+    # the final set against all-INT8
+    assert [t["kept"] for t in rec["trials"]] == [None, True, False, False, True]
+    assert rec["trials"][-1]["against"] == "all-int8" and rec["trials"][-1]["fp32_nodes"] == [a, b]
+    assert res.settings["latency_aware"]["fp32_nodes"] == rec["fp32_nodes"]
+    assert len(calls) == 5
+
+
+def test_not_faster_end_to_end_means_all_int8(fp32, calib, tmp_path):
+    nodes = compute_nodes_cache.setdefault("nodes", compute_nodes(fp32))
+    calls = []
+    res, rec = latency_aware_ptq(fp32, tmp_path / "q.onnx", calib, QuantConfig(),
+                                 times=_fake_times({nodes[0]: 2.0, nodes[2]: 3.0}),
+                                 compare=_fake_compare({nodes[0]: -0.01, nodes[2]: +0.05}, calls))  # fmt: skip
+    assert list(rec["candidates"]) == [nodes[2], nodes[0]]
+    # nodes[0] (smaller gain) goes back to INT8 first: nodes[2] alone is 5% slower than all-INT8
+    assert [t["fp32_nodes"] for t in rec["trials"]] == [[nodes[2], nodes[0]], [nodes[2]], [nodes[2]]]
+    assert rec["trials"][-1]["against"] == "all-int8" and rec["trials"][-1]["kept"] is False
+    assert not rec["kept"] and rec["fp32_nodes"] == [] and len(calls) == 3
+    assert rec["p50_ms_final"] == rec["p50_ms_all_int8"] == pytest.approx(1.0)
+    assert fp32_layers(res.path) == set()
+    assert kernel_report(res.path).int8_op_fraction == 1.0
+
+
+def test_a_single_candidate_is_decided_by_one_trial(fp32, calib, tmp_path):
+    nodes = compute_nodes_cache.setdefault("nodes", compute_nodes(fp32))
+    calls = []
+    res, rec = latency_aware_ptq(fp32, tmp_path / "q.onnx", calib, QuantConfig(),
+                                 times=_fake_times({nodes[1]: 2.0}), compare=_fake_compare({nodes[1]: -0.1}, calls))
+    assert len(calls) == 1 and len(rec["trials"]) == 1 and rec["trials"][0]["kept"] is True
+    assert rec["fp32_nodes"] == [nodes[1]] and fp32_layers(res.path) == {nodes[1]}
+
+
+def test_no_slower_layer_means_no_trial(fp32, calib, tmp_path):
+    compute_nodes_cache.setdefault("nodes", compute_nodes(fp32))
+
+    def never(paths):
+        raise AssertionError("no end-to-end timing is needed when every INT8 layer is faster")
+
+    res, rec = latency_aware_ptq(fp32, tmp_path / "q.onnx", calib, QuantConfig(), times=_fake_times({}), compare=never)
+    assert rec["candidates"] == {} and rec["trials"] == [] and rec["fp32_nodes"] == []
+    assert kernel_report(res.path).int8_op_fraction == 1.0
+
+
+def test_user_excluded_layers_stay_fp32_and_are_not_candidates(fp32, calib, tmp_path):
+    nodes = compute_nodes_cache.setdefault("nodes", compute_nodes(fp32))
+    calls = []
+    res, rec = latency_aware_ptq(fp32, tmp_path / "q.onnx", calib, QuantConfig(exclude_nodes=(nodes[0],)),
+                                 times=_fake_times({nodes[0]: 9.0, nodes[3]: 2.0}),
+                                 compare=_fake_compare({nodes[3]: -0.2}, calls))  # fmt: skip
+    assert list(rec["candidates"]) == [nodes[3]]
+    assert rec["fp32_nodes"] == [nodes[3]]
+    assert fp32_layers(res.path) == {nodes[0], nodes[3]}
+
+
+def test_real_measurements_give_a_consistent_record(fp32, calib, tmp_path):
+    """On this machine's real timings: whatever is chosen, the record and the file agree."""
+    res, rec = latency_aware_ptq(fp32, tmp_path / "q.onnx", calib, QuantConfig(), rounds=1)
+    assert set(rec["fp32_nodes"]) <= set(rec["candidates"])
+    assert fp32_layers(res.path) == set(rec["fp32_nodes"])
+    assert all(t["p50_ms"] > 0 and t["against_p50_ms"] > 0 for t in rec["trials"])
+    assert all(v["int8"] > 0 and v["fp32"] > 0 for v in rec["layer_ms"].values())
+    assert bool(rec["trials"]) == bool(rec["candidates"])
+
+
+def test_config_rejects_latency_aware_without_ort_ptq():
+    from edgecompress.errors import ConfigError
+
+    for q in (QuantConfig(mode="dynamic", latency_aware=True), QuantConfig(backend="inc", latency_aware=True)):
+        with pytest.raises(ConfigError, match="--latency-aware-int8"):
+            RunConfig(model=ModelConfig(name="resnet8-tiny"), data=DataConfig(), quant=q).validate()
+
+
+@pytest.mark.slow
+def test_cli_records_latency_aware_int8(tmp_path):
+    import json
+
+    from .conftest import run_cli
+
+    out = tmp_path / "o"
+    p = run_cli(["export", "resnet8-tiny", "--data", "random", "--input-shape", "1,1,28,28", "--stages", "ptq",
+                 "--calib-samples", "16", "--runs", "5", "--latency-aware-int8", "--out", str(out)], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "latency-aware INT8: timing every layer" in p.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    la = m["stage_results"]["latency_aware"]
+    assert m["config"]["quant"]["latency_aware"] is True
+    assert set(la["fp32_nodes"]) <= set(la["candidates"]) and la["layer_ms"]
+    assert m["stage_results"]["quantize"]["settings"]["latency_aware"]["fp32_nodes"] == la["fp32_nodes"]
+    assert "Latency-aware INT8:" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_cli_latency_aware_for_another_cpu_is_skipped_with_a_warning(tmp_path):
+    import json
+
+    from .conftest import run_cli
+
+    out = tmp_path / "o"
+    p = run_cli(["export", "resnet8-tiny", "--data", "random", "--input-shape", "1,1,28,28", "--stages", "ptq",
+                 "--calib-samples", "16", "--runs", "5", "--latency-aware-int8", "--target", "arm64",
+                 "--out", str(out)], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert "latency_aware" not in m["stage_results"]
+    assert any("--latency-aware-int8 skipped" in w for w in m["warnings"])
+
+
+def test_cli_latency_aware_with_dynamic_is_bad_input(tmp_path):
+    from .conftest import run_cli
+
+    p = run_cli(["export", "resnet8-tiny", "--data", "random", "--input-shape", "1,1,28,28", "--quant", "dynamic",
+                 "--latency-aware-int8", "--out", str(tmp_path / "o")], cwd=tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "--latency-aware-int8" in p.stderr and len(p.stderr.strip().splitlines()) == 1
