@@ -104,6 +104,17 @@ def ptq_int8(fp32: Path, out: Path, calib) -> Path:
     return quantize_ptq(fp32, out, calib, QuantConfig()).path
 
 
+def ptq_int8_latency_aware(fp32: Path, out: Path, calib, **kw) -> dict[str, Any]:
+    """edgecompress PTQ with --latency-aware-int8 (decided on this machine, 1 thread, batch 1);
+    returns what a cell records of the decision."""
+    from edgecompress.config import QuantConfig
+    from edgecompress.quant_speed import latency_aware_ptq
+
+    _, rec = latency_aware_ptq(fp32, out, calib, QuantConfig(), log=lambda m: print(f"    {m}", flush=True), **kw)
+    return {"fp32_nodes": rec["fp32_nodes"], "latency_aware": {k: rec[k] for k in (
+        "candidates", "p50_ms_all_int8", "p50_ms_final") if k in rec}}
+
+
 def latency_round_robin(files: Iterable[str], *, runs: int, rounds: int, kind: str, key_extra: dict[str, Any],
                         fresh: bool = False, label: str = "") -> dict[str, float]:
     """p50 in ms per file (paths relative to the repo): the median over ``rounds`` rounds, each

@@ -175,7 +175,7 @@ def render(rows: list[dict[str, Any]], md_path: Path, results: Path, meta: dict[
         else:
             lines += ["**Bars (decided from the rows above):** ≥ 12× faster and ≥ 18× smaller at 80% MACs removed "
                       "+ INT8 (issue #7); ≥ 6× faster at 50% (issue #4, ResNet-18).", ""]
-            for r in (r for r in mr if r["method"] == "prune+int8"):
+            for r in (r for r in mr if r["method"] in ("prune+int8", "prune+int8-la")):
                 speed_bar, size_bar = (12.0, 18.0) if r["target_macs_removed"] >= 0.79 else (6.0, None)
                 if size_bar is None and not model.startswith("resnet18"):
                     speed_bar = None  # the 50% bar is ResNet-18's (issue #4)

@@ -43,6 +43,7 @@ from _common import (
     latency_round_robin,
     onnx_metrics,
     ptq_int8,
+    ptq_int8_latency_aware,
     shipped_sizes,
 )
 
@@ -55,10 +56,13 @@ METHODS = {
     "inc-int8": "Intel Neural Compressor 3.x static INT8 (pt2e -> ONNX)",
     "torch-pruning+ft": "Torch-Pruning alone + cross-entropy fine-tuning",
     "edgecompress-ptq": "edgecompress PTQ (no pruning)",
+    "edgecompress-ptq-la": "edgecompress PTQ, --latency-aware-int8 (no pruning)",
     "prune": "edgecompress prune",
     "prune+int8": "edgecompress prune + INT8 PTQ",
     "prune+kd": "edgecompress prune + KD",
     "prune+kd+int8": "edgecompress prune + KD + INT8 PTQ",
+    "prune+kd+int8-la": "edgecompress prune + KD + INT8 PTQ, --latency-aware-int8",
+    "prune+int8-la": "edgecompress prune + INT8 PTQ, --latency-aware-int8",
     "prune+qat+kd": "edgecompress prune + QAT with KD",
 }
 PEERS = ("ort-ptq", "inc-int8", "torch-pruning+ft")
@@ -188,6 +192,17 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
         return onnx_metrics(ptq_int8(ROOT / rows_by["original"]["file"], files.path(key, "int8"), t.calib),
                             t.test) | struct(t.model)
 
+    def latency_aware(parent: dict[str, Any]):
+        """The same FP32 file as ``parent``'s, quantized with --latency-aware-int8 (decided here)."""
+
+        def compute(key):
+            out = files.path(key, "int8")
+            rec = ptq_int8_latency_aware(ROOT / parent.get("fp32_file", parent["file"]), out, t.calib)
+            same = {k: parent[k] for k in ("macs", "params", "dropped_blocks", "kd_steps") if k in parent}
+            return onnx_metrics(out, t.test) | same | rec
+
+        return compute
+
     def prune_only(key):
         pr = pruned(key)
         f = export_fp32(pr.model, t.x, files.path(key, "fp32"))
@@ -234,15 +249,24 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
                 cells.append((method, 0.0, "int8", False, cell(method, 0.0, 0, fn)))
             except Exception as e:  # one failing peer must not hide the others
                 print(f"[{name}] {method}: FAILED {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
+    if "edgecompress-ptq-la" in args.methods:
+        fn = latency_aware(rows_by["original"])
+        cells.append(("edgecompress-ptq-la", 0.0, "int8", False, cell("edgecompress-ptq-la", 0.0, 0, fn)))
+
+    def kd_cells(r: float, epochs: float, **kw) -> None:
+        row = cell("prune+kd+int8", r, epochs, kd, **kw)
+        cells.append(("prune+kd", r, "fp32", True, _fp32_view(row)))
+        cells.append(("prune+kd+int8", r, "int8", True, row))
+        if "prune+kd+int8-la" in args.methods:
+            la = cell("prune+kd+int8-la", r, epochs, latency_aware(row), **kw)
+            cells.append(("prune+kd+int8-la", r, "int8", True, la))
     for r in args.ratios:
         if "prune" in args.methods or "prune+int8" in args.methods:
             row = cell("prune", r, 0, prune_only)
             cells.append(("prune", r, "fp32", False, _fp32_view(row)))
             cells.append(("prune+int8", r, "int8", False, row))
         if "prune+kd+int8" in args.methods and args.epochs > 0:
-            row = cell("prune+kd+int8", r, args.epochs, kd)
-            cells.append(("prune+kd", r, "fp32", True, _fp32_view(row)))
-            cells.append(("prune+kd+int8", r, "int8", True, row))
+            kd_cells(r, args.epochs)
         if "prune+qat+kd" in args.methods and args.epochs > 0:
             cells.append(("prune+qat+kd", r, "int8", True, cell("prune+qat+kd", r, args.epochs, qat_kd)))
         if "torch-pruning+ft" in args.methods and args.epochs > 0:
@@ -257,10 +281,10 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
         if not e or same in seen:  # e.g. 0.8 and 0.8:0 on a chain without blocks
             continue
         seen.add(same)
-        row = cell("prune+kd+int8", r, e, kd, drops=k, round_to=rt, target_params=tp)
-        cells.append(("prune+kd", r, "fp32", True, _fp32_view(row)))
-        cells.append(("prune+kd+int8", r, "int8", True, row))
+        kd_cells(r, e, drops=k, round_to=rt, target_params=tp)
 
+    if args.cells_only:
+        return []
     sizes = {f: shipped_sizes(f) for f in {c[4]["file"] for c in cells}}
     lat = _latency({c[4]["file"] for c in cells}, args, name)
     base = rows_by["original"]
@@ -278,6 +302,7 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
             "int8_op_fraction": c["int8_op_fraction"], "dropped_blocks": c.get("dropped_blocks", []),
             "peer": method in PEERS, "file": c["file"],
             "round_to": c.get("round_to") if method.startswith("prune") else None,
+            "fp32_nodes": c.get("fp32_nodes"),
         })  # fmt: skip
     return out
 
@@ -322,6 +347,7 @@ def latency_track(name: str, args) -> list[dict[str, Any]]:
     variants += [("prune+int8", r, k, tp) for r in args.latency_ratios if r >= 0.79 for tp in args.latency_params
                  for k in dict.fromkeys([0, *args.latency_drop_blocks])]
     cells = []
+    la_key = {"method": "prune+int8-la"}
     for method, r, k, tp in variants:
         key = {"model": name, "size": args.size, "method": method, "ratio": r, "drop_blocks": k,
                "weights": "random (torch.manual_seed(0))", "round_to": 8}
@@ -344,9 +370,22 @@ def latency_track(name: str, args) -> list[dict[str, Any]]:
             return onnx_metrics(ptq_int8(f, files.path(key, "int8"), calib), None) | {
                 "macs": pr.macs_after, "dropped_blocks": [b["name"] for b in pr.dropped_blocks]}
 
-        print(f"[{name}@{args.size}] {method} @ {r:.0%}{f' (drop {k})' if k else ''}"
-              f"{f' (params -{tp:.0%})' if tp else ''} ...", flush=True)
-        cells.append((method, r, k, cached("paper-lat-track", key, compute, fresh=args.fresh) | {"target_params": tp}))
+        what = f"{r:.0%}{f' (drop {k})' if k else ''}{f' (params -{tp:.0%})' if tp else ''}"
+        print(f"[{name}@{args.size}] {method} @ {what} ...", flush=True)
+        row = cached("paper-lat-track", key, compute, fresh=args.fresh) | {"target_params": tp}
+        cells.append((method, r, k, row))
+        if method == "prune+int8" and r >= 0.79 and "prune+int8-la" in args.methods:
+
+            def derived(parent=key, row=row):
+                rec = ptq_int8_latency_aware(files.path(parent, "fp32"), files.path(parent | la_key, "int8"), calib)
+                return onnx_metrics(files.path(parent | la_key, "int8"), None) | {
+                    "macs": row["macs"], "dropped_blocks": row.get("dropped_blocks", [])} | rec
+
+            print(f"[{name}@{args.size}] prune+int8-la @ {what} ...", flush=True)
+            la = cached("paper-lat-track", key | la_key, derived, fresh=args.fresh) | {"target_params": tp}
+            cells.append(("prune+int8-la", r, k, la))
+    if args.cells_only:
+        return []
     sizes = {f: shipped_sizes(f) for f in {c[3]["file"] for c in cells}}
     lat = _latency({c[3]["file"] for c in cells}, args, f"{name}@{args.size}")
     base = cells[0][3]
@@ -358,7 +397,7 @@ def latency_track(name: str, args) -> list[dict[str, Any]]:
         "latency_speedup": lat[base["file"]] / lat[c["file"]], **_size_fields(sizes, base["file"], c["file"]),
         "latency_ms_p50": lat[c["file"]], "int8_op_fraction": c["int8_op_fraction"],
         "dropped_blocks": c.get("dropped_blocks", []), "peer": m in PEERS, "file": c["file"],
-        "target_params_removed": c["target_params"],
+        "target_params_removed": c["target_params"], "fp32_nodes": c.get("fp32_nodes"),
     } for m, r, k, c in cells]  # fmt: skip
 
 
@@ -389,6 +428,8 @@ def main() -> None:
     ap.add_argument("--max-test", type=int, default=0, help="evaluate on the first N test images (0 = all)")
     ap.add_argument("--fresh", action="store_true", help="recompute every cell")
     ap.add_argument("--remeasure", action="store_true", help="re-measure latency only (cells stay cached)")
+    ap.add_argument("--cells-only", action="store_true", help="compute and cache the cells, nothing else: no "
+                    "latency sitting, paper.json and RESULTS.md untouched (for training while the machine is busy)")
     ap.add_argument("--report-only", action="store_true", help="re-render RESULTS.md and plots from paper.json")
     args = ap.parse_args()
     args.ratios = [float(r) for r in args.ratios.split(",") if r]
@@ -419,6 +460,9 @@ def main() -> None:
             for m in args.latency_models.split(","):
                 rows += latency_track(m, args)
             args.runs = saved_runs
+        if args.cells_only:
+            print("cells computed and cached; paper.json and RESULTS.md left as they were")
+            return
         old = json.loads(out.read_text()) if out.exists() else []
         done = {r["model"] for r in rows}
         rows = [r for r in old if r["model"] not in done] + rows  # other models' rows stay

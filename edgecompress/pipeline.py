@@ -425,8 +425,10 @@ def _finish(c: _Ctx) -> RunResult:
             int8 |= {"path": "int8.failed.onnx", "status": "failed"}
         base = c.arts[c.fp32_parent]
         if int8["latency_ms_p50"] >= base["latency_ms_p50"]:
+            hint = ("" if c.cfg.quant.latency_aware or c.cfg.quant.backend != "ort" or "ptq" not in c.stages else
+                    "; --latency-aware-int8 keeps in FP32 the layers whose INT8 kernel is the slower one")
             warnings_.append(f"INT8 p50 {int8['latency_ms_p50']:.3f} ms is not below {c.fp32_parent} "
-                             f"{base['latency_ms_p50']:.3f} ms on this CPU")
+                             f"{base['latency_ms_p50']:.3f} ms on this CPU{hint}")
     for a in c.arts.values():
         p = c.d / a["path"]
         a |= {"bytes": bench.file_bytes(p), "sha256": sha256_file(p)}

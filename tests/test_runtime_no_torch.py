@@ -122,3 +122,23 @@ def test_predict_bad_model_without_torch(no_torch, models):
     (d / "notes.onnx").write_text("not a model")
     r = _run(env, log, "predict", str(d / "notes.onnx"), str(d / "data.npz"), cwd=d)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_latency_aware_int8_runs_on_the_device_without_torch(no_torch, models):
+    """--latency-aware-int8 decides from timings, so it is worth running on the target board:
+    the quantizer and its measurements need no torch."""
+    env, log = no_torch
+    d, paths, _ = models
+    code = ("import json, numpy as np; from pathlib import Path; from edgecompress.config import QuantConfig; "
+            "from edgecompress.quant_speed import latency_aware_ptq; "
+            "calib = np.random.default_rng(1).random((16, 1, 8, 8), dtype=np.float32); "
+            f"res, rec = latency_aware_ptq(Path({str(paths['fp32'])!r}), Path('la.onnx'), calib, QuantConfig(), rounds=1); "
+            "print(json.dumps({'nodes': sorted(rec['layer_ms']), 'fp32': rec['fp32_nodes']}))")
+    log.unlink(missing_ok=True)
+    r = subprocess.run([sys.executable, "-c", code], cwd=d, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    attempts = log.read_text().splitlines() if log.exists() else []
+    assert not [a for a in attempts if f"{os.sep}edgecompress{os.sep}" in a], attempts
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["nodes"] == ["conv", "fc"]  # both compute layers of the foreign model were timed
+    assert (d / "la.onnx").exists()
