@@ -7,7 +7,8 @@ ResNet-20 the first conv took 15 µs as INT8 and 3 µs as FP32, and the INT8 fil
 its own FP32 parent. The pass:
 
 1. profiles the FP32 parent and the all-INT8 file with onnxruntime's profiler (optimised graphs,
-   the threads and batch of the deployment) and maps every compute kernel back to its node in
+   the threads and batch of the deployment; the median of ``profile_rounds`` alternating
+   profiles of each) and maps every compute kernel back to its node in
    the pre-processed graph that ``quantize_static`` sees: INT8 kernels by their quantized weight
    (``<weight>_quantized``), float kernels by name or output tensor;
 2. candidates = the nodes whose INT8 kernel is slower than their FP32 kernel by more than
@@ -106,6 +107,12 @@ def layer_times(path: Path, keys: dict[str, str], *, threads: int, batch: int, r
     return out
 
 
+def _median(rounds: list[dict[str, float]]) -> dict[str, float]:
+    import statistics
+
+    return {n: statistics.median(r[n] for r in rounds if n in r) for n in set().union(*rounds)}
+
+
 def latency_aware_ptq(
     fp32: Path,
     out: Path,
@@ -116,6 +123,7 @@ def latency_aware_ptq(
     batch: int = 1,
     min_gain: float = 0.03,
     rounds: int = 7,
+    profile_rounds: int = 3,
     input_shape: tuple[int, ...] | None = None,
     log: Callable[[str], None] = lambda m: None,
     times: LayerTimes | None = None,
@@ -130,7 +138,7 @@ def latency_aware_ptq(
     if times is None:
 
         def times(p: Path) -> dict[str, float]:
-            return layer_times(p, keys, threads=threads, batch=batch, input_shape=input_shape)
+            return layer_times(p, keys, threads=threads, batch=batch, runs=100, input_shape=input_shape)
 
     if compare is None:
         # enough timed runs per visit for ~50 ms of work, so a 0.1 ms model is not timed 20 times
@@ -141,7 +149,8 @@ def latency_aware_ptq(
             return round_robin_p50(paths, threads=threads, batch=batch, rounds=rounds, runs=per_visit,
                                    input_shape=input_shape)
 
-    record: dict[str, Any] = {"threads": threads, "batch": batch, "min_gain": min_gain, "candidates": {},
+    record: dict[str, Any] = {"threads": threads, "batch": batch, "min_gain": min_gain, "rounds": rounds,
+                              "profile_rounds": profile_rounds, "candidates": {},
                               "trials": [], "fp32_nodes": [], "kept": False}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="edgecompress-ls-") as d:
         tmp = Path(d)
@@ -151,7 +160,15 @@ def latency_aware_ptq(
             return quantize_ptq(fp32, tmp / f"{name}.onnx", calib_x, c), tmp / f"{name}.onnx"
 
         best_res, best = quantize([], "all-int8")
-        t_fp32, t_int8 = times(fp32), times(best)
+        # per-layer times: median of rounds that alternate the two files, so a drift in the
+        # machine's load shifts both alike (one profile each read the same convs as "INT8
+        # slower" when idle and "INT8 faster" while another process shared the CPU)
+        rounds_32: list[dict[str, float]] = []
+        rounds_8: list[dict[str, float]] = []
+        for _ in range(profile_rounds):
+            rounds_32.append(times(fp32))
+            rounds_8.append(times(best))
+        t_fp32, t_int8 = _median(rounds_32), _median(rounds_8)
         gain = {n: t_int8[n] - t_fp32[n] for n in t_int8
                 if n in t_fp32 and n not in cfg.exclude_nodes and t_int8[n] > t_fp32[n] * (1 + min_gain)}  # fmt: skip
         record["layer_ms"] = {n: {"int8": t_int8.get(n), "fp32": t_fp32.get(n)} for n in sorted(set(t_int8) | set(t_fp32))}
