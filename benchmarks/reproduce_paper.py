@@ -250,8 +250,9 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
             except Exception as e:  # one failing peer must not hide the others
                 print(f"[{name}] {method}: FAILED {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
     if "edgecompress-ptq-la" in args.methods:
-        fn = latency_aware(rows_by["original"])
-        cells.append(("edgecompress-ptq-la", 0.0, "int8", False, cell("edgecompress-ptq-la", 0.0, 0, fn)))
+        la = cell("edgecompress-ptq-la", 0.0, 0, latency_aware(rows_by["original"]))
+        if la["fp32_nodes"]:
+            cells.append(("edgecompress-ptq-la", 0.0, "int8", False, la))
 
     def kd_cells(r: float, epochs: float, **kw) -> None:
         row = cell("prune+kd+int8", r, epochs, kd, **kw)
@@ -259,7 +260,8 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
         cells.append(("prune+kd+int8", r, "int8", True, row))
         if "prune+kd+int8-la" in args.methods:
             la = cell("prune+kd+int8-la", r, epochs, latency_aware(row), **kw)
-            cells.append(("prune+kd+int8-la", r, "int8", True, la))
+            if la["fp32_nodes"]:  # else its file is the parent's, already a row
+                cells.append(("prune+kd+int8-la", r, "int8", True, la))
     for r in args.ratios:
         if "prune" in args.methods or "prune+int8" in args.methods:
             row = cell("prune", r, 0, prune_only)
@@ -383,7 +385,8 @@ def latency_track(name: str, args) -> list[dict[str, Any]]:
 
             print(f"[{name}@{args.size}] prune+int8-la @ {what} ...", flush=True)
             la = cached("paper-lat-track", key | la_key, derived, fresh=args.fresh) | {"target_params": tp}
-            cells.append(("prune+int8-la", r, k, la))
+            if la["fp32_nodes"]:
+                cells.append(("prune+int8-la", r, k, la))
     if args.cells_only:
         return []
     sizes = {f: shipped_sizes(f) for f in {c[3]["file"] for c in cells}}
