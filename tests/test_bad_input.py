@@ -398,6 +398,11 @@ def test_prune_ratio_with_latency_target(tmp_path):
         needles=["--prune-ratio 0.5", "--target-latency-ms", "choose one"])
 
 
+def test_latency_aware_int8_without_ort_ptq(tmp_path):
+    bad(tmp_path, "export", ZOO, "--quant", "dynamic", "--latency-aware-int8",
+        needles=["--latency-aware-int8", "--quant ptq", "--quant dynamic"])
+
+
 def test_sensitivity_file_without_sensitivity_allocation(tmp_path):
     bad(tmp_path, "export", ZOO, "--sensitivity", "s.json", needles=["--sensitivity s.json", "--allocation sensitivity"])
 

@@ -197,11 +197,3 @@ def test_cli_latency_aware_for_another_cpu_is_skipped_with_a_warning(tmp_path):
     assert "latency_aware" not in m["stage_results"]
     assert any("--latency-aware-int8 skipped" in w for w in m["warnings"])
 
-
-def test_cli_latency_aware_with_dynamic_is_bad_input(tmp_path):
-    from .conftest import run_cli
-
-    p = run_cli(["export", "resnet8-tiny", "--data", "random", "--input-shape", "1,1,28,28", "--quant", "dynamic",
-                 "--latency-aware-int8", "--out", str(tmp_path / "o")], cwd=tmp_path)
-    assert p.returncode == 2 and "Traceback" not in p.stderr
-    assert "--latency-aware-int8" in p.stderr and len(p.stderr.strip().splitlines()) == 1
