@@ -70,6 +70,7 @@ DESC = {
     "test_bad_option_value[--seed-4294967296": "`--seed 2**32`",
     "test_unknown_flag": "misspelt flag",
     "test_prune_ratio_too_high": "`--prune-ratio 0.99` (layers would vanish)",
+    "test_latency_aware_int8_without_ort_ptq": "`--latency-aware-int8` with `--quant dynamic` (it re-runs static PTQ)",
     "test_recipe_unknown_key": "recipe: unknown key",
     "test_recipe_unknown_section": "recipe: unknown table",
     "test_recipe_wrong_type": "recipe: wrong type",
