@@ -15,9 +15,7 @@ accuracy measured after each step is what counts, and it is measured on the real
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -26,20 +24,14 @@ from typing import Any
 import numpy as np
 
 from edgecompress.config import QuantConfig
-from edgecompress.quantize import QuantResult, quantize_ptq
+from edgecompress.quantize import QuantResult, preprocessed_model, quantize_ptq
 
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
 
 
 def compute_nodes(fp32: Path) -> list[str]:
     """Names of the quantizable compute nodes, as quantize_static sees them (after pre-processing)."""
-    import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    with tempfile.TemporaryDirectory(prefix="edgecompress-fb-") as d, contextlib.redirect_stdout(io.StringIO()):
-        pre = Path(d) / "pre.onnx"
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        return [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in COMPUTE_OPS]
+    return [n.name for n in preprocessed_model(fp32).graph.node if n.op_type in COMPUTE_OPS]
 
 
 def _logits(path: Path, x: np.ndarray) -> np.ndarray:

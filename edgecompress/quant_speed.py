@@ -38,25 +38,12 @@ import numpy as np
 
 from edgecompress.config import QuantConfig
 from edgecompress.io import atomic_write
-from edgecompress.quantize import QuantResult, quantize_ptq
+from edgecompress.quantize import QuantResult, preprocessed_model, quantize_ptq
 
 _ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh")
 _INT8_WEIGHT_INPUT = 3  # QLinearConv, QGemm and QLinearMatMul take their weight as input 3
 LayerTimes = Callable[[Path], dict[str, float]]  # file -> compute node (pre-processed graph) -> ms per run
 Compare = Callable[[list[Path]], list[float]]  # files -> p50 ms each, measured side by side
-
-
-def _preprocessed(fp32: Path):
-    import contextlib
-    import io
-
-    import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    with tempfile.TemporaryDirectory(prefix="edgecompress-ls-") as d, contextlib.redirect_stdout(io.StringIO()):
-        pre = Path(d) / "pre.onnx"
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        return onnx.load(str(pre))
 
 
 def origin_keys(pre_model) -> dict[str, str]:
@@ -134,7 +121,7 @@ def latency_aware_ptq(
     ``compare`` replace the measurements (tests)."""
     from edgecompress.bench import measure_latency, round_robin_p50
 
-    keys = origin_keys(_preprocessed(fp32))
+    keys = origin_keys(preprocessed_model(fp32))
     if times is None:
 
         def times(p: Path) -> dict[str, float]:

@@ -52,10 +52,27 @@ class ArrayReader:
         self.i = 0
 
 
+def preprocess(fp32: Path, dst: Path) -> Path:
+    """``quant_pre_process`` of ``fp32`` into ``dst``, its prints silenced: the graph that
+    ``quantize_static`` sees, whose node names ``QuantConfig.exclude_nodes`` refers to."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        quant_pre_process(str(fp32), str(dst), skip_symbolic_shape=True)
+    return dst
+
+
+def preprocessed_model(fp32: Path):
+    """The pre-processed graph of ``fp32`` (see :func:`preprocess`), as an onnx.ModelProto."""
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="edgecompress-pre-") as d:
+        return onnx.load(str(preprocess(fp32, Path(d) / "pre.onnx")))
+
+
 def quantize_ptq(fp32: Path, out: Path, calib_x: np.ndarray, cfg: QuantConfig) -> QuantResult:
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -69,9 +86,7 @@ def quantize_ptq(fp32: Path, out: Path, calib_x: np.ndarray, cfg: QuantConfig) -
     } | tgt  # fmt: skip
     logging.getLogger().setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="edgecompress-q-") as d:
-        pre = Path(d) / "pre.onnx"
-        with contextlib.redirect_stdout(io.StringIO()):
-            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        pre = preprocess(fp32, Path(d) / "pre.onnx")
 
         def write(tmp: Path) -> None:
             # Entropy/percentile calibration keep histograms; the aug model lives in a temp dir.
@@ -142,7 +157,6 @@ def quantize_dynamic_onnx(fp32: Path, out: Path, cfg: QuantConfig) -> QuantResul
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     eff, tgt = resolve_target(cfg)
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
@@ -159,9 +173,7 @@ def quantize_dynamic_onnx(fp32: Path, out: Path, cfg: QuantConfig) -> QuantResul
                                 f"(onnxruntime); activation_type {eff['activation_type']!r} does not apply"]
     logging.getLogger().setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="edgecompress-dq-") as d:
-        pre = Path(d) / "pre.onnx"
-        with contextlib.redirect_stdout(io.StringIO()):
-            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        pre = preprocess(fp32, Path(d) / "pre.onnx")
         m = onnx.load(str(pre))
         settings["gemm_rewritten"] = gemm_to_matmul(m)
         onnx.save(m, str(pre))

@@ -10,8 +10,8 @@ from edgecompress.bench import kernel_report
 from edgecompress.config import DataConfig, ExportOnnxConfig, ModelConfig, QuantConfig, RunConfig
 from edgecompress.export import export_onnx
 from edgecompress.quant_fallback import compute_nodes
-from edgecompress.quant_speed import _preprocessed, latency_aware_ptq, layer_times, origin_keys
-from edgecompress.quantize import quantize_ptq
+from edgecompress.quant_speed import latency_aware_ptq, layer_times, origin_keys
+from edgecompress.quantize import preprocessed_model, quantize_ptq
 from edgecompress.zoo import create_model
 
 from .conftest import quadrants
@@ -40,7 +40,7 @@ def fp32_layers(path) -> set[str]:
 
 def test_profiler_names_every_layer_of_both_files(fp32, calib, tmp_path):
     q = quantize_ptq(fp32, tmp_path / "q.onnx", calib, QuantConfig()).path
-    keys = origin_keys(_preprocessed(fp32))
+    keys = origin_keys(preprocessed_model(fp32))
     nodes = set(compute_nodes(fp32))
     t32 = layer_times(fp32, keys, threads=1, batch=1, runs=5)
     t8 = layer_times(q, keys, threads=1, batch=1, runs=5)
