@@ -104,13 +104,13 @@ def ptq_int8(fp32: Path, out: Path, calib) -> Path:
     return quantize_ptq(fp32, out, calib, QuantConfig()).path
 
 
-def ptq_int8_latency_aware(fp32: Path, out: Path, calib, **kw) -> dict[str, Any]:
+def ptq_int8_latency_aware(fp32: Path, out: Path, calib) -> dict[str, Any]:
     """edgecompress PTQ with --latency-aware-int8 (decided on this machine, 1 thread, batch 1);
     returns what a cell records of the decision."""
     from edgecompress.config import QuantConfig
     from edgecompress.quant_speed import latency_aware_ptq
 
-    _, rec = latency_aware_ptq(fp32, out, calib, QuantConfig(), log=lambda m: print(f"    {m}", flush=True), **kw)
+    _, rec = latency_aware_ptq(fp32, out, calib, QuantConfig(), log=lambda m: print(f"    {m}", flush=True))
     return {"fp32_nodes": rec["fp32_nodes"], "latency_aware": {k: rec[k] for k in (
         "candidates", "p50_ms_all_int8", "p50_ms_final") if k in rec}}
 

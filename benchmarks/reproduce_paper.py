@@ -379,9 +379,9 @@ def latency_track(name: str, args) -> list[dict[str, Any]]:
         if method == "prune+int8" and r >= 0.79 and "prune+int8-la" in args.methods:
 
             def derived(parent=key, row=row):
-                rec = ptq_int8_latency_aware(files.path(parent, "fp32"), files.path(parent | la_key, "int8"), calib)
-                return onnx_metrics(files.path(parent | la_key, "int8"), None) | {
-                    "macs": row["macs"], "dropped_blocks": row.get("dropped_blocks", [])} | rec
+                out = files.path(parent | la_key, "int8")
+                rec = ptq_int8_latency_aware(files.path(parent, "fp32"), out, calib)
+                return onnx_metrics(out, None) | {"macs": row["macs"], "dropped_blocks": row.get("dropped_blocks", [])} | rec
 
             print(f"[{name}@{args.size}] prune+int8-la @ {what} ...", flush=True)
             la = cached("paper-lat-track", key | la_key, derived, fresh=args.fresh) | {"target_params": tp}
