@@ -112,7 +112,7 @@ def ptq_int8_latency_aware(fp32: Path, out: Path, calib) -> dict[str, Any]:
 
     _, rec = latency_aware_ptq(fp32, out, calib, QuantConfig(), log=lambda m: print(f"    {m}", flush=True))
     return {"fp32_nodes": rec["fp32_nodes"], "latency_aware": {k: rec[k] for k in (
-        "candidates", "p50_ms_all_int8", "p50_ms_final") if k in rec}}
+        "candidates", "p50_ms_all_int8", "p50_ms_final", "fp32_node_weights") if k in rec}}
 
 
 def latency_round_robin(files: Iterable[str], *, runs: int, rounds: int, kind: str, key_extra: dict[str, Any],

@@ -51,6 +51,7 @@ _EXPORT_FLAGS: dict[str, tuple[str, str]] = {
     "kd_augment_flip": ("distill", "augment_flip"),
     "quant": ("quant", "mode"), "quant_backend": ("quant", "backend"), "calib_samples": ("quant", "calib_samples"), "calib_method": ("quant", "method"),
     "target": ("quant", "target"), "latency_aware_int8": ("quant", "latency_aware"),
+    "latency_aware_weights": ("quant", "latency_aware_weights"),
     "min_agreement": ("verify", "min_int8_agreement"), "max_accuracy_drop": ("verify", "max_accuracy_drop"),
     "parity_tol": ("verify", "parity_tol"),
     "threads": ("bench", "threads"), "runs": ("bench", "runs"),
@@ -121,6 +122,8 @@ def _add_export(sub) -> None:
     a("--latency-aware-int8", action="store_true", default=None, help="leave in FP32 the layers whose INT8 "
       "kernel is slower than FP32 on this CPU (onnxruntime profiler), kept only if the model gets faster end to "
       "end; measured here, so use it on the machine (class) the file is for")
+    a("--latency-aware-weights", help="how --latency-aware-int8's FP32 layers store their weights: int8 (default: "
+      "per-channel int8 + Cast/Mul that onnxruntime folds to float at load, so FP32 speed at INT8 size) or float")
     a("--min-agreement", type=float, help="gate: INT8 vs FP32 top-1 agreement on the eval set >= F (default 0.99; 0 = report only)")
     a("--max-accuracy-drop", type=float, help="gate: INT8 top-1 at most F points below the original")
     a("--parity-tol", type=float, help="gate: FP32 ONNX vs PyTorch max-abs <= F * max(1,|logit|) (default 1e-4)")

@@ -202,6 +202,9 @@ class QuantConfig:
     # leave in FP32 the layers whose INT8 kernel is slower than FP32 on this CPU, if the model gets
     # faster end to end (edgecompress.quant_speed); measured here, so for a file that runs here
     latency_aware: bool = False
+    # how those FP32 layers store their weights: int8 = per-channel int8 + Cast/Mul, which
+    # onnxruntime folds back to float when the session starts (FP32 speed, INT8 bytes); float = as is
+    latency_aware_weights: str = "int8"
 
     def validate(self) -> None:
         _choice("--quant", self.mode, QUANT_MODES)
@@ -212,6 +215,10 @@ class QuantConfig:
         if self.latency_aware and (self.mode != "ptq" or self.backend != "ort"):
             raise ConfigError("--latency-aware-int8 re-quantizes with onnxruntime static PTQ; use it with --quant ptq "
                               f"and --quant-backend ort (got --quant {self.mode}, --quant-backend {self.backend})")
+        _choice("--latency-aware-weights", self.latency_aware_weights, ("int8", "float"))
+        if self.latency_aware_weights != "int8" and not self.latency_aware:
+            raise ConfigError(f"--latency-aware-weights {self.latency_aware_weights} only applies to the FP32 layers "
+                              "of --latency-aware-int8; add --latency-aware-int8 or drop it")
         _choice("calibration method", self.method, CALIB_METHODS)
         _choice("activation_type", self.activation_type, QTYPES)
         _choice("weight_type", self.weight_type, QTYPES)

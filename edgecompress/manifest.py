@@ -127,7 +127,9 @@ def render_report(m: dict[str, Any]) -> str:
             elif kept:
                 lines.append(f"Latency-aware INT8: kept in FP32 because faster here: {', '.join(kept)}; p50 "
                              f"{la['p50_ms_all_int8']:.4f} ms all-INT8 → {la['p50_ms_final']:.4f} ms "
-                             f"({la['threads']} thread(s), batch {la['batch']}).")
+                             f"({la['threads']} thread(s), batch {la['batch']})"
+                             + ("; their weights are stored as int8 (folded to float at load)."
+                                if la.get("fp32_node_weights") == "int8" else "."))
             else:
                 lines.append(f"Latency-aware INT8: {len(la['candidates'])} layer(s) had a slower INT8 kernel, but "
                              "leaving them in FP32 did not make the model faster end to end; all stay INT8.")

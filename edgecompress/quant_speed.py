@@ -21,6 +21,13 @@ its own FP32 parent. The pass:
 4. keeps the final set only if the model is faster than all-INT8 by more than ``min_gain``,
    timed side by side once more.
 
+The layers left in FP32 compute in float but, by default (``QuantConfig.latency_aware_weights =
+"int8"``), store their weights as per-channel int8 behind ``Cast -> Mul`` (see
+:func:`edgecompress.quantize.store_weights_int8`): onnxruntime folds that back to a float weight
+when the session starts, so they keep the FP32 kernel's speed at the INT8 file's size. (A
+``DequantizeLinear`` would not do: onnxruntime keeps it unfolded for its QDQ fusions, and the float
+conv behind it ran 23% slower.)
+
 Every measurement is recorded, for the manifest. The decisions are measured on *this* machine,
 so the pass is for the machine the file will run on (or one of its CPU class).
 """
@@ -38,7 +45,7 @@ import numpy as np
 
 from edgecompress.config import QuantConfig
 from edgecompress.io import atomic_write
-from edgecompress.quantize import QuantResult, preprocessed_model, quantize_ptq
+from edgecompress.quantize import QuantResult, preprocessed_model, quantize_ptq, store_weights_int8
 
 _ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh")
 _INT8_WEIGHT_INPUT = 3  # QLinearConv, QGemm and QLinearMatMul take their weight as input 3
@@ -119,6 +126,8 @@ def latency_aware_ptq(
     """INT8 PTQ of ``fp32`` to ``out`` with the layers that are faster in FP32 left in FP32 (see
     the module doc). ``cfg.exclude_nodes`` stay FP32 whatever is measured. ``times`` and
     ``compare`` replace the measurements (tests)."""
+    import onnx
+
     from edgecompress.bench import measure_latency, round_robin_p50
 
     keys = origin_keys(preprocessed_model(fp32))
@@ -137,6 +146,7 @@ def latency_aware_ptq(
                                    input_shape=input_shape)
 
     record: dict[str, Any] = {"threads": threads, "batch": batch, "min_gain": min_gain, "rounds": rounds,
+                              "fp32_node_weights": cfg.latency_aware_weights,
                               "profile_rounds": profile_rounds, "candidates": {},
                               "trials": [], "fp32_nodes": [], "kept": False}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="edgecompress-ls-") as d:
@@ -144,7 +154,13 @@ def latency_aware_ptq(
 
         def quantize(excluded: list[str], name: str) -> tuple[QuantResult, Path]:
             c = dataclasses.replace(cfg, exclude_nodes=tuple(cfg.exclude_nodes) + tuple(excluded))
-            return quantize_ptq(fp32, tmp / f"{name}.onnx", calib_x, c), tmp / f"{name}.onnx"
+            path = tmp / f"{name}.onnx"
+            res = quantize_ptq(fp32, path, calib_x, c)
+            if excluded and cfg.latency_aware_weights == "int8":  # the files timed are the files shipped
+                m = onnx.load(str(path))
+                store_weights_int8(m, excluded)
+                onnx.save(m, str(path))
+            return res, path
 
         best_res, best = quantize([], "all-int8")
         # per-layer times: median of rounds that alternate the two files, so a drift in the
@@ -205,5 +221,5 @@ def latency_aware_ptq(
         record["fp32_nodes"] = chosen
         record["kept"] = bool(chosen)
         atomic_write(out, lambda t: shutil.copyfile(best, t))
-    settings = best_res.settings | {"latency_aware": {"fp32_nodes": chosen}}
+    settings = best_res.settings | {"latency_aware": {"fp32_nodes": chosen, "fp32_node_weights": cfg.latency_aware_weights}}
     return QuantResult(out, best_res.calib_samples, settings), record

@@ -229,3 +229,73 @@ def gemm_to_matmul(model) -> int:
         del g.node[:]
         g.node.extend(new_nodes)
     return count
+
+
+_WEIGHT_AXIS_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def store_weights_int8(model, nodes) -> list[str]:
+    """Weight-only INT8 *storage* for float layers, in place: the constant float weight of each
+    ``Conv``/``Gemm``/``MatMul`` named in ``nodes`` is stored as per-output-channel symmetric int8
+    (onnxruntime's ``quantize_data``, the scheme of its INT8 layers' weights) and restored by
+    ``Cast -> Mul(scale)`` in front of the layer. onnxruntime's constant folding (any optimisation
+    level above DISABLE_ALL) computes the float weight once when the session is created, so the
+    layer keeps its float kernel and its speed while the file holds 1 byte per weight instead of 4.
+    Numerically it is the INT8 layer's weight with float activations. A weight that is shared with
+    a layer not named is left alone. Returns the names of the layers changed."""
+    import onnx
+    from onnx import helper, numpy_helper
+    from onnxruntime.quantization.quant_utils import quantize_data
+
+    g = model.graph
+    wanted = set(nodes)
+    inits = {i.name: i for i in g.initializer}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    graph_inputs = {i.name: i for i in g.input}
+    new, changed, done = [], [], set()
+    for n in g.node:
+        if n.name not in wanted or n.op_type not in _WEIGHT_AXIS_OPS or len(n.input) < 2:
+            continue
+        w_name = n.input[1]
+        t = inits.get(w_name)
+        if w_name in done:
+            changed.append(n.name)
+            continue
+        if t is None or t.data_type != onnx.TensorProto.FLOAT or w_name in graph_inputs:
+            continue
+        if any(c.name not in wanted or c.op_type != n.op_type for c in consumers[w_name]):
+            continue
+        w = numpy_helper.to_array(t)
+        if w.ndim < 2:
+            continue
+        if n.op_type == "Conv":
+            axis = 0  # [out, in/groups, k...]
+        elif n.op_type == "Gemm":
+            axis = 0 if any(a.name == "transB" and a.i for a in n.attribute) else 1
+        else:
+            axis = w.ndim - 1  # MatMul(x, W): W is [..., in, out]
+        wc = np.moveaxis(w, axis, 0)
+        q = np.empty(wc.shape, np.int8)
+        scale = np.empty(wc.shape[0], np.float32)
+        for ch in range(wc.shape[0]):
+            _, s, qd = quantize_data(wc[ch].ravel(), onnx.TensorProto.INT8, True)
+            q[ch], scale[ch] = qd.reshape(wc.shape[1:]), s
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        g.initializer.remove(t)
+        g.initializer.extend([numpy_helper.from_array(np.moveaxis(q, 0, axis), w_name + "_int8"),
+                              numpy_helper.from_array(scale.reshape(shape), w_name + "_int8_scale")])
+        new += [helper.make_node("Cast", [w_name + "_int8"], [w_name + "_int8_cast"], to=onnx.TensorProto.FLOAT,
+                                 name=w_name + "_int8_Cast"),
+                helper.make_node("Mul", [w_name + "_int8_cast", w_name + "_int8_scale"], [w_name],
+                                 name=w_name + "_int8_Mul")]  # fmt: skip
+        done.add(w_name)
+        changed.append(n.name)
+    if new:
+        nodes_now = list(g.node)
+        del g.node[:]
+        g.node.extend(new + nodes_now)
+    return changed

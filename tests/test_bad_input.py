@@ -403,6 +403,16 @@ def test_latency_aware_int8_without_ort_ptq(tmp_path):
         needles=["--latency-aware-int8", "--quant ptq", "--quant dynamic"])
 
 
+def test_latency_aware_weights_without_latency_aware_int8(tmp_path):
+    bad(tmp_path, "export", ZOO, "--latency-aware-weights", "float",
+        needles=["--latency-aware-weights float", "add --latency-aware-int8"])
+
+
+def test_latency_aware_weights_unknown(tmp_path):
+    bad(tmp_path, "export", ZOO, "--latency-aware-int8", "--latency-aware-weights", "fp16",
+        needles=["--latency-aware-weights 'fp16'", "int8, float"])
+
+
 def test_sensitivity_file_without_sensitivity_allocation(tmp_path):
     bad(tmp_path, "export", ZOO, "--sensitivity", "s.json", needles=["--sensitivity s.json", "--allocation sensitivity"])
 

@@ -32,10 +32,29 @@ def calib():
 
 
 def fp32_layers(path) -> set[str]:
-    """Compute nodes of a QDQ file whose weight is a float initializer, not a DequantizeLinear output."""
+    """Compute nodes of a QDQ file whose weight is not a DequantizeLinear output: a float
+    initializer, or an int8 one restored by Cast -> Mul (float kernels either way)."""
     m = onnx.load(str(path))
-    inits = {i.name for i in m.graph.initializer}
-    return {n.name for n in m.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] in inits}
+    dq = {o for n in m.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return {n.name for n in m.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] not in dq}
+
+
+def weight_dtypes(path, nodes) -> dict[str, str]:
+    """Node -> how its weight is stored: 'float' (an initializer) or 'int8' (int8 initializer -> Cast -> Mul)."""
+    m = onnx.load(str(path))
+    inits = {i.name: i for i in m.graph.initializer}
+    made_by = {o: n for n in m.graph.node for o in n.output}
+    out = {}
+    for n in m.graph.node:
+        if n.name not in nodes:
+            continue
+        w = n.input[1]
+        if w in inits:
+            out[n.name] = "float" if inits[w].data_type == onnx.TensorProto.FLOAT else "?"
+        elif made_by[w].op_type == "Mul" and made_by[made_by[w].input[0]].op_type == "Cast":
+            cast_in = made_by[made_by[w].input[0]].input[0]
+            out[n.name] = "int8" if inits[cast_in].data_type == onnx.TensorProto.INT8 else "?"
+    return out
 
 
 def test_profiler_names_every_layer_of_both_files(fp32, calib, tmp_path):
@@ -96,6 +115,9 @@ def test_keeps_only_the_fp32_layers_that_make_the_model_faster(fp32, calib, tmp_
     assert rec["trials"][-1]["against"] == "all-int8" and rec["trials"][-1]["fp32_nodes"] == [a, b]
     assert res.settings["latency_aware"]["fp32_nodes"] == rec["fp32_nodes"]
     assert len(calls) == 5
+    # by default the FP32 layers store int8 weights (Cast -> Mul, folded to float at load)
+    assert weight_dtypes(res.path, {a, b}) == {a: "int8", b: "int8"}
+    assert rec["fp32_node_weights"] == res.settings["latency_aware"]["fp32_node_weights"] == "int8"
 
 
 def test_not_faster_end_to_end_means_all_int8(fp32, calib, tmp_path):
@@ -112,6 +134,16 @@ def test_not_faster_end_to_end_means_all_int8(fp32, calib, tmp_path):
     assert rec["p50_ms_final"] == rec["p50_ms_all_int8"] == pytest.approx(1.0)
     assert fp32_layers(res.path) == set()
     assert kernel_report(res.path).int8_op_fraction == 1.0
+
+
+def test_float_weights_when_asked(fp32, calib, tmp_path):
+    nodes = compute_nodes_cache.setdefault("nodes", compute_nodes(fp32))
+    cfg = QuantConfig(latency_aware=True, latency_aware_weights="float", exclude_nodes=(nodes[2],))
+    res, rec = latency_aware_ptq(fp32, tmp_path / "q.onnx", calib, cfg, times=_fake_times({nodes[1]: 2.0}),
+                                 compare=_fake_compare({nodes[1]: -0.1}, []))  # fmt: skip
+    assert rec["fp32_nodes"] == [nodes[1]] and rec["fp32_node_weights"] == "float"
+    # the user's exclusion keeps float weights in either setting; the speed pass's layer does here
+    assert weight_dtypes(res.path, {nodes[1], nodes[2]}) == {nodes[1]: "float", nodes[2]: "float"}
 
 
 def test_a_single_candidate_is_decided_by_one_trial(fp32, calib, tmp_path):
@@ -143,6 +175,8 @@ def test_user_excluded_layers_stay_fp32_and_are_not_candidates(fp32, calib, tmp_
     assert list(rec["candidates"]) == [nodes[3]]
     assert rec["fp32_nodes"] == [nodes[3]]
     assert fp32_layers(res.path) == {nodes[0], nodes[3]}
+    # excluded by the user (e.g. for accuracy): its float weights are left alone
+    assert weight_dtypes(res.path, {nodes[0], nodes[3]}) == {nodes[0]: "float", nodes[3]: "int8"}
 
 
 def test_real_measurements_give_a_consistent_record(fp32, calib, tmp_path):

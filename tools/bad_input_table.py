@@ -71,6 +71,8 @@ DESC = {
     "test_unknown_flag": "misspelt flag",
     "test_prune_ratio_too_high": "`--prune-ratio 0.99` (layers would vanish)",
     "test_latency_aware_int8_without_ort_ptq": "`--latency-aware-int8` with `--quant dynamic` (it re-runs static PTQ)",
+    "test_latency_aware_weights_without_latency_aware_int8": "`--latency-aware-weights float` without `--latency-aware-int8`",
+    "test_latency_aware_weights_unknown": "`--latency-aware-weights` not int8/float",
     "test_recipe_unknown_key": "recipe: unknown key",
     "test_recipe_unknown_section": "recipe: unknown table",
     "test_recipe_wrong_type": "recipe: wrong type",
