@@ -210,7 +210,8 @@ def test_cli_records_latency_aware_int8(tmp_path):
     assert "latency-aware INT8: timing every layer" in p.stderr
     m = json.loads((out / "manifest.json").read_text())
     la = m["stage_results"]["latency_aware"]
-    assert m["config"]["quant"]["latency_aware"] is True
+    assert m["config"]["quant"]["latency_aware"] is True and m["config"]["quant"]["latency_aware_weights"] == "int8"
+    assert la["fp32_node_weights"] == "int8"
     assert set(la["fp32_nodes"]) <= set(la["candidates"]) and la["layer_ms"]
     assert m["stage_results"]["quantize"]["settings"]["latency_aware"]["fp32_nodes"] == la["fp32_nodes"]
     assert "Latency-aware INT8:" in (out / "report.md").read_text()

@@ -133,7 +133,9 @@ def test_latency_aware_int8_runs_on_the_device_without_torch(no_torch, models):
             "from edgecompress.quant_speed import latency_aware_ptq; "
             "calib = np.random.default_rng(1).random((16, 1, 8, 8), dtype=np.float32); "
             f"res, rec = latency_aware_ptq(Path({str(paths['fp32'])!r}), Path('la.onnx'), calib, QuantConfig(), rounds=1); "
-            "print(json.dumps({'nodes': sorted(rec['layer_ms']), 'fp32': rec['fp32_nodes']}))")
+            "import onnx; from edgecompress.quantize import store_weights_int8; "  # its FP32 layers' int8 weights
+            f"stored = store_weights_int8(onnx.load({str(paths['fp32'])!r}), ['conv', 'fc']); "
+            "print(json.dumps({'nodes': sorted(rec['layer_ms']), 'fp32': rec['fp32_nodes'], 'stored': sorted(stored)}))")
     log.unlink(missing_ok=True)
     r = subprocess.run([sys.executable, "-c", code], cwd=d, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -141,4 +143,5 @@ def test_latency_aware_int8_runs_on_the_device_without_torch(no_torch, models):
     assert not [a for a in attempts if f"{os.sep}edgecompress{os.sep}" in a], attempts
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["nodes"] == ["conv", "fc"]  # both compute layers of the foreign model were timed
+    assert out["stored"] == ["conv", "fc"]
     assert (d / "la.onnx").exists()
