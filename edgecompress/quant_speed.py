@@ -15,7 +15,8 @@ its own FP32 parent. The pass:
    ``min_gain``;
 3. re-quantizes with every candidate excluded, then offers each candidate back to INT8, smallest
    per-layer gain first, timing each new file against the last one end to end (round-robin), and
-   keeps each return that is not slower (INT8 weights are 4x smaller, so a tie goes to INT8).
+   keeps each return that is not slower (a tie goes to INT8: one float island fewer, and 4x smaller
+   weights when the FP32 layers keep float ones).
    Per-layer times do not see what a float island costs at its borders (a QuantizeLinear out, a
    DequantizeLinear in), the end-to-end time does;
 4. keeps the final set only if the model is faster than all-INT8 by more than ``min_gain``,
@@ -200,7 +201,7 @@ def latency_aware_ptq(
                     break
                 fewer = [c for c in cur if c != n]
                 res, path, p_new, p_prev = trial(fewer, cur_path, "previous")
-                back = p_new <= p_prev * (1 + min_gain / 3)  # a tie goes to INT8: 4x smaller weights
+                back = p_new <= p_prev * (1 + min_gain / 3)  # a tie goes to INT8 (see the module doc)
                 record["trials"][-1]["kept"] = back
                 log(f"  {n} back to INT8: p50 {p_new:.4f} ms against {p_prev:.4f} ms: "
                     + ("back in INT8" if back else "stays FP32"))
