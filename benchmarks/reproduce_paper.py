@@ -57,7 +57,6 @@ METHODS = {
     "torch-pruning+ft": "Torch-Pruning alone + cross-entropy fine-tuning",
     "edgecompress-ptq": "edgecompress PTQ (no pruning)",
     "edgecompress-ptq-la": "edgecompress PTQ, --latency-aware-int8 (no pruning)",
-    "edgecompress-ptq-la-fw": "edgecompress PTQ, --latency-aware-int8 --latency-aware-weights float (no pruning)",
     "prune": "edgecompress prune",
     "prune+int8": "edgecompress prune + INT8 PTQ",
     "prune+kd": "edgecompress prune + KD",
@@ -161,8 +160,8 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
                        "drop_blocks": drops if method.startswith("prune") else 0}
         if target_params is not None:  # only then: the cells cached before this option keep their keys
             key["target_params"] = target_params
-        if "-la" in method:  # its FP32 layers store int8 weights since session 6 (new files), unless -fw
-            key["la_weights"] = "float" if method.endswith("-fw") else "int8"
+        if method.endswith("-la"):  # its FP32 layers store int8 weights since session 6 (new files)
+            key["la_weights"] = "int8"
         t0 = time.time()
         print(f"[{name}] {method} @ {ratio:.0%} ({epochs:g} epochs) ...", flush=True)
         row = cached_files("paper", key, lambda: compute(key) | {"seconds": round(time.time() - t0)}, fresh=args.fresh)
@@ -195,12 +194,12 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
         return onnx_metrics(ptq_int8(ROOT / rows_by["original"]["file"], files.path(key, "int8"), t.calib),
                             t.test) | struct(t.model)
 
-    def latency_aware(parent: dict[str, Any], weights: str = "int8"):
+    def latency_aware(parent: dict[str, Any]):
         """The same FP32 file as ``parent``'s, quantized with --latency-aware-int8 (decided here)."""
 
         def compute(key):
             out = files.path(key, "int8")
-            rec = ptq_int8_latency_aware(ROOT / parent.get("fp32_file", parent["file"]), out, t.calib, weights)
+            rec = ptq_int8_latency_aware(ROOT / parent.get("fp32_file", parent["file"]), out, t.calib)
             same = {k: parent[k] for k in ("macs", "params", "dropped_blocks", "kd_steps") if k in parent}
             return onnx_metrics(out, t.test) | same | rec
 
@@ -252,11 +251,10 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
                 cells.append((method, 0.0, "int8", False, cell(method, 0.0, 0, fn)))
             except Exception as e:  # one failing peer must not hide the others
                 print(f"[{name}] {method}: FAILED {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
-    for method, weights in (("edgecompress-ptq-la", "int8"), ("edgecompress-ptq-la-fw", "float")):
-        if method in args.methods:
-            la = cell(method, 0.0, 0, latency_aware(rows_by["original"], weights))
-            if la["fp32_nodes"]:
-                cells.append((method, 0.0, "int8", False, la))
+    if "edgecompress-ptq-la" in args.methods:
+        la = cell("edgecompress-ptq-la", 0.0, 0, latency_aware(rows_by["original"]))
+        if la["fp32_nodes"]:
+            cells.append(("edgecompress-ptq-la", 0.0, "int8", False, la))
 
     def kd_cells(r: float, epochs: float, **kw) -> None:
         row = cell("prune+kd+int8", r, epochs, kd, **kw)
