@@ -61,7 +61,8 @@ class DataConfig:
         for k in ("val_fraction", "eval_fraction"):
             v = getattr(self, k)
             if not 0 < v < 1:
-                raise ConfigError(f"{k}={v}: must be in (0, 1)")
+                name = f"--val-fraction {v}" if k == "val_fraction" else f"{k}={v}"
+                raise ConfigError(f"{name}: must be in (0, 1), the fraction of the data held out")
         for k in ("max_train", "max_eval", "random_samples"):
             v = getattr(self, k)
             if v is not None and v < 1:

@@ -403,6 +403,10 @@ def test_latency_aware_int8_without_ort_ptq(tmp_path):
         needles=["--latency-aware-int8", "--quant ptq", "--quant dynamic"])
 
 
+def test_val_fraction_zero(tmp_path):
+    bad(tmp_path, "export", ZOO, "--val-fraction", "0", needles=["--val-fraction 0.0", "(0, 1)"])
+
+
 def test_latency_aware_weights_without_latency_aware_int8(tmp_path):
     bad(tmp_path, "export", ZOO, "--latency-aware-weights", "float",
         needles=["--latency-aware-weights float", "add --latency-aware-int8"])

@@ -71,6 +71,7 @@ DESC = {
     "test_unknown_flag": "misspelt flag",
     "test_prune_ratio_too_high": "`--prune-ratio 0.99` (layers would vanish)",
     "test_latency_aware_int8_without_ort_ptq": "`--latency-aware-int8` with `--quant dynamic` (it re-runs static PTQ)",
+    "test_val_fraction_zero": "`--val-fraction 0` (validation needs a share of the training data)",
     "test_latency_aware_weights_without_latency_aware_int8": "`--latency-aware-weights float` without `--latency-aware-int8`",
     "test_latency_aware_weights_unknown": "`--latency-aware-weights` not int8/float",
     "test_recipe_unknown_key": "recipe: unknown key",
