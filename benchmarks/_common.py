@@ -104,13 +104,13 @@ def ptq_int8(fp32: Path, out: Path, calib) -> Path:
     return quantize_ptq(fp32, out, calib, QuantConfig()).path
 
 
-def ptq_int8_latency_aware(fp32: Path, out: Path, calib, weights: str = "int8") -> dict[str, Any]:
-    """edgecompress PTQ with --latency-aware-int8 (decided on this machine, 1 thread, batch 1) and
-    --latency-aware-weights ``weights``; returns what a cell records of the decision."""
+def ptq_int8_latency_aware(fp32: Path, out: Path, calib) -> dict[str, Any]:
+    """edgecompress PTQ with --latency-aware-int8 (decided on this machine, 1 thread, batch 1; its
+    FP32 layers store int8 weights, the default); returns what a cell records of the decision."""
     from edgecompress.config import QuantConfig
     from edgecompress.quant_speed import latency_aware_ptq
 
-    cfg = QuantConfig(latency_aware=True, latency_aware_weights=weights)
+    cfg = QuantConfig(latency_aware=True)
     _, rec = latency_aware_ptq(fp32, out, calib, cfg, log=lambda m: print(f"    {m}", flush=True))
     return {"fp32_nodes": rec["fp32_nodes"], "latency_aware": {k: rec[k] for k in (
         "candidates", "p50_ms_all_int8", "p50_ms_final", "fp32_node_weights") if k in rec}}
