@@ -11,7 +11,6 @@ from typing import Any
 
 from _common import table
 
-
 # a peer row counts as beaten only by a row more than this much faster: closer is within the noise
 # of one sitting (the margin --latency-aware-int8 uses for the same reason)
 BEAT_MARGIN = 0.03
