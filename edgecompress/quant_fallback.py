@@ -24,9 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgecompress.config import QuantConfig
-from edgecompress.quantize import QuantResult, preprocessed_model, quantize_ptq
-
-COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
+from edgecompress.quantize import COMPUTE_OPS, QuantResult, preprocessed_model, quantize_ptq
 
 
 def compute_nodes(fp32: Path) -> list[str]:

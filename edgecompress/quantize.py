@@ -27,6 +27,10 @@ from edgecompress import target as _target
 from edgecompress.config import QuantConfig
 from edgecompress.io import atomic_write
 
+# the layers quantize_static quantizes with a weight: what exclude_nodes and the passes that
+# choose FP32 layers (quant_fallback, quant_speed) refer to
+COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
+
 
 @dataclass(frozen=True)
 class QuantResult:
@@ -231,9 +235,6 @@ def gemm_to_matmul(model) -> int:
     return count
 
 
-_WEIGHT_AXIS_OPS = ("Conv", "Gemm", "MatMul")
-
-
 def store_weights_int8(model, nodes) -> list[str]:
     """Weight-only INT8 *storage* for float layers, in place: the constant float weight of each
     ``Conv``/``Gemm``/``MatMul`` named in ``nodes`` is stored as per-output-channel symmetric int8
@@ -257,7 +258,7 @@ def store_weights_int8(model, nodes) -> list[str]:
     graph_inputs = {i.name: i for i in g.input}
     new, changed, done = [], [], set()
     for n in g.node:
-        if n.name not in wanted or n.op_type not in _WEIGHT_AXIS_OPS or len(n.input) < 2:
+        if n.name not in wanted or n.op_type not in COMPUTE_OPS or len(n.input) < 2:
             continue
         w_name = n.input[1]
         t = inits.get(w_name)
