@@ -48,7 +48,7 @@ _EXPORT_FLAGS: dict[str, tuple[str, str]] = {
     "kd_patience": ("distill", "patience"), "val_fraction": ("data", "val_fraction"),
     "kd_features": ("distill", "features"), "kd_feature_weight": ("distill", "feature_weight"),
     "kd_cache_teacher": ("distill", "cache_teacher"), "kd_augment_shift": ("distill", "augment_shift"),
-    "kd_augment_flip": ("distill", "augment_flip"),
+    "kd_augment_flip": ("distill", "augment_flip"), "kd_mixup": ("distill", "mixup"),
     "quant": ("quant", "mode"), "quant_backend": ("quant", "backend"), "calib_samples": ("quant", "calib_samples"), "calib_method": ("quant", "method"),
     "target": ("quant", "target"), "latency_aware_int8": ("quant", "latency_aware"),
     "latency_aware_weights": ("quant", "latency_aware_weights"),
@@ -108,6 +108,8 @@ def _add_export(sub) -> None:
     a("--kd-augment-shift", type=int, help="random shift in pixels of the KD training images (default 2; 0 = off)")
     a("--kd-augment-flip", action=argparse.BooleanOptionalAction, default=None,
       help="random horizontal flip of the KD training images (default on)")
+    a("--kd-mixup", type=float, help="mixup of the KD training images, Beta(A, A): teacher and student see the "
+      "same blend (default 0 = off; 1 = a uniform blend weight)")
     a("--val-fraction", type=float, help="fraction of the training data held out for validation: early stopping, "
       "--max-accuracy-drop (default 0.1; never the eval set)")
     a("--quant", help="ptq (default, static, calibrated), qat (quantization-aware training with KD, torchao pt2e), "

@@ -156,6 +156,9 @@ class DistillConfig:
     cache_teacher: bool = False  # teacher logits computed once per sample; needs augmentation off
     augment_shift: int = 2  # random shift (pixels) of the training images; 0 = off
     augment_flip: bool = True  # random horizontal flip
+    # mixup: Beta(a, a) blend of each batch with a shuffled copy; the teacher sees the same blend, the
+    # cross-entropy term gets the blended labels (edgecompress.train.mixup). 0 = off
+    mixup: float = 0.0
     checkpoint_every: int = 100  # steps between resume checkpoints (also at the end of every epoch)
 
     def validate(self) -> None:
@@ -167,6 +170,10 @@ class DistillConfig:
             raise ConfigError(f"--kd-feature-weight {self.feature_weight}: must be >= 0")
         if self.augment_shift < 0:
             raise ConfigError(f"--kd-augment-shift {self.augment_shift}: must be >= 0 (0 = off)")
+        if not (self.mixup >= 0 and math.isfinite(self.mixup)):
+            raise ConfigError(f"--kd-mixup {self.mixup}: must be >= 0 (a Beta(a, a) parameter; 0 = off)")
+        if self.cache_teacher and self.mixup:
+            raise ConfigError("--kd-cache-teacher holds the logits of the un-mixed images; drop it or --kd-mixup")
         if self.cache_teacher and (self.augment_shift or self.augment_flip):
             raise ConfigError("--kd-cache-teacher holds the logits of the un-augmented images; turn augmentation "
                               "off with --kd-augment-shift 0 --no-kd-augment-flip")

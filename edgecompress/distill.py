@@ -10,6 +10,8 @@ Without labels the loss is pure KD (alpha = 1). Options (``DistillConfig``):
 * cached teacher logits (``cache_teacher``): one teacher pass over the training images instead of
   one per step. Only with augmentation off (a config error otherwise, rather than a silent
   fallback: with augmentation on the cached logits would be for images the student never sees);
+* mixup (``mixup``): teacher and student see the same blended batch; the CE term gets the blended
+  labels (``edgecompress.train.mixup``);
 * early stopping (``patience``) on the validation part of the training data, best weights kept.
 """
 
@@ -98,7 +100,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: Dataset, cfg: Distill
         return loss
 
     tcfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
-                       augment_shift=cfg.augment_shift, augment_flip=cfg.augment_flip, seed=seed)  # fmt: skip
+                       augment_shift=cfg.augment_shift, augment_flip=cfg.augment_flip, mixup=cfg.mixup, seed=seed)  # fmt: skip
     try:
         validate = (lambda m: top1(m, val)) if cfg.patience > 0 else None
         with hints if hints is not None else contextlib.nullcontext():

@@ -206,7 +206,8 @@ def _compress(c: _Ctx) -> None:
                 td = time.time()
                 dcfg = replace(cfg.distill, epochs=cfg.distill.epochs / p.steps)
                 c.log(f"distilling for {dcfg.epochs:g} epoch(s) (T={dcfg.temperature:g}, alpha={dcfg.alpha:g}, "
-                      f"lr={dcfg.lr:g}){f' [step {step}/{p.steps}]' if p.steps > 1 else ''}")
+                      f"lr={dcfg.lr:g}{f', mixup={dcfg.mixup:g}' if dcfg.mixup else ''})"
+                      f"{f' [step {step}/{p.steps}]' if p.steps > 1 else ''}")
                 dr = run_kd(cfg, c.lm, splits, student, teacher, dcfg, step, c.log)
                 after = top1(student, splits.eval) if labelled else None
                 history.append({"step": step, "macs": pr.macs_after, "steps": dr.steps, "final_loss": dr.final_loss,

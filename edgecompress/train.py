@@ -2,7 +2,13 @@
 
 One loop, a pluggable loss: ``loss_fn(student_logits, x, y) -> loss``. SGD with Nesterov
 momentum and a cosine schedule, light augmentation (random shift by padding + crop, optional
-horizontal flip), progress on stderr, and optional early stopping on a validation set.
+horizontal flip, optional mixup), progress on stderr, and optional early stopping on a validation set.
+
+Mixup (Zhang et al. 2018) blends each batch with a shuffled copy of itself, ``lam * x + (1 - lam) *
+x[perm]`` with ``lam ~ Beta(a, a)``, and hands ``loss_fn`` soft targets (class probabilities, the
+same blend of one-hot labels), which ``F.cross_entropy`` accepts as they are. For distillation the
+teacher sees the same blended images, so the student learns to match the teacher's function between
+training images too ("function matching", Beyer et al. 2022).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class TrainConfig:
     augment_shift: int = 2
     augment_flip: bool = True
     warmup_steps: int = 0
+    mixup: float = 0.0  # Beta(a, a) parameter of mixup; 0 = off
     seed: int = 0
 
 
@@ -63,6 +70,25 @@ def augment(x: torch.Tensor, g: torch.Generator, shift: int, flip: bool) -> torc
         m = torch.rand(x.shape[0], generator=g) < 0.5
         x = torch.where(m.view(-1, 1, 1, 1), x.flip(3), x)
     return x
+
+
+def mixup(x: torch.Tensor, g: torch.Generator, a: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``lam * x + (1 - lam) * x[perm]`` with ``lam ~ Beta(a, a)`` drawn from ``g`` (so a resumed run
+    draws the same values); returns the blend, ``perm`` and ``lam``."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=g))
+    lam = float(np.random.default_rng(seed).beta(a, a))
+    perm = torch.randperm(x.shape[0], generator=g)
+    return lam * x + (1 - lam) * x[perm], perm, lam
+
+
+def mixed_targets(y: torch.Tensor, perm: torch.Tensor, lam: float, num_classes: int) -> torch.Tensor:
+    """Soft targets of a mixed batch: ``lam * onehot(y) + (1 - lam) * onehot(y[perm])``."""
+    if int(y.max()) >= num_classes:
+        from edgecompress.errors import BadInput
+
+        raise BadInput(f"label {int(y.max())} but the model has {num_classes} outputs; check the data's labels")
+    onehot = F.one_hot(y, num_classes).float()
+    return lam * onehot + (1 - lam) * onehot[perm]
 
 
 @torch.no_grad()
@@ -190,11 +216,17 @@ def fit(
                     continue
                 x = augment(xs[idx], g, cfg.augment_shift, cfg.augment_flip)
                 y = None if ys is None else ys[idx]
+                mix = None
+                if cfg.mixup > 0:
+                    x, *mix = mixup(x, g, cfg.mixup)
                 for group in opt.param_groups:
                     group["lr"] = lr_at(st["step"])
                 if on_batch is not None:
                     on_batch(idx)
-                loss = loss_fn(net(x), x, y)
+                logits = net(x)
+                if mix is not None and y is not None:
+                    y = mixed_targets(y, mix[0], mix[1], logits.shape[1])
+                loss = loss_fn(logits, x, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

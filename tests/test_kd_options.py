@@ -1,7 +1,8 @@
-"""Distillation options: early stopping, feature KD, cached teacher logits."""
+"""Distillation options: early stopping, feature KD, cached teacher logits, mixup."""
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from edgecompress.config import DistillConfig, RunConfig
 from edgecompress.data import Dataset
 from edgecompress.distill import distill
 from edgecompress.errors import BadInput, ConfigError
-from edgecompress.train import TrainConfig, cross_entropy, fit
+from edgecompress.train import TrainConfig, cross_entropy, fit, mixed_targets, mixup
 from edgecompress.zoo import create_model
 
 from .conftest import quadrants, run_cli
@@ -150,6 +151,9 @@ def test_cached_teacher_logits_run_the_teacher_once_per_sample(pruned_pair):
         ({"cache_teacher": True}, "kd-augment-shift 0 --no-kd-augment-flip"),
         ({"cache_teacher": True, "augment_shift": 0, "augment_flip": False, "features": ["layer1"]}, "kd-features"),
         ({"feature_weight": -1.0}, "kd-feature-weight"),
+        ({"mixup": -0.2}, "kd-mixup"),
+        ({"mixup": float("nan")}, "kd-mixup"),
+        ({"mixup": 0.2, "cache_teacher": True, "augment_shift": 0, "augment_flip": False}, "kd-mixup"),
     ],
 )
 def test_kd_option_conflicts_are_one_line_config_errors(kw, needle):
@@ -168,3 +172,68 @@ def test_kd_feature_flags_reach_the_resolved_config(tmp_path):
     d = json.loads(p.stdout)["config"]["distill"]
     assert d["features"] == ["layer1", "layer2"] and d["feature_weight"] == 0.5
     assert d["augment_shift"] == 0 and d["augment_flip"] is False and d["cache_teacher"] is False
+
+
+def test_mixup_blends_each_image_with_one_other_and_the_labels_alike():
+    g = torch.Generator().manual_seed(3)
+    x = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1) * torch.ones(8, 1, 2, 2)
+    out, perm, lam = mixup(x, g, 0.4)
+    assert 0 <= lam <= 1 and sorted(perm.tolist()) == list(range(8))
+    assert torch.allclose(out, lam * x + (1 - lam) * x[perm])
+    y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    t = mixed_targets(y, perm, lam, 5)
+    assert t.shape == (8, 5) and torch.allclose(t.sum(1), torch.ones(8)) and torch.all(t[:, 4] == 0)
+    for i in range(8):
+        a, b = int(y[i]), int(y[perm[i]])
+        assert t[i, a] == pytest.approx(1.0 if a == b else lam) and t[i, b] == pytest.approx(1.0 if a == b else 1 - lam)
+    # the same generator state draws the same blend (a resumed run repeats it)
+    again = mixup(x, torch.Generator().manual_seed(3), 0.4)
+    assert again[2] == lam and torch.equal(again[1], perm)
+    # small a: blends near the ends; large a: near the middle
+    g = torch.Generator().manual_seed(0)
+    lo = [mixup(x, g, 0.05)[2] for _ in range(200)]
+    hi = [mixup(x, g, 50.0)[2] for _ in range(200)]
+    assert sum(abs(v - 0.5) > 0.4 for v in lo) > 150 and all(abs(v - 0.5) < 0.2 for v in hi)
+
+
+def test_mixup_label_out_of_range_is_one_line_bad_input():
+    with pytest.raises(BadInput, match="label 7 but the model has 4 outputs"):
+        mixed_targets(torch.tensor([0, 7]), torch.tensor([1, 0]), 0.5, 4)
+
+
+def test_distill_with_mixup_shows_the_teacher_the_blended_batch(pruned_pair, monkeypatch):
+    import edgecompress.distill as dmod
+
+    teacher, pruned = pruned_pair
+    train = quadrants(256, 0)
+    seen, targets = [], []
+    hook = teacher.register_forward_hook(lambda m, i, o: seen.append(i[0].detach().clone()))
+    real = dmod.kd_loss
+
+    def spy(s, t, y, alpha, temperature):
+        targets.append(y)
+        return real(s, t, y, alpha, temperature)
+
+    monkeypatch.setattr(dmod, "kd_loss", spy)
+    cfg = DistillConfig(epochs=1, lr=0.05, batch_size=64, augment_shift=0, augment_flip=False, mixup=1.0)
+    try:
+        res = distill(copy.deepcopy(pruned), teacher, train, cfg, seed=0)
+    finally:
+        hook.remove()
+    assert res.steps == 4 and len(seen) == 4 and len(targets) == 4
+    originals = torch.from_numpy(train.x)
+    for xb in seen:  # each teacher batch is a blend, not a batch of training images
+        exact = (xb[:, None] == originals[None]).flatten(2).all(2).any(1)
+        assert not exact.all()
+    for y in targets:  # soft targets: the CE term gets the blended labels
+        assert y.dtype == torch.float32 and y.shape == (64, 4) and torch.allclose(y.sum(1), torch.ones(64))
+        assert (y.max(1).values < 1).any()
+    assert math.isfinite(res.final_loss)
+
+
+def test_kd_mixup_flag_reaches_the_resolved_config(tmp_path):
+    p = run_cli(["export", "resnet8-tiny", "--kd-mixup", "0.2", "--dry-run"], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["config"]["distill"]["mixup"] == 0.2
+    p = run_cli(["export", "resnet8-tiny", "--kd-mixup", "-1", "--dry-run"], cwd=tmp_path)
+    assert p.returncode == 2 and "--kd-mixup -1.0: must be >= 0" in p.stderr and "Traceback" not in p.stderr
