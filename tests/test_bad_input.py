@@ -417,6 +417,15 @@ def test_latency_aware_weights_unknown(tmp_path):
         needles=["--latency-aware-weights 'fp16'", "int8, float"])
 
 
+def test_kd_mixup_negative(tmp_path):
+    bad(tmp_path, "export", ZOO, "--kd-mixup", "-0.5", needles=["--kd-mixup -0.5", "must be >= 0"])
+
+
+def test_kd_mixup_with_cached_teacher(tmp_path):
+    bad(tmp_path, "export", ZOO, "--kd-mixup", "0.2", "--kd-cache-teacher", "--kd-augment-shift", "0",
+        "--no-kd-augment-flip", needles=["--kd-cache-teacher", "--kd-mixup"])
+
+
 def test_sensitivity_file_without_sensitivity_allocation(tmp_path):
     bad(tmp_path, "export", ZOO, "--sensitivity", "s.json", needles=["--sensitivity s.json", "--allocation sensitivity"])
 

@@ -74,6 +74,8 @@ DESC = {
     "test_val_fraction_zero": "`--val-fraction 0` (validation needs a share of the training data)",
     "test_latency_aware_weights_without_latency_aware_int8": "`--latency-aware-weights float` without `--latency-aware-int8`",
     "test_latency_aware_weights_unknown": "`--latency-aware-weights` not int8/float",
+    "test_kd_mixup_negative": "`--kd-mixup -0.5` (a Beta parameter)",
+    "test_kd_mixup_with_cached_teacher": "`--kd-mixup` with `--kd-cache-teacher` (cached logits are of un-mixed images)",
     "test_recipe_unknown_key": "recipe: unknown key",
     "test_recipe_unknown_section": "recipe: unknown table",
     "test_recipe_wrong_type": "recipe: wrong type",
