@@ -89,7 +89,8 @@ def _add_export(sub) -> None:
     a("--target-params", type=float, help="fraction of parameters to remove; alone it replaces the MACs "
       "target, with --prune-ratio pruning goes on until both are met (file size follows parameters)")
     a("--target-latency-ms", type=float, help="instead of --prune-ratio: prune until the p50 latency measured "
-      "here with onnxruntime (1 thread, batch 1; INT8 unless --quant none) is at most this")
+      "here with onnxruntime (1 thread, batch 1; INT8 unless --quant none, the --latency-aware-int8 file with that flag) "
+      "is at most this")
     a("--prune-steps", type=int, help="iterative schedule: N rounds of prune -> distill (default 1)")
     a("--drop-blocks", type=int, help="depth pruning: remove the N residual blocks whose removal changes the "
       "output least, before pruning channels; they count towards --prune-ratio (default 0)")

@@ -54,12 +54,16 @@ def count_macs_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int
 
 class LatencyProbe:
     """Measures the p50 latency (onnxruntime, 1 thread, batch 1) of a model as deployed: FP32
-    ONNX, or INT8 after a quick PTQ when ``int8``. Only re-measures after MACs fell by
-    ``min_drop`` since the last measurement, so a 100-step schedule costs ~20 measurements."""
+    ONNX, or INT8 after a quick PTQ when ``int8``; with ``latency_aware`` too, the INT8 file of
+    ``--latency-aware-int8`` (the layers faster in FP32 left in FP32, decided by a shortened pass:
+    one profile per file, 3 timing rounds), since that is the file the run will ship. Only
+    re-measures after MACs fell by ``min_drop`` since the last measurement, so a 100-step schedule
+    costs ~20 measurements."""
 
     def __init__(self, example: torch.Tensor, calib_x: np.ndarray | None, *, int8: bool, runs: int = 100,
-                 min_drop: float = 0.03, exporter: str = "dynamo") -> None:
+                 min_drop: float = 0.03, exporter: str = "dynamo", latency_aware: bool = False) -> None:
         self.example, self.calib_x, self.int8, self.runs, self.min_drop = example, calib_x, int8, runs, min_drop
+        self.latency_aware = latency_aware and int8
         self.exporter = exporter  # measure the graph that will ship: the exporters' graphs differ in speed
         self.last_macs: int | None = None
         self.history: list[dict[str, float]] = []
@@ -82,7 +86,13 @@ class LatencyProbe:
 
                 calib = self.calib_x[:64] if self.calib_x is not None else \
                     np.random.default_rng(0).random((16, *self.example.shape[1:]), dtype=np.float32)
-                path = quantize_ptq(path, Path(d) / "q.onnx", calib, QuantConfig()).path
+                if self.latency_aware:
+                    from edgecompress.quant_speed import latency_aware_ptq
+
+                    path = latency_aware_ptq(path, Path(d) / "q.onnx", calib, QuantConfig(latency_aware=True),
+                                             rounds=3, profile_rounds=1)[0].path
+                else:
+                    path = quantize_ptq(path, Path(d) / "q.onnx", calib, QuantConfig()).path
             return statistics.median(measure_latency(path, threads=1, batch=1, warmup=10, runs=self.runs).p50_ms
                                      for _ in range(repeats))
 

@@ -195,7 +195,7 @@ def _compress(c: _Ctx) -> None:
             # blocks are dropped once, in the first step; later steps only prune channels
             pstep = p if step == 1 else replace(p, drop_blocks=0)
             pr = prune.prune(student, c.example, pstep, ratio=max(0.0, 1 - goal_macs / now), latency_int8=quant_planned,
-                             exporter=cfg.onnx.exporter,
+                             exporter=cfg.onnx.exporter, latency_aware=cfg.quant.latency_aware and "ptq" in plan,
                              **calib)
             student = pr.model
             allocations.append(pr.allocation)

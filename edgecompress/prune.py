@@ -253,6 +253,7 @@ def prune(
     ratio: float | None = None,
     latency_int8: bool = True,
     exporter: str = "dynamo",
+    latency_aware: bool = False,
 ) -> PruneResult:
     """Returns a pruned copy of ``model`` that meets the target: ``cfg.target_latency_ms``
     (measured), else ``ratio`` (default ``cfg.macs_target``) of MACs removed and, when set,
@@ -278,7 +279,7 @@ def prune(
         raise BadInput("taylor importance needs data for gradients; pass --data or use --importance l2")
     probe = None
     if cfg.target_latency_ms is not None:
-        probe = LatencyProbe(example, calib_x, int8=latency_int8, exporter=exporter)
+        probe = LatencyProbe(example, calib_x, int8=latency_int8, exporter=exporter, latency_aware=latency_aware)
         p50 = probe(model)
         probe.history.append({"macs": macs0, "p50_ms": p50})
         if p50 <= cfg.target_latency_ms:

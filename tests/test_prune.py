@@ -149,6 +149,32 @@ def test_latency_target_stops_when_measured_p50_meets_it():
     assert res.macs_after < res.macs_before
 
 
+def test_latency_probe_times_the_latency_aware_file_when_asked(monkeypatch):
+    """With --latency-aware-int8 the probe times the file the run will ship, not plain INT8."""
+    import edgecompress.quant_speed as qs
+    from edgecompress.prune import LatencyProbe
+
+    calls = []
+    real = qs.latency_aware_ptq
+
+    def spy(fp32, out, calib, cfg, **kw):
+        calls.append((cfg.latency_aware, kw))
+        return real(fp32, out, calib, cfg, **kw)
+
+    monkeypatch.setattr(qs, "latency_aware_ptq", spy)
+    model = create_model("resnet8-tiny").eval()
+    x = torch.zeros(1, 1, 16, 16)
+    calib = np.random.default_rng(0).random((8, 1, 16, 16), dtype=np.float32)
+    plain = LatencyProbe(x, calib, int8=True, exporter="torchscript", runs=20)
+    assert plain(model) > 0 and calls == []
+    aware = LatencyProbe(x, calib, int8=True, exporter="torchscript", runs=20, latency_aware=True)
+    assert aware(model) > 0
+    assert calls == [(True, {"rounds": 3, "profile_rounds": 1})]
+    fp32 = LatencyProbe(x, None, int8=False, exporter="torchscript", runs=20, latency_aware=True)
+    fp32(model)  # --quant none: nothing to quantize, the flag does not apply
+    assert len(calls) == 1
+
+
 class _TinyGrouped(torch.nn.Module):
     """ResNeXt-like: two residual bottlenecks whose 3x3 is grouped (4 groups of 8, 16 groups of 4)."""
 
