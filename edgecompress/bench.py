@@ -155,7 +155,7 @@ class KernelReport:
     int8_ops: int
     float_ops: int
     int8_op_fraction: float  # int8 compute kernels / all compute kernels after optimisation
-    float_islands: list[str]  # names of compute nodes left in float
+    float_islands: list[str]  # the file's compute nodes that run in float after optimisation
     op_counts: dict[str, int]
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,10 +166,15 @@ def kernel_report(path: Path | str) -> KernelReport:
     """Which compute nodes onnxruntime actually runs as int8 kernels, after its optimiser."""
     import onnx
 
+    from edgecompress.quant_speed import origin_keys, origin_node
+
     with tempfile.TemporaryDirectory() as d:
         opt = Path(d) / "optimized.onnx"
         make_session(path, 1, optimized_out=opt)
         m = onnx.load(str(opt))
+    # float islands by the names of the file's own nodes (what a viewer shows, and what
+    # --latency-aware-int8 lists), not the optimiser's (e.g. "<output>_nchwc"); those where no node matches
+    keys = origin_keys(onnx.load(str(path), load_external_data=False))
     counts: dict[str, int] = {}
     int8, flt, islands = 0, 0, []
     for n in m.graph.node:
@@ -178,7 +183,7 @@ def kernel_report(path: Path | str) -> KernelReport:
             int8 += 1
         elif n.op_type in FLOAT_COMPUTE:
             flt += 1
-            islands.append(n.name or n.op_type)
+            islands.append(origin_node(n, keys) or n.name or n.op_type)
     total = int8 + flt
     return KernelReport(int8, flt, int8 / total if total else 0.0, islands, dict(sorted(counts.items())))
 

@@ -75,7 +75,8 @@ def origin_keys(pre_model) -> dict[str, str]:
     return keys
 
 
-def _origin(node, keys: dict[str, str]) -> str | None:
+def origin_node(node, keys: dict[str, str]) -> str | None:
+    """The compute node (of the graph ``keys`` was built from) that optimised kernel ``node`` runs."""
     from edgecompress.bench import INT8_COMPUTE
 
     if node.op_type in INT8_COMPUTE:
@@ -94,7 +95,7 @@ def layer_times(path: Path, keys: dict[str, str], *, threads: int, batch: int, r
     out: dict[str, float] = {}
     for n in nt.model.graph.node:
         if n.op_type in INT8_COMPUTE or n.op_type in FLOAT_COMPUTE:
-            origin = _origin(n, keys)
+            origin = origin_node(n, keys)
             if origin is not None and n.name in nt.ms:
                 out[origin] = out.get(origin, 0.0) + nt.ms[n.name]
     return out

@@ -106,6 +106,12 @@ def quantize_ptq(fp32: Path, out: Path, calib_x: np.ndarray, cfg: QuantConfig) -
                                    "WeightSymmetric": True},
                     calibration_providers=["CPUExecutionProvider"],
                 )
+            if cfg.exclude_nodes:
+                import onnx
+
+                m = onnx.load(str(tmp))
+                settings["kept_float_inputs"] = keep_float(m, cfg.exclude_nodes)
+                onnx.save(m, str(tmp))
 
         atomic_write(out, write)
     return QuantResult(out, len(calib_x), settings)
@@ -233,6 +239,80 @@ def gemm_to_matmul(model) -> int:
         del g.node[:]
         g.node.extend(new_nodes)
     return count
+
+
+# layers onnxruntime's WeightBiasQuantization optimiser re-quantizes when they sit between a
+# DequantizeLinear and a QuantizeLinear (see keep_float)
+_WBQ_OPS = ("Conv", "ConvTranspose", "Gemm")
+
+
+def keep_float(model, nodes) -> list[str]:
+    """Makes the layers named in ``nodes`` that ``quantize_static`` left in float *stay* float at
+    run time, in place; returns the names of the layers changed.
+
+    onnxruntime (>= 1.21) re-quantizes at session creation a float ``Conv``/``ConvTranspose``/
+    ``Gemm`` whose input comes from a per-tensor ``DequantizeLinear`` and whose output goes to a
+    ``QuantizeLinear`` (its ``WeightBiasQuantization`` optimiser, with a *per-tensor* int8 weight),
+    so an excluded layer between two INT8 layers silently ran in INT8 — with a coarser weight than
+    the INT8 layers'. The optimiser only takes a per-tensor input scale: each such layer gets its
+    own ``DequantizeLinear`` with the same scale and zero point repeated per input channel
+    (axis 1). The values are the same, the layer keeps its float kernel."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    wanted = set(nodes)
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    shapes = {v.name: v.type.tensor_type.shape for v in [*g.value_info, *g.input]}
+    changed = []
+    for n in list(g.node):
+        if n.name not in wanted or n.op_type not in _WBQ_OPS:
+            continue
+        dq = producer.get(n.input[0])
+        if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 2:
+            continue
+        scale = inits.get(dq.input[1])
+        if scale is None or int(np.prod(scale.dims)) != 1:
+            continue  # already per-axis (or not constant): not the optimiser's pattern
+        channels = _input_channels(n, inits, shapes)
+        if channels is None:
+            continue
+        base = f"{n.name}_float_input"
+        sc = numpy_helper.to_array(scale).reshape(-1)
+        g.initializer.append(numpy_helper.from_array(np.full(channels, sc[0], sc.dtype), base + "_scale"))
+        ins = [dq.input[0], base + "_scale"]
+        if len(dq.input) > 2 and dq.input[2] in inits:
+            zp = numpy_helper.to_array(inits[dq.input[2]]).reshape(-1)
+            g.initializer.append(numpy_helper.from_array(np.full(channels, zp[0], zp.dtype), base + "_zero_point"))
+            ins.append(base + "_zero_point")
+        node = helper.make_node("DequantizeLinear", ins, [base], name=base + "_DequantizeLinear", axis=1)
+        g.node.insert(list(g.node).index(n), node)
+        n.input[0] = base
+        changed.append(n.name)
+    if changed:  # a DequantizeLinear no layer reads any more goes
+        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+        for n in [n for n in g.node if n.op_type == "DequantizeLinear" and n.output[0] not in used]:
+            g.node.remove(n)
+    return changed
+
+
+def _input_channels(node, inits, shapes) -> int | None:
+    """Channels of ``node``'s input 0 (axis 1), from its weight or the inferred shape."""
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    w = inits.get(node.input[1]) if len(node.input) > 1 else None
+    if w is not None and len(w.dims) >= 2:
+        if node.op_type == "Conv":
+            return int(w.dims[1]) * int(attrs.get("group", 1))
+        if node.op_type == "ConvTranspose":
+            return int(w.dims[0])
+        return int(w.dims[1] if attrs.get("transB", 0) else w.dims[0])  # Gemm: B is [K, N], or [N, K]
+    shape = shapes.get(node.input[0])
+    if shape is not None and len(shape.dim) >= 2 and shape.dim[1].HasField("dim_value"):
+        return int(shape.dim[1].dim_value)
+    return None
 
 
 def store_weights_int8(model, nodes) -> list[str]:

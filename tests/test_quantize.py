@@ -54,6 +54,58 @@ def test_float_islands_are_reported(fp32, tmp_path):
     assert kr.float_ops >= 1 and 0 < kr.int8_op_fraction < 1  # the Gemm classifier stayed float
 
 
+def test_float_islands_are_named_as_the_files_own_nodes(fp32, tmp_path):
+    """Not the optimiser's names (NCHWc convs are renamed "<output>_nchwc"): the names a viewer shows
+    and --latency-aware-int8 / --exclude list."""
+    from edgecompress.quantize import preprocessed_model
+
+    convs = [n.name for n in preprocessed_model(fp32).graph.node if n.op_type == "Conv"]
+    calib = np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32)
+    out = quantize_ptq(fp32, tmp_path / "q.onnx", calib, QuantConfig(exclude_nodes=(convs[0], convs[3]))).path
+    names = {n.name for n in onnx.load(str(out)).graph.node}
+    kr = kernel_report(out)
+    assert kr.float_ops == 2 and sorted(kr.float_islands) == sorted([convs[0], convs[3]])
+    assert set(kr.float_islands) <= names
+
+
+def test_an_excluded_layer_between_int8_layers_stays_float(fp32, tmp_path):
+    """onnxruntime's WeightBiasQuantization re-quantizes (per-tensor) a float Conv fed by a
+    per-tensor DequantizeLinear and read by a QuantizeLinear; keep_float gives it a per-axis one."""
+    import onnxruntime as ort
+
+    from edgecompress.quantize import keep_float, preprocessed_model
+
+    conv = [n.name for n in preprocessed_model(fp32).graph.node if n.op_type == "Conv"][3]  # mid-network
+    calib = np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32)
+    res = quantize_ptq(fp32, tmp_path / "q.onnx", calib, QuantConfig(exclude_nodes=(conv,)))
+    assert res.settings["kept_float_inputs"] == [conv]
+    assert conv in kernel_report(res.path).float_islands
+    m = onnx.load(str(res.path))
+    assert keep_float(m, [conv]) == []  # already per-axis: nothing left to do
+    # undone (the input's DequantizeLinear per-tensor again), onnxruntime runs the layer in INT8
+    node = next(n for n in m.graph.node if n.name == conv)
+    dq = next(n for n in m.graph.node if n.output[0] == node.input[0])
+    inits = {i.name: i for i in m.graph.initializer}
+    for k in (1, 2):
+        t = inits[dq.input[k]]
+        arr = onnx.numpy_helper.to_array(t)
+        t.CopyFrom(onnx.numpy_helper.from_array(arr[:1].reshape(()), t.name))
+    del dq.attribute[:]
+    onnx.save(m, str(tmp_path / "undone.onnx"))
+    assert conv not in kernel_report(tmp_path / "undone.onnx").float_islands
+    # with the fix, the default session computes what a session without that optimiser computes
+    x = calib[:4]
+    def run(path, **kw):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"], **kw)
+        return s.run(None, {s.get_inputs()[0].name: x})[0]
+    ref = run(res.path, disabled_optimizers=["WeightBiasQuantization"])
+    np.testing.assert_allclose(run(res.path), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run(tmp_path / "undone.onnx", disabled_optimizers=["WeightBiasQuantization"]), ref,
+                               rtol=1e-5, atol=1e-5)  # the per-axis copy holds the same values
+
+
 def test_compact_names_shrinks_the_file_and_keeps_outputs_and_interface(fp32, tmp_path):
     import shutil
 
