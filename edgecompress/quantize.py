@@ -256,7 +256,8 @@ def keep_float(model, nodes) -> list[str]:
     so an excluded layer between two INT8 layers silently ran in INT8 — with a coarser weight than
     the INT8 layers'. The optimiser only takes a per-tensor input scale: each such layer gets its
     own ``DequantizeLinear`` with the same scale and zero point repeated per input channel
-    (axis 1). The values are the same, the layer keeps its float kernel."""
+    (axis 1). The values are the same, the layer keeps its float kernel. Layers outside the
+    optimiser's pattern are left as they are."""
     import numpy as np
     from onnx import helper, numpy_helper
 
@@ -264,10 +265,14 @@ def keep_float(model, nodes) -> list[str]:
     wanted = set(nodes)
     inits = {i.name: i for i in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
     shapes = {v.name: v.type.tensor_type.shape for v in [*g.value_info, *g.input]}
     changed = []
     for n in list(g.node):
-        if n.name not in wanted or n.op_type not in _WBQ_OPS:
+        if n.name not in wanted or n.op_type not in _WBQ_OPS or not _leads_to_quantize(n, consumers):
             continue
         dq = producer.get(n.input[0])
         if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 2:
@@ -295,6 +300,18 @@ def keep_float(model, nodes) -> list[str]:
         for n in [n for n in g.node if n.op_type == "DequantizeLinear" and n.output[0] not in used]:
             g.node.remove(n)
     return changed
+
+
+def _leads_to_quantize(node, consumers) -> bool:
+    """The optimiser's output condition: one consumer after another (through Relu/Clip only) up to a
+    QuantizeLinear, without a branch."""
+    while len(node.output) == 1 and len(consumers.get(node.output[0], [])) == 1:
+        node = consumers[node.output[0]][0]
+        if node.op_type == "QuantizeLinear":
+            return True
+        if node.op_type not in ("Relu", "Clip"):
+            return False
+    return False
 
 
 def _input_channels(node, inits, shapes) -> int | None:
