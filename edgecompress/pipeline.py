@@ -278,6 +278,8 @@ def _compress(c: _Ctx) -> None:
                 qr = _latency_aware(c, calib, [])
             else:
                 qr = quantize.quantize_ptq(c.d / f"{parent}.onnx", c.d / "int8.onnx", calib, cfg.quant)
+            if cfg.quant.backend == "ort":
+                _check_float_layers(c.d / "int8.onnx", qr.settings)
         _stamp(c.d / "int8.onnx", c.meta | {"edgecompress.artifact": "int8"}, c.cfg.onnx.compact_names)
         export.check_onnx(c.d / "int8.onnx")
         kr = bench.kernel_report(c.d / "int8.onnx")
@@ -322,6 +324,26 @@ def _qat(c: _Ctx) -> None:
                 "observers_frozen_at": qr.observers_frozen_at, "parity_top1_agreement": par.top1_agreement},
     }  # fmt: skip
     c.timings["qat"] = time.time() - t0
+
+
+def _check_float_layers(path: Path, settings: dict) -> None:
+    """The compute layers asked to stay FP32 must run as float kernels after onnxruntime's
+    optimiser; any that do not are named in a warning (and the manifest)."""
+    import onnx
+
+    from edgecompress import bench
+    from edgecompress.quantize import COMPUTE_OPS
+
+    wanted = set(settings.get("exclude_nodes") or ())
+    if not wanted:
+        return
+    layers = [n.name for n in onnx.load(str(path), load_external_data=False).graph.node
+              if n.name in wanted and n.op_type in COMPUTE_OPS]
+    islands = set(bench.kernel_report(path).float_islands)
+    settings["fp32_layers_run_as_int8"] = ran = [n for n in layers if n not in islands]
+    if ran:
+        settings.setdefault("warnings", []).append(
+            f"{len(ran)} layer(s) kept in FP32 run as INT8 kernels after onnxruntime's optimiser: {', '.join(ran[:8])}")
 
 
 def _latency_aware(c: _Ctx, calib: np.ndarray, keep_fp32: list[str]):
