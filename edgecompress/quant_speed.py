@@ -27,7 +27,9 @@ The layers left in FP32 compute in float but, by default (``QuantConfig.latency_
 :func:`edgecompress.quantize.store_weights_int8`): onnxruntime folds that back to a float weight
 when the session starts, so they keep the FP32 kernel's speed at the INT8 file's size. (A
 ``DequantizeLinear`` would not do: onnxruntime keeps it unfolded for its QDQ fusions, and the float
-conv behind it ran 23% slower.)
+conv behind it ran 23% slower.) An FP32 layer between two INT8 layers reads its own per-channel
+``DequantizeLinear`` (:func:`edgecompress.quantize.keep_float`, applied by ``quantize_ptq``), since
+onnxruntime would otherwise re-quantize it when the session is created.
 
 Every measurement is recorded, for the manifest. The decisions are measured on *this* machine,
 so the pass is for the machine the file will run on (or one of its CPU class).
