@@ -305,12 +305,17 @@ def prune(
         pruned, r, met = _progressive(model, example, cfg, ignored, done, calib_x, calib_y)
     macs1 = count_macs_params(pruned, example)[0]
     if not met:
-        raise BadInput(
-            f"cannot reach {cfg.goal(ratio)}: pruning up to {cfg.max_layer_ratio:.0%} of each layer's channels removes "
-            f"{1 - macs1 / macs0:.1%} of MACs (round-to {cfg.round_to}"
-            f"{', ' + str(len(cfg.ignore)) + ' ignored layer(s)' if cfg.ignore else ''}); "
-            "lower --prune-ratio (or the target) or --round-to, or ignore fewer layers"
-        )
+        where = (f"pruning up to {cfg.max_layer_ratio:.0%} of each layer's channels removes {1 - macs1 / macs0:.1%} of "
+                 f"MACs (round-to {cfg.round_to}{', ' + str(len(cfg.ignore)) + ' ignored layer(s)' if cfg.ignore else ''})")
+        if probe is not None:  # latency does not fall with MACs forever: per-operator costs remain
+            best = min(h["p50_ms"] for h in probe.history)
+            raise BadInput(
+                f"cannot reach {cfg.goal(ratio)}: {where}, and the fastest file measured ran in {best:.3f} ms; "
+                "raise --target-latency-ms, remove whole blocks with --drop-blocks N"
+                + ("" if latency_aware or not latency_int8 else ", or add --latency-aware-int8")
+            )
+        raise BadInput(f"cannot reach {cfg.goal(ratio)}: {where}; lower --prune-ratio (or the target) or --round-to, "
+                       "or ignore fewer layers")
     pruned.zero_grad(set_to_none=True)
     _check_no_empty_layer(pruned)
     params1 = count_macs_params(pruned, example)[1]

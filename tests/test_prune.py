@@ -149,6 +149,17 @@ def test_latency_target_stops_when_measured_p50_meets_it():
     assert res.macs_after < res.macs_before
 
 
+def test_unreachable_latency_target_says_how_fast_it_got_and_what_to_do():
+    model = create_model("resnet8-tiny").eval()
+    x = torch.zeros(1, 1, 16, 16)
+    with pytest.raises(BadInput) as e:
+        prune(model, x, PruneConfig(target_latency_ms=1e-6, round_to=1), latency_int8=False, exporter="torchscript")
+    msg = str(e.value)
+    assert "cannot reach a p50 latency of 1e-06 ms" in msg and "the fastest file measured ran in" in msg
+    assert "raise --target-latency-ms" in msg and "--drop-blocks" in msg and "\n" not in msg
+    assert "--latency-aware-int8" not in msg  # FP32 (--quant none): the flag would not apply
+
+
 def test_latency_probe_times_the_latency_aware_file_when_asked(monkeypatch):
     """With --latency-aware-int8 the probe times the file the run will ship, not plain INT8."""
     import edgecompress.quant_speed as qs
