@@ -173,7 +173,8 @@ def kernel_report(path: Path | str) -> KernelReport:
         make_session(path, 1, optimized_out=opt)
         m = onnx.load(str(opt))
     # float islands by the names of the file's own nodes (what a viewer shows, and what
-    # --latency-aware-int8 lists), not the optimiser's (e.g. "<output>_nchwc"); those where no node matches
+    # --latency-aware-int8 lists), not the optimiser's (e.g. "<output>_nchwc"); a kernel that maps to
+    # no node of the file keeps the optimiser's name
     keys = origin_keys(onnx.load(str(path), load_external_data=False))
     counts: dict[str, int] = {}
     int8, flt, islands = 0, 0, []
