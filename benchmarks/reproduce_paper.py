@@ -68,6 +68,11 @@ METHODS = {
 PEERS = ("ort-ptq", "inc-int8", "torch-pruning+ft")
 
 
+# every -la cell's key carries this: since session 6 their FP32 layers store int8 weights (new files,
+# so new keys); both tracks add it
+LA_KEY = {"la_weights": "int8"}
+
+
 def _long_cell(v: str) -> tuple[str | None, float, int | None, float | None, int | None, float | None]:
     """[MODEL=]RATIO[:BLOCKS][@EPOCHS][/ROUND][+PARAMS] -> (model, ratio, blocks, epochs, round-to,
     params removed target); None = the defaults (every --long-models teacher, the depth plan,
@@ -160,8 +165,8 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
                        "drop_blocks": drops if method.startswith("prune") else 0}
         if target_params is not None:  # only then: the cells cached before this option keep their keys
             key["target_params"] = target_params
-        if method.endswith("-la"):  # its FP32 layers store int8 weights since session 6 (new files)
-            key["la_weights"] = "int8"
+        if method.endswith("-la"):
+            key |= LA_KEY
         t0 = time.time()
         print(f"[{name}] {method} @ {ratio:.0%} ({epochs:g} epochs) ...", flush=True)
         row = cached_files("paper", key, lambda: compute(key) | {"seconds": round(time.time() - t0)}, fresh=args.fresh)
@@ -351,7 +356,7 @@ def latency_track(name: str, args) -> list[dict[str, Any]]:
     variants += [("prune+int8", r, k, tp) for r in args.latency_ratios if r >= 0.79 for tp in args.latency_params
                  for k in dict.fromkeys([0, *args.latency_drop_blocks])]
     cells = []
-    la_key = {"method": "prune+int8-la", "la_weights": "int8"}
+    la_key = {"method": "prune+int8-la"} | LA_KEY
     for method, r, k, tp in variants:
         key = {"model": name, "size": args.size, "method": method, "ratio": r, "drop_blocks": k,
                "weights": "random (torch.manual_seed(0))", "round_to": 8}
