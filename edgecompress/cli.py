@@ -112,7 +112,7 @@ def _add_export(sub) -> None:
     a("--kd-mixup", type=float, help="mixup of the KD training images, Beta(A, A): teacher and student see the "
       "same blend (default 0 = off; 1 = a uniform blend weight)")
     a("--val-fraction", type=float, help="fraction of the training data held out for validation: early stopping, "
-      "--max-accuracy-drop (default 0.1; never the eval set)")
+      "--max-accuracy-drop (default 0.1; never the eval set; 0 = distil on all of it, without those)")
     a("--quant", help="ptq (default, static, calibrated), qat (quantization-aware training with KD, torchao pt2e), "
       "dynamic (int8 weights, for MatMul/Gemm-heavy models) or none")
     a("--qat-epochs", type=float, help="epochs of quantization-aware training with --quant qat (default 1)")

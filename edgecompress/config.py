@@ -51,18 +51,20 @@ class ModelConfig:
 class DataConfig:
     data: str | None = None  # fashion-mnist | random | DIR with IDX files | FILE.npz; None = fashion-mnist
     eval_data: str | None = None  # FILE.npz or IDX DIR; None = official test split / held-out part
-    val_fraction: float = 0.1  # of the training data, for validation (never the eval set)
+    # of the training data, for validation (never the eval set); 0 = train on all of it (then nothing
+    # that needs a validation split: early stopping, --max-accuracy-drop, a measured sensitivity table)
+    val_fraction: float = 0.1
     eval_fraction: float = 0.2  # held out of --data when no eval set is given (npz only)
     max_train: int | None = None  # use at most this many training samples (quick runs)
     max_eval: int | None = None  # evaluate on at most this many samples (quick runs)
     random_samples: int = 256  # with data=random
 
     def validate(self) -> None:
-        for k in ("val_fraction", "eval_fraction"):
-            v = getattr(self, k)
-            if not 0 < v < 1:
-                name = f"--val-fraction {v}" if k == "val_fraction" else f"{k}={v}"
-                raise ConfigError(f"{name}: must be in (0, 1), the fraction of the data held out")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"--val-fraction {self.val_fraction}: must be in [0, 1), the fraction of the training "
+                              "data held out for validation (0 = none)")
+        if not 0 < self.eval_fraction < 1:
+            raise ConfigError(f"eval_fraction={self.eval_fraction}: must be in (0, 1), the fraction of the data held out")
         for k in ("max_train", "max_eval", "random_samples"):
             v = getattr(self, k)
             if v is not None and v < 1:
@@ -344,6 +346,16 @@ class RunConfig:
             raise ConfigError("--resume needs --out DIR: the --out of the interrupted run")
         if self.nproc < 1:
             raise ConfigError(f"--nproc {self.nproc}: must be >= 1")
+        if self.data.val_fraction == 0:  # no validation split: what needs one cannot run
+            needs = [flag for flag, on in (
+                (f"--kd-patience {self.distill.patience}", self.distill.patience > 0),
+                (f"--max-accuracy-drop {self.verify.max_accuracy_drop}", self.verify.max_accuracy_drop is not None),
+                ("--allocation sensitivity without --sensitivity FILE",
+                 self.prune.allocation == "sensitivity" and self.prune.sensitivity is None),
+            ) if on]  # fmt: skip
+            if needs:
+                raise ConfigError(f"--val-fraction 0 leaves no validation split, which {needs[0]} needs; hold some "
+                                  "training data out (e.g. --val-fraction 0.1) or drop that option")
         if self.nproc > 1 and "kd" not in self.plan():
             raise ConfigError(f"--nproc {self.nproc} spreads KD (distillation) over processes and this plan "
                               f"({','.join(self.plan()) or 'export only'}) has no kd stage; QAT runs in one process, "

@@ -49,7 +49,7 @@ class Dataset:
 @dataclass(frozen=True)
 class Splits:
     train: Dataset  # training and calibration
-    val: Dataset  # early stopping / model selection (part of the training data)
+    val: Dataset  # early stopping / model selection (part of the training data); empty with val_fraction 0
     eval: Dataset | None  # held-out evaluation; None when data is random
     description: dict
 
@@ -198,7 +198,8 @@ def load_splits(
 
     Fashion-MNIST: eval is the official 10k test split. npz without --eval-data: a
     deterministic (seeded) ``eval_fraction`` of the samples is held out and recorded.
-    ``val_fraction`` of the remaining training samples is kept for validation.
+    ``val_fraction`` of the remaining training samples is kept for validation (none with 0: the
+    validation split is then empty).
     """
     kind, path = resolve_data(data)
     desc: dict = {"kind": kind, "path": None if path is None else str(path)}
@@ -235,7 +236,7 @@ def load_splits(
         ev = full.take(order[:n_eval], f"{full.source}:heldout")
         order = order[n_eval:]
         desc["eval_source"] = f"held-out {eval_fraction:.0%} of --data (seed {seed})"
-    n_val = max(1, int(round(val_fraction * len(order))))
+    n_val = max(1, int(round(val_fraction * len(order)))) if val_fraction > 0 else 0  # 0: all of it trains
     train = full.take(np.sort(order[n_val:]), f"{full.source}:train")
     val = full.take(np.sort(order[:n_val]), f"{full.source}:val")
     if ev.y is None:

@@ -69,7 +69,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: Dataset, cfg: Distill
             val: Dataset | None = None, seed: int = 0, desc: str = "distill",
             checkpoint: Checkpointer | None = None) -> DistillResult:
     """Fine-tunes ``student`` in place with KD from ``teacher`` (which is left unchanged)."""
-    labelled_val = val is not None and val.y is not None
+    labelled_val = val is not None and val.y is not None and len(val) > 0
     if cfg.patience > 0 and not labelled_val:
         raise BadInput("--kd-patience needs a labelled validation split of the training data; pass data with "
                        "labels y or drop --kd-patience")

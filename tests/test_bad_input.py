@@ -403,8 +403,13 @@ def test_latency_aware_int8_without_ort_ptq(tmp_path):
         needles=["--latency-aware-int8", "--quant ptq", "--quant dynamic"])
 
 
-def test_val_fraction_zero(tmp_path):
-    bad(tmp_path, "export", ZOO, "--val-fraction", "0", needles=["--val-fraction 0.0", "(0, 1)"])
+def test_val_fraction_one(tmp_path):
+    bad(tmp_path, "export", ZOO, "--val-fraction", "1", needles=["--val-fraction 1.0", "[0, 1)"])
+
+
+def test_val_fraction_zero_with_early_stopping(tmp_path):
+    bad(tmp_path, "export", ZOO, "--val-fraction", "0", "--kd-patience", "2",
+        needles=["--val-fraction 0 leaves no validation split", "--kd-patience 2"])
 
 
 def test_latency_aware_weights_without_latency_aware_int8(tmp_path):

@@ -237,3 +237,45 @@ def test_kd_mixup_flag_reaches_the_resolved_config(tmp_path):
     assert json.loads(p.stdout)["config"]["distill"]["mixup"] == 0.2
     p = run_cli(["export", "resnet8-tiny", "--kd-mixup", "-1", "--dry-run"], cwd=tmp_path)
     assert p.returncode == 2 and "--kd-mixup -1.0: must be >= 0" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        ({"distill": {"patience": 2}}, "--kd-patience 2"),
+        ({"verify": {"max_accuracy_drop": 0.5}}, "--max-accuracy-drop 0.5"),
+        ({"prune": {"allocation": "sensitivity"}}, "--allocation sensitivity without --sensitivity FILE"),
+    ],
+)
+def test_val_fraction_zero_refuses_what_needs_a_validation_split(extra, needle):
+    with pytest.raises(ConfigError, match="--val-fraction 0 leaves no validation split") as e:
+        RunConfig.from_dict({"data": {"val_fraction": 0.0}} | extra).validate()
+    assert needle in str(e.value) and "\n" not in str(e.value)
+    RunConfig.from_dict({"data": {"val_fraction": 0.1}} | extra).validate()  # with a split: fine
+
+
+def test_val_fraction_zero_distils_on_all_the_training_data(tmp_path):
+    """--val-fraction 0: every non-eval sample trains; a table given as a file still works."""
+    from edgecompress.config import BenchConfig, DataConfig, ModelConfig, PruneConfig, QuantConfig
+    from edgecompress.data import load_splits
+    from edgecompress.pipeline import run
+
+    from .conftest import make_npz
+
+    data = make_npz(tmp_path / "d.npz", n=300)
+    s = load_splits(str(data), None, input_shape=(1, 16, 16), val_fraction=0.0)
+    assert len(s.train) == 240 and len(s.val) == 0 and len(s.eval) == 60  # 20% held out for eval, nothing for val
+    assert len(load_splits(str(data), None, input_shape=(1, 16, 16), val_fraction=0.1).train) == 216
+    out = tmp_path / "o"
+    cfg = RunConfig(model=ModelConfig(name="resnet8-tiny", num_classes=4),
+                    data=DataConfig(data=str(data), val_fraction=0.0),
+                    prune=PruneConfig(ratio=0.4, round_to=2), distill=DistillConfig(epochs=1, batch_size=64),
+                    quant=QuantConfig(mode="ptq", calib_samples=32), bench=BenchConfig(runs=3, warmup=1),
+                    out=str(out))  # fmt: skip
+    res = run(cfg, log=lambda m: None)
+    m = json.loads((out / "manifest.json").read_text())
+    assert res.exit_code == 0 and m["status"] == "complete", m.get("warnings")
+    assert m["data"]["train"] == 240 and m["data"]["val"] == 0
+    d = m["stage_results"]["distill"]
+    assert d["steps"] == 4  # 240 samples at batch 64: all of them trained
+    assert d["schedule"][0]["val_top1_before"] is None and d["schedule"][0]["val_top1_after"] is None
