@@ -277,21 +277,25 @@ def profile_ops(path: Path | str, *, threads: int = 1, batch: int = 1, warmup: i
     return OpProfile(nt.runs, total, ops)
 
 
-def round_robin_p50(paths: list[Path | str], *, threads: int = 1, batch: int = 1, rounds: int = 5,
-                    runs: int = 100, warmup: int = 10, seed: int = 0,
-                    input_shape: tuple[int, ...] | None = None) -> list[float]:
-    """p50 latency (ms) per file: the median over ``rounds`` rounds that each visit every file
-    once, in a shuffled order, with ``runs`` timed runs; drifts and periodic noise of a shared
-    machine then hit all files alike, so the ratios between them hold."""
+def round_robin(paths: list[Path | str], *, threads: int = 1, batch: int = 1, rounds: int = 5,
+                runs: int = 100, warmup: int = 10, seed: int = 0,
+                input_shape: tuple[int, ...] | None = None) -> list[list[Latency]]:
+    """Every file's latency in ``rounds`` rounds that each visit every file once, in a shuffled
+    order, with ``runs`` timed runs: drifts and periodic noise of a shared machine then hit all
+    files alike, so the ratios between them hold. Returns the rounds' measurements per file."""
     import random
 
     order = list(range(len(paths)))
-    p50s: list[list[float]] = [[] for _ in paths]
+    out: list[list[Latency]] = [[] for _ in paths]
     rng = random.Random(seed)
     for _ in range(rounds):
         rng.shuffle(order)
         for i in order:
-            lat = measure_latency(paths[i], threads=threads, batch=batch, warmup=warmup, runs=runs,
-                                  input_shape=input_shape, seed=seed)
-            p50s[i].append(lat.p50_ms)
-    return [statistics.median(p) for p in p50s]
+            out[i].append(measure_latency(paths[i], threads=threads, batch=batch, warmup=warmup, runs=runs,
+                                          input_shape=input_shape, seed=seed))
+    return out
+
+
+def round_robin_p50(paths: list[Path | str], **kw: Any) -> list[float]:
+    """p50 latency (ms) per file: the median of its p50s over the rounds of :func:`round_robin`."""
+    return [statistics.median(lat.p50_ms for lat in rounds) for rounds in round_robin(paths, **kw)]

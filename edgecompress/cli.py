@@ -246,12 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
     _add_export(sub)
     sub.add_parser("models", help="list the model zoo")
-    b = sub.add_parser("bench", help="latency and size of any ONNX file with onnxruntime")
-    b.add_argument("onnx", help="model.onnx")
+    b = sub.add_parser("bench", help="latency and size of any ONNX file with onnxruntime",
+                       description="Latency (p50/p90) and size of ONNX files with onnxruntime. With several "
+                       "files, they are timed side by side in shuffled rounds and compared as ratios to the "
+                       "first (e.g. original.onnx int8.onnx).")
+    b.add_argument("onnx", nargs="+", help="model.onnx [other.onnx ...]; with several, ratios to the first")
     b.add_argument("--threads", type=_ints, default=[1], help="comma-separated, e.g. 1,2")
     b.add_argument("--batch", type=_ints, default=[1], help="comma-separated, e.g. 1,8")
     b.add_argument("--warmup", type=int, default=20)
-    b.add_argument("--runs", type=int, default=200)
+    b.add_argument("--runs", type=int, default=200, help="timed runs per file and threads x batch (default 200)")
+    b.add_argument("--rounds", type=int, default=5, help="with several files: rounds of --runs/ROUNDS runs of every "
+                   "file, in a shuffled order (default 5)")
     b.add_argument("--input-shape", type=_shape, help="N,C,H,W when the model's input has symbolic dims")
     b.add_argument("--profile", action="store_true", help="also show where the time goes per operator type "
                    "(onnxruntime's profiler; depthwise convs apart), for every threads x batch")

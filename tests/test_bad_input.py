@@ -587,6 +587,18 @@ def test_bench_input_shape_does_not_fit(tmp_path):
         needles=["fixed.onnx", "onnxruntime cannot run it", "invalid dimensions", "--input-shape"])
 
 
+def test_bench_compare_second_file_missing(tmp_path):
+    onnx_file = tmp_path / "fixed.onnx"
+    _fixed_onnx(onnx_file)
+    bad(tmp_path, "bench", onnx_file, tmp_path / "int8.onnx", needles=["int8.onnx", "no such file"])
+
+
+def test_bench_compare_zero_rounds(tmp_path):
+    onnx_file = tmp_path / "fixed.onnx"
+    _fixed_onnx(onnx_file)
+    bad(tmp_path, "bench", onnx_file, onnx_file, "--rounds", "0", needles=["--rounds 0", ">= 1"])
+
+
 def test_report_manifest_not_a_run(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "manifest.json").write_text("[1, 2]")

@@ -160,3 +160,40 @@ def test_profile_without_run_events_counts_every_run(tmp_path, monkeypatch):
     pr = profile_ops(cnn(tmp_path / "m.onnx"), warmup=2, runs=3)
     assert pr.runs == 5  # warm-up included: nothing tells the runs apart
     assert pr.kernel_ms_per_run > 0 and sum(o.share for o in pr.ops) == pytest.approx(1.0)
+
+
+def test_compare_mode_times_files_side_by_side_as_ratios_to_the_first(tmp_path, capsys):
+    small, big = cnn(tmp_path / "small.onnx", hidden=8), cnn(tmp_path / "big.onnx", hidden=64)
+    rc, out, err = _bench(capsys, str(big), str(small), "--batch", "1,4", "--runs", "6", "--rounds", "3",
+                          "--warmup", "1", "--json")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert [m["model"] for m in res["models"]] == [str(big), str(small)] and res["baseline"] == str(big)
+    assert res["models"][0]["bytes"] == big.stat().st_size and res["models"][0]["smaller"] == 1.0
+    assert res["models"][1]["smaller"] == pytest.approx(big.stat().st_size / small.stat().st_size)
+    assert res["models"][1]["smaller"] > 1
+    assert [(r["threads"], r["batch"]) for r in res["results"]] == [(1, 1), (1, 4)]
+    for r in res["results"]:
+        assert r["rounds"] == 3 and r["runs_per_round"] == 2
+        a, b = r["files"]
+        assert a["speedup"] == 1.0 and b["speedup"] == pytest.approx(a["p50_ms"] / b["p50_ms"])
+        assert 0 < b["p50_ms"] <= b["p90_ms"] and b["throughput_per_s"] == pytest.approx(r["batch"] * 1e3 / b["p50_ms"])
+
+
+def test_compare_mode_table(tmp_path, capsys):
+    a, b = cnn(tmp_path / "a.onnx", hidden=8), cnn(tmp_path / "b.onnx", hidden=16)
+    rc, out, err = _bench(capsys, str(a), str(b), "--runs", "4", "--rounds", "2", "--warmup", "1")
+    assert rc == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("2 files side by side") and "2 round(s) of 2 runs" in lines[0]
+    i = lines.index("threads 1, batch 1")
+    assert lines[i + 1].split() == ["file", "bytes", "smaller", "p50", "ms", "p90", "ms", "speed-up"]
+    rows = [line.split() for line in lines[i + 2 : i + 4]]
+    assert [r[0] for r in rows] == [str(a), str(b)] and rows[0][2] == "1.00x" and rows[0][5] == "1.00x"
+    assert int(rows[1][1].replace(",", "")) == b.stat().st_size
+
+
+def test_compare_mode_names_a_file_onnxruntime_cannot_run_before_timing(tmp_path, capsys):
+    good, symbolic = cnn(tmp_path / "good.onnx"), cnn(tmp_path / "sym.onnx", hw="H")
+    rc, out, err = _bench(capsys, str(good), str(symbolic), "--runs", "2", "--rounds", "1")
+    assert rc == 2 and "sym.onnx" in err and out == ""

@@ -95,6 +95,8 @@ DESC = {
     "test_bench_bad_threads": "`bench --threads 1,x`",
     "test_bench_directory": "`bench` on a directory",
     "test_bench_input_shape_does_not_fit": "`bench --input-shape` that does not fit the model",
+    "test_bench_compare_second_file_missing": "`bench A.onnx B.onnx` with B missing (named before any timing)",
+    "test_bench_compare_zero_rounds": "`bench A.onnx B.onnx --rounds 0`",
     "test_report_without_manifest": "`report` on a directory without manifest",
     "test_report_manifest_not_a_run": "`report`: manifest.json is not an edgecompress manifest",
     "test_report_manifest_not_json": "`report`: manifest.json is not JSON",
