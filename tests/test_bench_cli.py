@@ -182,8 +182,9 @@ def test_compare_mode_times_files_side_by_side_as_ratios_to_the_first(tmp_path, 
 
 def test_compare_mode_table(tmp_path, capsys):
     a, b = cnn(tmp_path / "a.onnx", hidden=8), cnn(tmp_path / "b.onnx", hidden=16)
-    rc, out, err = _bench(capsys, str(a), str(b), "--runs", "4", "--rounds", "2", "--warmup", "1")
+    rc, out, err = _bench(capsys, str(a), str(b), "--runs", "4", "--rounds", "2", "--warmup", "1", "--profile")
     assert rc == 0, err
+    assert out.count("where the time goes, ") == 2 and f"where the time goes, {b}, threads 1 batch 1" in out
     lines = out.strip().splitlines()
     assert lines[0].startswith("2 files side by side") and "2 round(s) of 2 runs" in lines[0]
     i = lines.index("threads 1, batch 1")
