@@ -75,12 +75,14 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, cfg: Export
     return path
 
 
-def finalize_onnx(path: Path, meta: dict[str, str], *, compact_names: bool = False) -> None:
+def finalize_onnx(path: Path, meta: dict[str, str], *, compact_names: bool = False,
+                  keep_node_names: frozenset[str] | set[str] = frozenset()) -> None:
     """Writes the consumer-facing metadata into the ONNX file (metadata_props) and drops what
     only a debugger needs: the dynamo exporter's per-node source metadata, graph signature and
     doc strings, and intermediate value_info (onnxruntime infers shapes). That is ~30% of a small
     INT8 file.
-    ``compact_names`` also renames every tensor and node to a short id (compact_graph_names)."""
+    ``compact_names`` also renames every tensor and node to a short id (compact_graph_names),
+    except the nodes named in ``keep_node_names`` (those the manifest refers to)."""
     import onnx
 
     from edgecompress.io import atomic_write_bytes
@@ -94,18 +96,19 @@ def finalize_onnx(path: Path, meta: dict[str, str], *, compact_names: bool = Fal
     for v in (*m.graph.input, *m.graph.output):
         del v.metadata_props[:]
     if compact_names:
-        compact_graph_names(m.graph)
+        compact_graph_names(m.graph, keep_node_names)
     del m.metadata_props[:]
     for k, v in meta.items():
         m.metadata_props.add(key=k, value=v)
     atomic_write_bytes(path, m.SerializeToString())
 
 
-def compact_graph_names(graph) -> None:
+def compact_graph_names(graph, keep_node_names: frozenset[str] | set[str] = frozenset()) -> None:
     """Renames the graph's internal tensors to base-36 ids and its nodes to ``OpType_i``; the
-    graph's inputs and outputs keep their names, so callers see the same interface. Names are
-    free-form in ONNX; a quantized file's (``layer1.0.conv1.weight_quantized_scale``...) cost
-    about 16 KB of an 89 KB ResNet-20."""
+    graph's inputs and outputs keep their names, so callers see the same interface, and so do
+    the nodes in ``keep_node_names`` (e.g. the layers a manifest lists as kept in FP32). Names
+    are free-form in ONNX; a quantized file's (``layer1.0.conv1.weight_quantized_scale``...)
+    cost about 16 KB of an 89 KB ResNet-20."""
     keep = {v.name for v in graph.input} | {v.name for v in graph.output}
     new: dict[str, str] = {"": ""}
 
@@ -123,7 +126,10 @@ def compact_graph_names(graph) -> None:
     for i, node in enumerate(graph.node):
         if any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute):
             raise ValueError(f"compact_names: node {node.name} ({node.op_type}) has a subgraph; not supported")
-        node.name = f"{node.op_type}_{i}"
+        if node.name not in keep_node_names:
+            node.name = f"{node.op_type}_{i}"
+            while node.name in keep_node_names:  # a kept name of that form: stay unique
+                node.name += "_"
         node.input[:] = [short(n) for n in node.input]
         node.output[:] = [short(n) for n in node.output]
 

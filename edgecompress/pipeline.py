@@ -280,7 +280,9 @@ def _compress(c: _Ctx) -> None:
                 qr = quantize.quantize_ptq(c.d / f"{parent}.onnx", c.d / "int8.onnx", calib, cfg.quant)
             if cfg.quant.backend == "ort":
                 _check_float_layers(c.d / "int8.onnx", qr.settings)
-        _stamp(c.d / "int8.onnx", c.meta | {"edgecompress.artifact": "int8"}, c.cfg.onnx.compact_names)
+        # the layers kept in FP32 keep their names, so the manifest's lists match the shipped file
+        _stamp(c.d / "int8.onnx", c.meta | {"edgecompress.artifact": "int8"}, c.cfg.onnx.compact_names,
+               tuple(qr.settings.get("exclude_nodes") or ()))
         export.check_onnx(c.d / "int8.onnx")
         kr = bench.kernel_report(c.d / "int8.onnx")
         c.stages.append(quant)
@@ -513,10 +515,10 @@ def _metadata(lm, classes) -> dict[str, str]:
     }
 
 
-def _stamp(path: Path, meta: dict[str, str], compact_names: bool) -> None:
+def _stamp(path: Path, meta: dict[str, str], compact_names: bool, keep_node_names: tuple[str, ...] = ()) -> None:
     from edgecompress.export import finalize_onnx
 
-    finalize_onnx(path, meta, compact_names=compact_names)
+    finalize_onnx(path, meta, compact_names=compact_names, keep_node_names=set(keep_node_names))
 
 
 def _sensitivity_table(c: _Ctx) -> Path:

@@ -237,7 +237,8 @@ def test_cli_latency_aware_for_another_cpu_is_skipped_with_a_warning(tmp_path):
 @pytest.mark.slow
 def test_cli_layers_excluded_by_the_recipe_run_as_float(tmp_path):
     """quant.exclude_nodes: the layer is left in float by quantize_static, kept float at load
-    (keep_float), and the manifest says that every such layer runs as a float kernel."""
+    (keep_float), keeps its name under --compact-names, and the manifest says that every such
+    layer runs as a float kernel."""
     import json
 
     from edgecompress.quantize import preprocessed_model
@@ -251,7 +252,9 @@ def test_cli_layers_excluded_by_the_recipe_run_as_float(tmp_path):
     convs = [n.name for n in preprocessed_model(tmp_path / "a" / "original.onnx").graph.node if n.op_type == "Conv"]
     mid = convs[len(convs) // 2]
     (tmp_path / "r.toml").write_text(f'[quant]\nexclude_nodes = ["{mid}"]\n')
-    p = run_cli([*base, "--recipe", str(tmp_path / "r.toml"), "--out", str(tmp_path / "b")], cwd=tmp_path)
+    # with --compact-names too: the excluded layer keeps its name in the shipped file
+    p = run_cli([*base, "--recipe", str(tmp_path / "r.toml"), "--compact-names", "--out", str(tmp_path / "b")],
+                cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     q = json.loads((tmp_path / "b" / "manifest.json").read_text())["stage_results"]["quantize"]
     assert q["settings"]["exclude_nodes"] == [mid] and q["settings"]["kept_float_inputs"] == [mid]

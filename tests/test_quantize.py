@@ -180,3 +180,21 @@ def test_int8_weight_storage_leaves_weights_shared_with_other_layers(tmp_path):
     assert [n.op_type for n in m.graph.node] == ["Cast", "Mul", "MatMul", "MatMul"]
     s = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}["w_int8_scale"]
     assert s.shape == (1, 4)  # MatMul(x, W): one scale per output column
+
+
+def test_compact_names_keep_the_named_fp32_layers(fp32, tmp_path):
+    """--compact-names with layers kept in FP32: those keep their names, so the manifest's lists
+    (latency-aware, accuracy fallback) and the kernel report name the same nodes of the file."""
+    from edgecompress.export import finalize_onnx
+    from edgecompress.quantize import preprocessed_model
+
+    convs = [n.name for n in preprocessed_model(fp32).graph.node if n.op_type == "Conv"]
+    kept = (convs[0], convs[3])
+    calib = np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32)
+    out = quantize_ptq(fp32, tmp_path / "q.onnx", calib, QuantConfig(exclude_nodes=kept)).path
+    finalize_onnx(out, {}, compact_names=True, keep_node_names=set(kept))
+    check_onnx(out)
+    names = [n.name for n in onnx.load(str(out)).graph.node]
+    assert set(kept) <= set(names) and len(names) == len(set(names))
+    assert sum(n.startswith("node_") for n in names) == 2  # every other node got a short name
+    assert sorted(kernel_report(out).float_islands) == sorted(kept)
