@@ -245,17 +245,20 @@ def test_cli_layers_excluded_by_the_recipe_run_as_float(tmp_path):
 
     from .conftest import run_cli
 
+    # --compact-names: the FP32 files get short node names too, and those are what exclude_nodes names
     base = ["export", "resnet8-tiny", "--data", "random", "--input-shape", "1,1,28,28", "--stages", "ptq",
-            "--calib-samples", "16", "--runs", "5"]
+            "--calib-samples", "16", "--runs", "5", "--compact-names"]
     p = run_cli([*base, "--out", str(tmp_path / "a")], cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     convs = [n.name for n in preprocessed_model(tmp_path / "a" / "original.onnx").graph.node if n.op_type == "Conv"]
     mid = convs[len(convs) // 2]
     (tmp_path / "r.toml").write_text(f'[quant]\nexclude_nodes = ["{mid}"]\n')
-    # with --compact-names too: the excluded layer keeps its name in the shipped file
-    p = run_cli([*base, "--recipe", str(tmp_path / "r.toml"), "--compact-names", "--out", str(tmp_path / "b")],
-                cwd=tmp_path)
+    p = run_cli([*base, "--recipe", str(tmp_path / "r.toml"), "--out", str(tmp_path / "b")], cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     q = json.loads((tmp_path / "b" / "manifest.json").read_text())["stage_results"]["quantize"]
     assert q["settings"]["exclude_nodes"] == [mid] and q["settings"]["kept_float_inputs"] == [mid]
     assert q["settings"]["fp32_layers_run_as_int8"] == [] and mid in q["kernels"]["float_islands"]
+    import onnx
+
+    int8_names = [n.name for n in onnx.load(str(tmp_path / "b" / "int8.onnx")).graph.node]
+    assert mid in int8_names and len(int8_names) == len(set(int8_names))  # kept its name, and names stay unique
