@@ -72,7 +72,12 @@ COLS = [("method", "method", ""), ("MACs removed", "macs_removed", ".1%"), ("qua
         ("p50 ms", "latency_ms_p50", ".3f"), ("speed-up", "latency_speedup", ".2f"), ("bytes", "bytes", ","),
         ("smaller ×", "size_ratio", ".1f"), ("smaller × (compact names)", "size_ratio_compact", ".1f"), ("int8 ops", "int8_op_fraction", ".2f"), ("blocks dropped", "nblocks", ""),
         ("params removed ≥", "target_params_removed", ".0%"),
-        ("round-to", "round_to", "")]
+        ("round-to", "round_to", ""), ("recipe", "recipe", "")]
+
+
+def _how(r: dict[str, Any]) -> str:
+    """epochs, and the recipe options when the row has any (e.g. sensitivity allocation)."""
+    return f"{r['epochs']:g} epochs" + (f", {r['recipe']}" if r.get("recipe") else "")
 
 
 def _size_verdict(r: dict[str, Any], bar: float) -> str:
@@ -100,7 +105,7 @@ def _bars(model: str, rows: list[dict[str, Any]]) -> list[str]:
             best = max(ok, key=lambda r: ((need_speed is None or r["latency_speedup"] >= need_speed)
                                           + (need_size is None or _meets_size(r, need_size)), r["latency_speedup"]))
             line = (f"- **≥ {min_removed:.0%} MACs removed + INT8 within {max_drop} point: met** — "
-                    f"{best['method']} ({best['epochs']:g} epochs): {best['macs_removed']:.1%} removed, top-1 "
+                    f"{best['method']} ({_how(best)}): {best['macs_removed']:.1%} removed, top-1 "
                     f"{best['top1']:.4f} ({best['drop']:+.2f} points), {best['latency_speedup']:.2f}× faster, "
                     f"{best['size_ratio']:.1f}× smaller")
             if need_speed:
@@ -110,7 +115,7 @@ def _bars(model: str, rows: list[dict[str, Any]]) -> list[str]:
         elif cand:
             best = min(cand, key=lambda r: r["drop"])
             out.append(f"- **≥ {min_removed:.0%} MACs removed + INT8 within {max_drop} point: MISSED** — the best "
-                       f"is {best['method']} ({best['epochs']:g} epochs) at {best['macs_removed']:.1%} removed: "
+                       f"is {best['method']} ({_how(best)}) at {best['macs_removed']:.1%} removed: "
                        f"top-1 {best['top1']:.4f} ({best['drop']:+.2f} points), {best['latency_speedup']:.2f}× "
                        f"faster, {best['size_ratio']:.1f}× smaller.")
     ec = [r for r in rows if _is_ec(r) and r.get("top1") is not None]
@@ -177,7 +182,7 @@ def render(rows: list[dict[str, Any]], md_path: Path, results: Path, meta: dict[
         lines += [f"## {model} ({track} track)", ""]
         if track == "accuracy":
             lines += [f"Teacher top-1 **{mr[0]['teacher_top1']:.4f}**. Δ points = teacher − row (positive = loss).", ""]
-        cols = [c for c in COLS if track == "accuracy" or c[1] not in ("top1", "drop", "kd", "epochs", "round_to")]
+        cols = [c for c in COLS if track == "accuracy" or c[1] not in ("top1", "drop", "kd", "epochs", "round_to", "recipe")]
         lines += [table(sorted(mr, key=lambda r: (r["peer"], r["macs_removed"], r["method"])), cols), ""]
         if track == "accuracy":
             png = results / f"pareto-{model}.png"

@@ -73,19 +73,48 @@ PEERS = ("ort-ptq", "inc-int8", "torch-pruning+ft")
 LA_KEY = {"la_weights": "int8"}
 
 
-def _long_cell(v: str) -> tuple[str | None, float, int | None, float | None, int | None, float | None]:
-    """[MODEL=]RATIO[:BLOCKS][@EPOCHS][/ROUND][+PARAMS] -> (model, ratio, blocks, epochs, round-to,
-    params removed target); None = the defaults (every --long-models teacher, the depth plan,
-    --long-epochs, --round-to, no params target). E.g. 0.8:3@16/4+0.83: 80% of MACs and 83% of
-    params removed, 3 blocks dropped, round-to 4, 16 epochs of KD; vgg7-small=0.8@48: that teacher
-    only."""
+def _long_cell(v: str) -> tuple[str | None, float, int | None, float | None, int | None, float | None,
+                                dict[str, Any]]:
+    """[MODEL=]RATIO[:BLOCKS][@EPOCHS][/ROUND][+PARAMS][~OPTION...] -> (model, ratio, blocks, epochs,
+    round-to, params removed target, recipe options); None = the defaults (every --long-models
+    teacher, the depth plan, --long-epochs, --round-to, no params target). E.g. 0.8:3@16/4+0.83:
+    80% of MACs and 83% of params removed, 3 blocks dropped, round-to 4, 16 epochs of KD;
+    vgg7-small=0.8@48: that teacher only. Options (as edgecompress export's flags): ``sens``
+    (--allocation sensitivity, the table measured on the validation split), an importance
+    (``taylor``, ``l1``, ...: --importance), ``T2`` (--temperature 2)."""
+    from edgecompress.config import IMPORTANCES
+
+    v, *options = v.split("~")
+    opts: dict[str, Any] = {}
+    for o in options:
+        if o == "sens":
+            opts["allocation"] = "sensitivity"
+        elif o in IMPORTANCES:
+            opts["importance"] = o
+        elif o.startswith("T"):
+            opts["temperature"] = float(o[1:])
+        else:
+            raise SystemExit(f"--long-ratios: unknown cell option ~{o} in {v}; use sens, an importance "
+                             f"({', '.join(IMPORTANCES)}) or T<temperature>")
     model, _, v = v.rpartition("=")
     v, _, tp = v.partition("+")
     v, _, rt = v.partition("/")
     v, _, e = v.partition("@")
     r, _, k = v.partition(":")
     return (model or None, float(r), int(k) if k else None, float(e) if e else None, int(rt) if rt else None,
-            float(tp) if tp else None)
+            float(tp) if tp else None, opts)
+
+
+def _recipe(key: dict[str, Any]) -> str:
+    """The cell's recipe options (those different from the defaults), as a table shows them."""
+    parts = []
+    if key.get("allocation"):
+        parts.append(f"{key['allocation']} allocation")
+    if key.get("importance"):
+        parts.append(f"{key['importance']} importance")
+    if key.get("temperature") is not None:
+        parts.append(f"T={key['temperature']:g}")
+    return ", ".join(parts)
 
 
 def _parse_depth(s: str) -> dict[float, int]:
@@ -127,7 +156,8 @@ class Teacher:
         self.name, self.model, self.x = name, lm.model.eval(), torch.zeros(*lm.input_shape)
         self.splits = load_splits(None, None, input_shape=tuple(lm.input_shape[1:]))
         rng = np.random.default_rng(0)
-        self.calib = self.splits.train.x[np.sort(rng.choice(len(self.splits.train), 512, replace=False))]
+        idx = np.sort(rng.choice(len(self.splits.train), 512, replace=False))
+        self.calib, self.calib_y = self.splits.train.x[idx], self.splits.train.y[idx]
         self.test = self.splits.eval
         if args.max_test:
             self.test = self.test.take(np.arange(args.max_test), f"first {args.max_test} of the test split")
@@ -149,22 +179,43 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
     n_blocks = len(residual_blocks(t.model, t.x))
     depth = {r: min(k, n_blocks) for r, k in _parse_depth(args.drop_blocks).items()}
     macs0, params0 = count_macs_params(t.model, t.x)
-    pruned_cache: dict[tuple[float, int, int, float | None], Any] = {}
+    pruned_cache: dict[tuple, Any] = {}
+
+    def sensitivity_table() -> str:
+        """The pruning sensitivity of this teacher on (up to 2000 samples of) the validation split,
+        as the pipeline measures it for --allocation sensitivity; computed once, cached."""
+        import numpy as np
+
+        from edgecompress.io import atomic_write_text
+        from edgecompress.sensitivity import SensitivityConfig, sensitivity
+
+        path = files.dir / "sensitivity.json"
+        if not path.exists():
+            val = t.splits.val.take(np.arange(min(2000, len(t.splits.val))), t.splits.val.source)
+            res = sensitivity(t.model, t.x, val, SensitivityConfig(importance="l2"), progress=print)
+            atomic_write_text(path, json.dumps(res, indent=2) + "\n")
+        return str(path)
 
     def pruned(key: dict[str, Any]):
-        pk = (key["ratio"], key["drop_blocks"], key["round_to"], key.get("target_params"))
+        pk = (key["ratio"], key["drop_blocks"], key["round_to"], key.get("target_params"), key.get("allocation"),
+              key.get("importance"))
         if pk not in pruned_cache:
-            cfg = PruneConfig(ratio=pk[0], drop_blocks=pk[1], round_to=pk[2], target_params=pk[3])
-            pruned_cache[pk] = prune(t.model, t.x, cfg, calib_x=t.calib[:256])
+            alloc = key.get("allocation") or "uniform"
+            cfg = PruneConfig(ratio=pk[0], drop_blocks=pk[1], round_to=pk[2], target_params=pk[3], allocation=alloc,
+                              importance=key.get("importance") or "l2",
+                              sensitivity=sensitivity_table() if alloc == "sensitivity" else None)
+            pruned_cache[pk] = prune(t.model, t.x, cfg, calib_x=t.calib[:256], calib_y=t.calib_y[:256])
         return pruned_cache[pk]
 
     def cell(method: str, ratio: float, epochs: float, compute, drops: int | None = None,
-             round_to: int | None = None, target_params: float | None = None) -> dict[str, Any]:
+             round_to: int | None = None, target_params: float | None = None,
+             opts: dict[str, Any] | None = None) -> dict[str, Any]:
         drops = depth.get(ratio, 0) if drops is None else drops
         key = t.key | {"method": method, "ratio": ratio, "epochs": epochs, "round_to": round_to or args.round_to,
                        "drop_blocks": drops if method.startswith("prune") else 0}
         if target_params is not None:  # only then: the cells cached before this option keep their keys
             key["target_params"] = target_params
+        key |= opts or {}  # recipe options, only when set: the other cells keep their keys
         if method.endswith("-la"):
             key |= LA_KEY
         t0 = time.time()
@@ -221,7 +272,7 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
     def kd(key):
         pr = pruned(key)
         s = copy.deepcopy(pr.model)
-        dr = distill(s, t.model, t.splits.train, DistillConfig(epochs=key["epochs"]), seed=0,
+        dr = distill(s, t.model, t.splits.train, DistillConfig(epochs=key["epochs"], temperature=key.get("temperature", 4.0)), seed=0,
                      desc=f"kd {key['ratio']:.0%}")
         f = export_fp32(s, t.x, files.path(key, "fp32"))
         q = ptq_int8(f, files.path(key, "int8"), t.calib)
@@ -281,16 +332,16 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
         if "torch-pruning+ft" in args.methods and args.epochs > 0:
             cells.append(("torch-pruning+ft", r, "fp32", False, cell("torch-pruning+ft", r, args.epochs, tp_ft)))
     seen = set()
-    for model, r, k, e, rt, tp in args.long_ratios:  # None: the defaults
+    for model, r, k, e, rt, tp, opts in args.long_ratios:  # None: the defaults
         if model != name and (model is not None or name not in (args.long_models or [name])):
             continue
         k = depth.get(r, 0) if k is None else min(k, n_blocks)
         e = e or args.long_epochs
-        same = (r, k, e, rt or args.round_to, tp)
+        same = (r, k, e, rt or args.round_to, tp, tuple(sorted(opts.items())))
         if not e or same in seen:  # e.g. 0.8 and 0.8:0 on a chain without blocks
             continue
         seen.add(same)
-        kd_cells(r, e, drops=k, round_to=rt, target_params=tp)
+        kd_cells(r, e, drops=k, round_to=rt, target_params=tp, opts=opts)
 
     if args.cells_only:
         return []
@@ -311,7 +362,7 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
             "int8_op_fraction": c["int8_op_fraction"], "dropped_blocks": c.get("dropped_blocks", []),
             "peer": method in PEERS, "file": c["file"],
             "round_to": c.get("round_to") if method.startswith("prune") else None,
-            "fp32_nodes": c.get("fp32_nodes"),
+            "fp32_nodes": c.get("fp32_nodes"), "recipe": _recipe(c),
         })  # fmt: skip
     return out
 
