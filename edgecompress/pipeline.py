@@ -278,13 +278,13 @@ def _compress(c: _Ctx) -> None:
                 qr = _latency_aware(c, calib, [])
             else:
                 qr = quantize.quantize_ptq(c.d / f"{parent}.onnx", c.d / "int8.onnx", calib, cfg.quant)
-            if cfg.quant.backend == "ort":
-                _check_float_layers(c.d / "int8.onnx", qr.settings)
         # the layers kept in FP32 keep their names, so the manifest's lists match the shipped file
         _stamp(c.d / "int8.onnx", c.meta | {"edgecompress.artifact": "int8"}, c.cfg.onnx.compact_names,
                tuple(qr.settings.get("exclude_nodes") or ()))
         export.check_onnx(c.d / "int8.onnx")
         kr = bench.kernel_report(c.d / "int8.onnx")
+        if quant == "ptq" and cfg.quant.backend == "ort":
+            _check_float_layers(c.d / "int8.onnx", qr.settings, kr.float_islands)
         c.stages.append(quant)
         a = {k: v for k, v in c.arts[parent].items() if k not in ("parity", "checkpoint")}
         c.arts["int8"] = a | {"path": "int8.onnx", "parent": parent, "status": "ok",
@@ -328,12 +328,12 @@ def _qat(c: _Ctx) -> None:
     c.timings["qat"] = time.time() - t0
 
 
-def _check_float_layers(path: Path, settings: dict) -> None:
+def _check_float_layers(path: Path, settings: dict, float_islands: list[str]) -> None:
     """The compute layers asked to stay FP32 must run as float kernels after onnxruntime's
-    optimiser; any that do not are named in a warning (and the manifest)."""
+    optimiser (``float_islands`` of the kernel report; they keep their names under
+    --compact-names); any that do not are named in a warning (and the manifest)."""
     import onnx
 
-    from edgecompress import bench
     from edgecompress.quantize import COMPUTE_OPS
 
     wanted = set(settings.get("exclude_nodes") or ())
@@ -341,7 +341,7 @@ def _check_float_layers(path: Path, settings: dict) -> None:
         return
     layers = [n.name for n in onnx.load(str(path), load_external_data=False).graph.node
               if n.name in wanted and n.op_type in COMPUTE_OPS]
-    islands = set(bench.kernel_report(path).float_islands)
+    islands = set(float_islands)
     settings["fp32_layers_run_as_int8"] = ran = [n for n in layers if n not in islands]
     if ran:
         settings.setdefault("warnings", []).append(
