@@ -4,6 +4,7 @@ numpy + onnxruntime only (no torch), so it runs on an edge board."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 
@@ -24,24 +25,19 @@ def check_model_file(path: Path) -> None:
                        "pass a .onnx file (e.g. one written by edgecompress export)") from None
 
 
+@contextlib.contextmanager
 def _ort_errors(path: Path):
     """onnxruntime's own errors while running ``path`` -> one-line BadInput."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def guard():
-        try:
-            yield
-        except ValueError as e:
-            raise BadInput(f"{path}: {e}") from None
-        except Exception as e:  # onnxruntime's own errors (Fail, InvalidArgument, ...) subclass Exception
-            if not type(e).__module__.startswith("onnxruntime"):
-                raise
-            msg = " ".join(str(e).split())[:240]
-            raise BadInput(f"{path}: onnxruntime cannot run it ({type(e).__name__}: {msg}); check "
-                           "--input-shape (N,C,H,W of the model input) and that the ops are standard ONNX") from None
-
-    return guard()
+    try:
+        yield
+    except ValueError as e:
+        raise BadInput(f"{path}: {e}") from None
+    except Exception as e:  # onnxruntime's own errors (Fail, InvalidArgument, ...) subclass Exception
+        if not type(e).__module__.startswith("onnxruntime"):
+            raise
+        msg = " ".join(str(e).split())[:240]
+        raise BadInput(f"{path}: onnxruntime cannot run it ({type(e).__name__}: {msg}); check "
+                       "--input-shape (N,C,H,W of the model input) and that the ops are standard ONNX") from None
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -48,7 +48,14 @@ import numpy as np
 
 from edgecompress.config import QuantConfig
 from edgecompress.io import atomic_write
-from edgecompress.quantize import COMPUTE_OPS, QuantResult, preprocessed_model, quantize_ptq, store_weights_int8
+from edgecompress.quantize import (
+    COMPUTE_OPS,
+    QuantResult,
+    consumers_of,
+    preprocessed_model,
+    quantize_ptq,
+    store_weights_int8,
+)
 
 _ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh")
 _INT8_WEIGHT_INPUT = 3  # QLinearConv, QGemm and QLinearMatMul take their weight as input 3
@@ -59,10 +66,7 @@ Compare = Callable[[list[Path]], list[float]]  # files -> p50 ms each, measured 
 def origin_keys(pre_model) -> dict[str, str]:
     """Names an optimised kernel may carry -> the compute node of ``pre_model`` it comes from: the
     node's own name, its output, the output of an activation fused into it, and its weight."""
-    consumers: dict[str, list] = {}
-    for n in pre_model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = consumers_of(pre_model.graph)
     inits = {i.name for i in pre_model.graph.initializer}
     keys: dict[str, str] = {}
     for n in pre_model.graph.node:

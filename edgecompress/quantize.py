@@ -241,6 +241,15 @@ def gemm_to_matmul(model) -> int:
     return count
 
 
+def consumers_of(graph) -> dict[str, list]:
+    """Tensor name -> the nodes of ``graph`` that read it."""
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    return consumers
+
+
 # layers onnxruntime's WeightBiasQuantization optimiser re-quantizes when they sit between a
 # DequantizeLinear and a QuantizeLinear (see keep_float)
 _WBQ_OPS = ("Conv", "ConvTranspose", "Gemm")
@@ -265,10 +274,7 @@ def keep_float(model, nodes) -> list[str]:
     wanted = set(nodes)
     inits = {i.name: i for i in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = consumers_of(g)
     shapes = {v.name: v.type.tensor_type.shape for v in [*g.value_info, *g.input]}
     changed = []
     for n in list(g.node):
@@ -348,10 +354,7 @@ def store_weights_int8(model, nodes) -> list[str]:
     g = model.graph
     wanted = set(nodes)
     inits = {i.name: i for i in g.initializer}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = consumers_of(g)
     graph_inputs = {i.name: i for i in g.input}
     new, changed, done = [], [], set()
     for n in g.node:
