@@ -1,7 +1,7 @@
 """Per-layer pruning ratios from a sensitivity table (``--allocation sensitivity``).
 
 The table (``edgecompress sensitivity``, or measured by ``export`` on the validation split) gives,
-per prunable group, the top-1 drop when only that group loses 25/50/75 % of its channels. For a
+per prunable group, the top-1 drop when only that group loses 25/50/75/90 % of its channels. For a
 global *drop budget* B each group gets the largest channel ratio whose (interpolated) drop stays
 within B; B is bisected until the MACs/params target is met, so cheap groups are thinned first and
 sensitive ones last. Each trial prunes a copy once with Torch-Pruning's ``pruning_ratio_dict``
@@ -66,6 +66,36 @@ def allocate(curves: dict[str, tuple[list[float], list[float]]], budget: float, 
     return {g: min(cap, ratio_for_budget(r, d, budget)) for g, (r, d) in curves.items()}
 
 
+def table_curves_for(model: nn.Module, example: torch.Tensor, ignored: list[nn.Module],
+                     table: dict[str, Any]) -> dict[str, tuple[list[float], list[float]]]:
+    """The table's drop curves keyed by the root layers of *this* model's prunable groups.
+
+    Torch-Pruning takes a group's ratio from its root only (the first layer of the group), and a
+    table measured on the full model names the roots of the full model. After ``--drop-blocks`` a
+    residual stage's coupled group may have lost its root with the dropped block: it then has a
+    new root, which the table lists only as a member of that group. Such a group gets the curve
+    of the table's group whose root is gone and whose members include the new root; matched by
+    root name alone, it was never pruned, and the other groups were thinned to make up for it."""
+    import torch_pruning as tp
+
+    names = {m: n for n, m in model.named_modules()}
+    dg = tp.DependencyGraph().build_dependency(model, example)
+    roots = [names[g[0].dep.target.module] for g in
+             dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear])]
+    curves = drop_curves(table)
+    members = {r["group"]: set(r.get("members") or ()) for r in table["rows"]}
+    orphans = [g for g in curves if g not in roots]  # table groups whose root this model does not prune
+    out = {}
+    for root in roots:
+        if root in curves:
+            out[root] = curves[root]
+        else:
+            heirs = [g for g in orphans if root in members[g]]
+            if len(heirs) == 1:
+                out[root] = curves[heirs[0]]
+    return out
+
+
 def prune_by_sensitivity(model: nn.Module, example: torch.Tensor, cfg, ignored: list[nn.Module], done, table,
                          calib_x=None, calib_y=None) -> tuple[nn.Module, float, bool, dict[str, Any]]:
     """Returns (pruned copy, mean group ratio, True, allocation record), or BadInput when even the
@@ -74,9 +104,7 @@ def prune_by_sensitivity(model: nn.Module, example: torch.Tensor, cfg, ignored: 
     from edgecompress.prune import _accumulate_taylor_grads, _importance, group_aware_pruner
 
     names = {m: n for n, m in model.named_modules()}
-    skip = {names[m] for m in ignored if m in names}
-    roots = {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in skip}
-    curves = {g: c for g, c in drop_curves(table).items() if g in roots}
+    curves = table_curves_for(model, example, ignored, table)
     if not curves:
         raise BadInput("the sensitivity table names no prunable layer of this model (measured on another model?); "
                        "re-run `edgecompress sensitivity MODEL` or drop --sensitivity to measure it here")
@@ -86,10 +114,13 @@ def prune_by_sensitivity(model: nn.Module, example: torch.Tensor, cfg, ignored: 
         mods = dict(m.named_modules())
         # Torch-Pruning keeps int(C * (1 - r)) channels, so any r > 0 cuts at least one: round each ratio
         # down to whole channels of the group's root (a hair below k / C so that int() keeps C - k).
-        ratios = {}
+        # torch-pruning 1.6 rounds the kept count *down* to a multiple of round-to and, when that leaves
+        # 0 channels, skips the group: a ratio that keeps fewer than round-to channels left the group whole
+        # (so a high target was out of reach). Keep at least round-to channels instead.
+        ratios, rt = {}, max(cfg.round_to, 1)
         for g, r in allocate(curves, budget, cfg.max_layer_ratio).items():
             c = getattr(mods[g], "out_channels", getattr(mods[g], "out_features", 0))
-            k = int(r * c + 1e-9)
+            k = min(int(r * c + 1e-9), c - min(c, rt))
             if k > 0:
                 ratios[g] = (k - 1e-6) / c
         if cfg.importance == "taylor":
@@ -113,9 +144,11 @@ def prune_by_sensitivity(model: nn.Module, example: torch.Tensor, cfg, ignored: 
     if not best[2]:
         top = max(r[-1] for r, _ in curves.values())
         removed = 1 - count_macs_params(best[0], example)[0] / count_macs_params(model, example)[0]
+        way_out = (f"measure larger ratios (edgecompress sensitivity --ratios 0.25,0.5,0.75,{cfg.max_layer_ratio:g}) "
+                   "or lower the target" if top < cfg.max_layer_ratio - 1e-9 else
+                   "lower the target, drop residual blocks (--drop-blocks N) or use a smaller --round-to")
         raise BadInput(f"cannot reach the target with the sensitivity table: every group at its largest measured "
-                       f"ratio (up to {top:.0%} of its channels) removes {removed:.1%} of MACs; measure larger "
-                       "ratios (edgecompress sensitivity --ratios 0.25,0.5,0.75,0.9) or lower the target")
+                       f"ratio (up to {top:.0%} of its channels) removes {removed:.1%} of MACs; {way_out}")
     lo_b, hi_b = 0.0, hi
     low = trial(0.0)
     if low[2]:

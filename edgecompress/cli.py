@@ -274,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", nargs="?", help="zoo name or file.py:factory (default: the shipped resnet20)")
     s.add_argument("--weights")
     s.add_argument("--data", help="fashion-mnist (default), IDX directory or FILE.npz (its validation split is used)")
-    s.add_argument("--ratios", type=lambda v: [float(x) for x in v.split(",")], default=[0.25, 0.5, 0.75])
+    s.add_argument("--ratios", type=lambda v: [float(x) for x in v.split(",")], default=[0.25, 0.5, 0.75, 0.9],
+                   help="channel fractions to remove per group (default 0.25,0.5,0.75,0.9: up to the 90%% that "
+                        "export's pruner lets a layer lose, so --allocation sensitivity can use its whole range)")
     s.add_argument("--importance", default="l2")
     s.add_argument("--max-eval", type=int, default=2000, help="validation samples to score (default 2000)")
     s.add_argument("--out", default="sensitivity", help="directory for sensitivity.json/.md/.png")

@@ -524,7 +524,7 @@ def _stamp(path: Path, meta: dict[str, str], compact_names: bool, keep_node_name
 def _sensitivity_table(c: _Ctx) -> Path:
     """--allocation sensitivity without --sensitivity FILE: the table measured on (up to 2000 samples
     of) the validation split, never the eval set, saved in the run as sensitivity.json."""
-    from edgecompress.sensitivity import SensitivityConfig, sensitivity
+    from edgecompress.sensitivity import SensitivityConfig, ratios_up_to, sensitivity
 
     val = c.splits.val
     if val.y is None or not len(val):
@@ -533,7 +533,8 @@ def _sensitivity_table(c: _Ctx) -> Path:
     val = val.take(np.arange(min(2000, len(val))), val.source)
     imp = c.cfg.prune.importance if c.cfg.prune.importance != "taylor" else "l2"  # no gradients in the sweep
     c.log(f"measuring pruning sensitivity per layer group on {len(val)} validation samples")
-    res = sensitivity(c.lm.model, c.example, val, SensitivityConfig(importance=imp), progress=c.log)
+    cfg = SensitivityConfig(importance=imp, ratios=ratios_up_to(c.cfg.prune.max_layer_ratio))
+    res = sensitivity(c.lm.model, c.example, val, cfg, progress=c.log)
     path = c.d / "sensitivity.json"
     atomic_write_text(path, json.dumps(res, indent=2) + "\n")
     return path

@@ -21,10 +21,20 @@ import torch.nn as nn
 from edgecompress.data import Dataset
 from edgecompress.io import atomic_write, atomic_write_text
 
+DEFAULT_RATIOS = (0.25, 0.5, 0.75)
+
+
+def ratios_up_to(cap: float, base: tuple[float, ...] = DEFAULT_RATIOS) -> tuple[float, ...]:
+    """The ratios to measure for an allocation that may thin a layer by up to ``cap`` (PruneConfig's
+    max_layer_ratio): the base ratios below the cap, and the cap itself. The allocation never goes
+    past the largest ratio measured, so a table that stops short of the cap caps every group there
+    (0.75 instead of the pruner's 0.9), and a high target that uniform pruning meets is out of reach."""
+    return (*(r for r in base if r < cap - 1e-9), cap)
+
 
 @dataclass(frozen=True, kw_only=True)
 class SensitivityConfig:
-    ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
+    ratios: tuple[float, ...] = DEFAULT_RATIOS
     importance: str = "l2"
     round_to: int = 1
 

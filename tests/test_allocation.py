@@ -12,7 +12,7 @@ from edgecompress.config import PruneConfig, RunConfig
 from edgecompress.data import Dataset
 from edgecompress.errors import BadInput, ConfigError
 from edgecompress.prune import prune
-from edgecompress.sensitivity import SensitivityConfig, sensitivity
+from edgecompress.sensitivity import SensitivityConfig, ratios_up_to, sensitivity
 
 X = torch.zeros(1, 1, 16, 16)
 
@@ -93,6 +93,29 @@ def test_unreachable_target_names_the_way_out(tmp_path):
     cfg = PruneConfig(ratio=0.9, round_to=1, allocation="sensitivity", sensitivity=str(tmp_path / "s.json"))
     with pytest.raises(BadInput, match="measure larger ratios"):
         prune(_TwoPath().eval(), X, cfg)
+    rows = [{"group": g, "ratio": r, "drop_points": 1.0} for g in ("stem", "main1", "side1", "main2") for r in (0.5, 0.9)]
+    (tmp_path / "s.json").write_text(json.dumps({"rows": rows}))  # measured up to the cap: nothing more to measure
+    with pytest.raises(BadInput, match="up to 90% of its channels.*lower the target, drop residual blocks"):
+        prune(_TwoPath().eval(), X, PruneConfig(ratio=0.999, round_to=1, allocation="sensitivity",
+                                               sensitivity=str(tmp_path / "s.json")))
+
+
+def test_the_measured_table_reaches_the_pruners_per_layer_cap(tmp_path):
+    assert ratios_up_to(0.9) == (0.25, 0.5, 0.75, 0.9)
+    assert ratios_up_to(0.75) == (0.25, 0.5, 0.75)
+    assert ratios_up_to(0.6) == (0.25, 0.5, 0.6)
+    model = _TwoPath().eval()
+    for ratios, reached in (((0.25, 0.5, 0.75), False), (ratios_up_to(0.9), True)):
+        rows = [{"group": g, "ratio": r, "drop_points": 10 * r} for g in ("stem", "main1", "side1", "main2") for r in ratios]
+        (tmp_path / "s.json").write_text(json.dumps({"rows": rows}))
+        # 95 % of MACs: out of reach when no group may lose more than 75 % of its channels
+        cfg = PruneConfig(ratio=0.95, round_to=1, allocation="sensitivity", sensitivity=str(tmp_path / "s.json"))
+        if reached:
+            res = prune(model, X, cfg)
+            assert res.macs_after <= 0.05 * res.macs_before and max(res.allocation["group_ratios"].values()) > 0.75
+        else:
+            with pytest.raises(BadInput, match="up to 75% of its channels"):
+                prune(model, X, cfg)
 
 
 def test_export_measures_the_table_on_the_validation_split_and_records_the_ratios(tmp_path):
@@ -114,6 +137,7 @@ def test_export_measures_the_table_on_the_validation_split_and_records_the_ratio
     table = json.loads((out / "sensitivity.json").read_text())
     assert set(alloc["group_ratios"]) == {r["group"] for r in table["rows"]}
     assert table["val_samples"] == 48  # 20 % of the 240 training samples, never the eval set
+    assert table["ratios"] == [0.25, 0.5, 0.75, 0.9]  # up to PruneConfig.max_layer_ratio
     assert m["artifacts"]["pruned"]["macs"] <= 0.6 * m["artifacts"]["original"]["macs"]
 
 
@@ -126,3 +150,36 @@ def test_cli_flags_reach_the_config(capsys):
     assert main(["export", "resnet8-tiny", "--sensitivity", "s.json", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "--allocation sensitivity" in err and err.count("\n") == 1
+
+
+def test_a_group_whose_root_was_dropped_gets_the_tables_curve():
+    """After depth pruning, a residual stage's coupled group can lose its (full-model) root with the
+    dropped block; the table still measured that group, and its new root is one of its members."""
+    from edgecompress.allocation import table_curves_for
+    from edgecompress.config import ModelConfig
+    from edgecompress.models import load_model
+    from edgecompress.prune import output_layers
+
+    model = load_model(ModelConfig(name="mobilenetv2-small"), data_shape=(1, 28, 28)).model.eval()
+    x = torch.zeros(1, 1, 28, 28)
+    data = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
+    table = sensitivity(model, x, Dataset(data, np.zeros(8, dtype=np.int64), "noise"), SensitivityConfig(ratios=(0.5,)))
+    measured = {r["group"] for r in table["rows"]}
+    assert "features.6.conv.2.0" in measured and "features.4.conv.2.0" not in measured  # the stage's root: its last block
+    model.features[5], model.features[6] = nn.Identity(), nn.Identity()  # what --drop-blocks does to two blocks
+    curves = table_curves_for(model, x, output_layers(model, x), table)
+    assert curves["features.4.conv.2.0"] == drop_curves(table)["features.6.conv.2.0"]
+    assert "features.6.conv.2.0" not in curves and "features.5.conv.1.0" not in curves  # gone with their blocks
+    assert {g for g in measured if not g.startswith(("features.5.", "features.6."))} <= set(curves)
+
+
+def test_a_group_is_thinned_to_round_to_channels_not_left_whole(tmp_path):
+    """torch-pruning rounds the kept count down to a multiple of round-to and leaves the group whole
+    when that is 0; a ratio that keeps fewer than round-to channels must keep round-to instead."""
+    rows = [{"group": g, "ratio": r, "drop_points": r} for g in ("stem", "main1", "side1", "main2") for r in (0.5, 0.9)]
+    (tmp_path / "s.json").write_text(json.dumps({"rows": rows}))
+    res = prune(_TwoPath().eval(), X, PruneConfig(ratio=0.7, round_to=8, allocation="sensitivity",
+                                                 sensitivity=str(tmp_path / "s.json")))
+    assert res.macs_after <= 0.3 * res.macs_before
+    widths = [m.out_channels for m in (res.model.stem, res.model.main1, res.model.side1)]
+    assert set(widths) <= {8, 16} and 8 in widths
