@@ -82,19 +82,24 @@ def _long_cell(v: str) -> tuple[str | None, float, int | None, float | None, int
     vgg7-small=0.8@48: that teacher only. Options (as edgecompress export's flags): ``sens``
     (--allocation sensitivity, the table measured on the validation split), an importance
     (``taylor``, ``l1``, ...: --importance), ``T2`` (--temperature 2)."""
-    from edgecompress.config import IMPORTANCES
+    from edgecompress.config import IMPORTANCES, PruneConfig
+    from edgecompress.sensitivity import DEFAULT_RATIOS, ratios_up_to
 
     v, *options = v.split("~")
     opts: dict[str, Any] = {}
     for o in options:
-        if o == "sens":
+        if o == "sens":  # the table the pipeline measures: up to the pruner's per-layer cap
             opts["allocation"] = "sensitivity"
+            opts["sens_ratios"] = ",".join(f"{r:g}" for r in ratios_up_to(PruneConfig().max_layer_ratio))
+        elif o == "sens75":  # session 7's table, which stopped at 75% (its cells keep their keys)
+            opts["allocation"] = "sensitivity"
+            assert DEFAULT_RATIOS[-1] == 0.75
         elif o in IMPORTANCES:
             opts["importance"] = o
         elif o.startswith("T"):
             opts["temperature"] = float(o[1:])
         else:
-            raise SystemExit(f"--long-ratios: unknown cell option ~{o} in {v}; use sens, an importance "
+            raise SystemExit(f"--long-ratios: unknown cell option ~{o} in {v}; use sens, sens75, an importance "
                              f"({', '.join(IMPORTANCES)}) or T<temperature>")
     model, _, v = v.rpartition("=")
     v, _, tp = v.partition("+")
@@ -109,7 +114,8 @@ def _recipe(key: dict[str, Any]) -> str:
     """The cell's recipe options (those different from the defaults), as a table shows them."""
     parts = []
     if key.get("allocation"):
-        parts.append(f"{key['allocation']} allocation")
+        top = float(key.get("sens_ratios", "0.75").split(",")[-1]) if key["allocation"] == "sensitivity" else None
+        parts.append(f"{key['allocation']} allocation" + (f" (table to {top:.0%})" if top else ""))
     if key.get("importance"):
         parts.append(f"{key['importance']} importance")
     if key.get("temperature") is not None:
@@ -181,29 +187,33 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
     macs0, params0 = count_macs_params(t.model, t.x)
     pruned_cache: dict[tuple, Any] = {}
 
-    def sensitivity_table() -> str:
+    def sensitivity_table(ratios: tuple[float, ...] | None) -> str:
         """The pruning sensitivity of this teacher on (up to 2000 samples of) the validation split,
-        as the pipeline measures it for --allocation sensitivity; computed once, cached."""
+        as the pipeline measures it for --allocation sensitivity; computed once per set of ratios,
+        cached (None: session 7's table, to 75%, in sensitivity.json)."""
         import numpy as np
 
         from edgecompress.io import atomic_write_text
-        from edgecompress.sensitivity import SensitivityConfig, sensitivity
+        from edgecompress.sensitivity import DEFAULT_RATIOS, SensitivityConfig, sensitivity
 
-        path = files.dir / "sensitivity.json"
+        ratios = ratios or DEFAULT_RATIOS
+        path = files.dir / ("sensitivity.json" if ratios == DEFAULT_RATIOS else
+                            f"sensitivity-{','.join(f'{r:g}' for r in ratios)}.json")
         if not path.exists():
             val = t.splits.val.take(np.arange(min(2000, len(t.splits.val))), t.splits.val.source)
-            res = sensitivity(t.model, t.x, val, SensitivityConfig(importance="l2"), progress=print)
+            res = sensitivity(t.model, t.x, val, SensitivityConfig(importance="l2", ratios=ratios), progress=print)
             atomic_write_text(path, json.dumps(res, indent=2) + "\n")
         return str(path)
 
     def pruned(key: dict[str, Any]):
+        sens = tuple(float(r) for r in key["sens_ratios"].split(",")) if "sens_ratios" in key else None
         pk = (key["ratio"], key["drop_blocks"], key["round_to"], key.get("target_params"), key.get("allocation"),
-              key.get("importance"))
+              key.get("importance"), sens)
         if pk not in pruned_cache:
             alloc = key.get("allocation") or "uniform"
             cfg = PruneConfig(ratio=pk[0], drop_blocks=pk[1], round_to=pk[2], target_params=pk[3], allocation=alloc,
                               importance=key.get("importance") or "l2",
-                              sensitivity=sensitivity_table() if alloc == "sensitivity" else None)
+                              sensitivity=sensitivity_table(sens) if alloc == "sensitivity" else None)
             pruned_cache[pk] = prune(t.model, t.x, cfg, calib_x=t.calib[:256], calib_y=t.calib_y[:256])
         return pruned_cache[pk]
 
