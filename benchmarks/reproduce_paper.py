@@ -71,6 +71,7 @@ PEERS = ("ort-ptq", "inc-int8", "torch-pruning+ft")
 # every -la cell's key carries this: since session 6 their FP32 layers store int8 weights (new files,
 # so new keys); both tracks add it
 LA_KEY = {"la_weights": "int8"}
+SENS75 = (0.25, 0.5, 0.75)  # the table of ~sens75 cells (session 7), in sensitivity.json
 
 
 def _long_cell(v: str) -> tuple[str | None, float, int | None, float | None, int | None, float | None,
@@ -83,7 +84,7 @@ def _long_cell(v: str) -> tuple[str | None, float, int | None, float | None, int
     (--allocation sensitivity, the table measured on the validation split), an importance
     (``taylor``, ``l1``, ...: --importance), ``T2`` (--temperature 2)."""
     from edgecompress.config import IMPORTANCES, PruneConfig
-    from edgecompress.sensitivity import DEFAULT_RATIOS, ratios_up_to
+    from edgecompress.sensitivity import ratios_up_to
 
     v, *options = v.split("~")
     opts: dict[str, Any] = {}
@@ -93,7 +94,6 @@ def _long_cell(v: str) -> tuple[str | None, float, int | None, float | None, int
             opts["sens_ratios"] = ",".join(f"{r:g}" for r in ratios_up_to(PruneConfig().max_layer_ratio))
         elif o == "sens75":  # session 7's table, which stopped at 75% (its cells keep their keys)
             opts["allocation"] = "sensitivity"
-            assert DEFAULT_RATIOS[-1] == 0.75
         elif o in IMPORTANCES:
             opts["importance"] = o
         elif o.startswith("T"):
@@ -194,10 +194,10 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
         import numpy as np
 
         from edgecompress.io import atomic_write_text
-        from edgecompress.sensitivity import DEFAULT_RATIOS, SensitivityConfig, sensitivity
+        from edgecompress.sensitivity import SensitivityConfig, sensitivity
 
-        ratios = ratios or DEFAULT_RATIOS
-        path = files.dir / ("sensitivity.json" if ratios == DEFAULT_RATIOS else
+        ratios = ratios or SENS75
+        path = files.dir / ("sensitivity.json" if ratios == SENS75 else
                             f"sensitivity-{','.join(f'{r:g}' for r in ratios)}.json")
         if not path.exists():
             val = t.splits.val.take(np.arange(min(2000, len(t.splits.val))), t.splits.val.source)

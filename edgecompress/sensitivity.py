@@ -21,10 +21,10 @@ import torch.nn as nn
 from edgecompress.data import Dataset
 from edgecompress.io import atomic_write, atomic_write_text
 
-DEFAULT_RATIOS = (0.25, 0.5, 0.75)
+BASE_RATIOS = (0.25, 0.5, 0.75)
 
 
-def ratios_up_to(cap: float, base: tuple[float, ...] = DEFAULT_RATIOS) -> tuple[float, ...]:
+def ratios_up_to(cap: float, base: tuple[float, ...] = BASE_RATIOS) -> tuple[float, ...]:
     """The ratios to measure for an allocation that may thin a layer by up to ``cap`` (PruneConfig's
     max_layer_ratio): the base ratios below the cap, and the cap itself. The allocation never goes
     past the largest ratio measured, so a table that stops short of the cap caps every group there
@@ -34,7 +34,7 @@ def ratios_up_to(cap: float, base: tuple[float, ...] = DEFAULT_RATIOS) -> tuple[
 
 @dataclass(frozen=True, kw_only=True)
 class SensitivityConfig:
-    ratios: tuple[float, ...] = DEFAULT_RATIOS
+    ratios: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9)  # ratios_up_to(PruneConfig().max_layer_ratio)
     importance: str = "l2"
     round_to: int = 1
 
