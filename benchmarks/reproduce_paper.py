@@ -81,7 +81,8 @@ def _long_cell(v: str) -> tuple[str | None, float, int | None, float | None, int
     teacher, the depth plan, --long-epochs, --round-to, no params target). E.g. 0.8:3@16/4+0.83:
     80% of MACs and 83% of params removed, 3 blocks dropped, round-to 4, 16 epochs of KD;
     vgg7-small=0.8@48: that teacher only. Options (as edgecompress export's flags): ``sens``
-    (--allocation sensitivity, the table measured on the validation split), an importance
+    (--allocation sensitivity, the table measured on the validation split up to the pruner's
+    90% cap, as export measures it; ``sens75``: session 7's table, to 75%), an importance
     (``taylor``, ``l1``, ...: --importance), ``T2`` (--temperature 2)."""
     from edgecompress.config import IMPORTANCES, PruneConfig
     from edgecompress.sensitivity import ratios_up_to
