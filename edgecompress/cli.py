@@ -274,9 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", nargs="?", help="zoo name or file.py:factory (default: the shipped resnet20)")
     s.add_argument("--weights")
     s.add_argument("--data", help="fashion-mnist (default), IDX directory or FILE.npz (its validation split is used)")
-    s.add_argument("--ratios", type=lambda v: [float(x) for x in v.split(",")], default=[0.25, 0.5, 0.75, 0.9],
-                   help="channel fractions to remove per group (default 0.25,0.5,0.75,0.9: up to the 90%% that "
-                        "export's pruner lets a layer lose, so --allocation sensitivity can use its whole range)")
+    s.add_argument("--ratios", type=lambda v: [float(x) for x in v.split(",")],
+                   help="channel fractions to remove per group (default 0.25,0.5,0.75 and the 90%% that export's "
+                        "pruner lets a layer lose, so --allocation sensitivity can use its whole range)")
     s.add_argument("--importance", default="l2")
     s.add_argument("--max-eval", type=int, default=2000, help="validation samples to score (default 2000)")
     s.add_argument("--out", default="sensitivity", help="directory for sensitivity.json/.md/.png")
@@ -294,7 +294,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     from edgecompress.models import load_model
     from edgecompress.sensitivity import SensitivityConfig, sensitivity, write_outputs
 
-    if any(not 0 < r < 1 for r in args.ratios):
+    if args.ratios and any(not 0 < r < 1 for r in args.ratios):
         raise ConfigError(f"--ratios {args.ratios}: each must be in (0, 1)")
     splits = load_splits(args.data, None, input_shape=None, seed=0)
     lm = load_model(ModelConfig(name=args.model, weights=args.weights), data_shape=tuple(splits.val.x.shape[1:]))
@@ -303,8 +303,9 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 
     val = splits.val.take(np.arange(min(args.max_eval, len(splits.val))), splits.val.source)
 
-    res = sensitivity(lm.model, torch.zeros(lm.input_shape), val,
-                      SensitivityConfig(ratios=tuple(args.ratios), importance=args.importance),
+    ratios = tuple(args.ratios) if args.ratios else SensitivityConfig().ratios  # default: to export's layer cap
+    cfg = SensitivityConfig(ratios=ratios, importance=args.importance)
+    res = sensitivity(lm.model, torch.zeros(lm.input_shape), val, cfg,
                       progress=lambda m: print(f"edgecompress: {m}", file=sys.stderr, flush=True))
     for p in write_outputs(res, Path(args.out)):
         print(p)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from edgecompress.config import PruneConfig
 from edgecompress.data import Dataset
 from edgecompress.io import atomic_write, atomic_write_text
 
@@ -34,7 +35,7 @@ def ratios_up_to(cap: float, base: tuple[float, ...] = BASE_RATIOS) -> tuple[flo
 
 @dataclass(frozen=True, kw_only=True)
 class SensitivityConfig:
-    ratios: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9)  # ratios_up_to(PruneConfig().max_layer_ratio)
+    ratios: tuple[float, ...] = ratios_up_to(PruneConfig().max_layer_ratio)  # (0.25, 0.5, 0.75, 0.9)
     importance: str = "l2"
     round_to: int = 1
 
