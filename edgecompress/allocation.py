@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -66,8 +66,19 @@ def allocate(curves: dict[str, tuple[list[float], list[float]]], budget: float, 
     return {g: min(cap, ratio_for_budget(r, d, budget)) for g, (r, d) in curves.items()}
 
 
+class TableMatch(NamedTuple):
+    """The table matched to a model's prunable groups: ``curves`` by this model's group roots;
+    ``inherited``: new root -> the table group (root gone with a dropped block) whose curve it took;
+    ``missing``: roots with no curve in the table (left whole: not measured, or more than one
+    table group could be theirs)."""
+
+    curves: dict[str, tuple[list[float], list[float]]]
+    inherited: dict[str, str]
+    missing: list[str]
+
+
 def table_curves_for(model: nn.Module, example: torch.Tensor, ignored: list[nn.Module],
-                     table: dict[str, Any]) -> dict[str, tuple[list[float], list[float]]]:
+                     table: dict[str, Any]) -> TableMatch:
     """The table's drop curves keyed by the root layers of *this* model's prunable groups.
 
     Torch-Pruning takes a group's ratio from its root only (the first layer of the group), and a
@@ -85,15 +96,17 @@ def table_curves_for(model: nn.Module, example: torch.Tensor, ignored: list[nn.M
     curves = drop_curves(table)
     members = {r["group"]: set(r.get("members") or ()) for r in table["rows"]}
     orphans = [g for g in curves if g not in roots]  # table groups whose root this model does not prune
-    out = {}
+    out, inherited, missing = {}, {}, []
     for root in roots:
         if root in curves:
             out[root] = curves[root]
+            continue
+        heirs = [g for g in orphans if root in members[g]]
+        if len(heirs) == 1:
+            out[root], inherited[root] = curves[heirs[0]], heirs[0]
         else:
-            heirs = [g for g in orphans if root in members[g]]
-            if len(heirs) == 1:
-                out[root] = curves[heirs[0]]
-    return out
+            missing.append(root)
+    return TableMatch(out, inherited, missing)
 
 
 def prune_by_sensitivity(model: nn.Module, example: torch.Tensor, cfg, ignored: list[nn.Module], done, table,
@@ -104,7 +117,8 @@ def prune_by_sensitivity(model: nn.Module, example: torch.Tensor, cfg, ignored: 
     from edgecompress.prune import _accumulate_taylor_grads, _importance, group_aware_pruner
 
     names = {m: n for n, m in model.named_modules()}
-    curves = table_curves_for(model, example, ignored, table)
+    match = table_curves_for(model, example, ignored, table)
+    curves = match.curves
     if not curves:
         raise BadInput("the sensitivity table names no prunable layer of this model (measured on another model?); "
                        "re-run `edgecompress sensitivity MODEL` or drop --sensitivity to measure it here")
@@ -163,10 +177,18 @@ def prune_by_sensitivity(model: nn.Module, example: torch.Tensor, cfg, ignored: 
                 lo_b = mid
     m, ratios, _ = best
     ratios = {g: ratios.get(g, 0.0) for g in curves}  # groups the budget left whole: 0
-    return m, float(np.mean(list(ratios.values()))), True, _record(ratios, hi_b, table)
+    return m, float(np.mean(list(ratios.values()))), True, _record(ratios, hi_b, table, match)
 
 
-def _record(ratios: dict[str, float], budget: float, table: dict[str, Any]) -> dict[str, Any]:
+def _record(ratios: dict[str, float], budget: float, table: dict[str, Any], match: TableMatch) -> dict[str, Any]:
     return {"method": "sensitivity", "drop_budget_points": round(budget, 4),
             "base_top1": table.get("base_top1"), "table_importance": table.get("importance"),
-            "group_ratios": {g: round(r, 4) for g, r in ratios.items()}}
+            "group_ratios": {g: round(r, 4) for g, r in ratios.items()},
+            "inherited_curves": match.inherited, "groups_without_curve": match.missing}
+
+
+def missing_warning(missing: list[str]) -> str:
+    """The manifest's warning when the table had no curve for some of the pruned model's groups."""
+    return (f"the sensitivity table has no curve for {len(missing)} prunable group(s) ({', '.join(missing[:4])}"
+            f"{', ...' if len(missing) > 4 else ''}): they were left whole and the others thinned to make up for it; "
+            "measure the table on this model (`edgecompress sensitivity`, or drop --sensitivity)")

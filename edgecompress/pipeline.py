@@ -186,7 +186,7 @@ def _compress(c: _Ctx) -> None:
         macs0 = prune.count_macs_params(teacher, c.example)[0]
         if p.allocation == "sensitivity" and p.sensitivity is None:  # no --sensitivity FILE: measure it here
             p = replace(p, sensitivity=str(_sensitivity_table(c)))
-        student, history, allocations = teacher, [], []
+        student, history, allocations, prune_warnings = teacher, [], [], []
         quant_planned = any(s in plan for s in ("ptq", "dynamic", "qat"))
         for step in range(1, p.steps + 1):
             # iterative schedule: step i brings the MACs to (1 - ratio * i / steps) of the original
@@ -199,6 +199,11 @@ def _compress(c: _Ctx) -> None:
                              **calib)
             student = pr.model
             allocations.append(pr.allocation)
+            if pr.allocation.get("groups_without_curve"):
+                from edgecompress.allocation import missing_warning
+
+                prune_warnings.append(missing_warning(pr.allocation["groups_without_curve"]))
+                c.log(f"warning: {prune_warnings[-1]}")
             if step == 1:
                 dropped = pr.dropped_blocks
             after_prune = top1(student, splits.eval) if labelled else None
@@ -233,7 +238,8 @@ def _compress(c: _Ctx) -> None:
         c.stage_results["prune"] = pr.summary() | {"importance": p.importance, "allocation": p.allocation,
                                                     "round_to": p.round_to, "steps": p.steps,
                                                     "macs_target": p.macs_target, "target_params": p.target_params,
-                                                    "target_latency_ms": p.target_latency_ms}
+                                                    "target_latency_ms": p.target_latency_ms,
+                                                    **({"warnings": prune_warnings} if prune_warnings else {})}
         c.log(f"pruned: MACs {pr.macs_before:,} -> {pr.macs_after:,} ({1 - pr.macs_after / pr.macs_before:.1%} "
               f"removed), params {pr.params_before:,} -> {pr.params_after:,}")
         if history:
@@ -442,7 +448,8 @@ def _finish(c: _Ctx) -> RunResult:
     _evaluate(c)
     _benchmark(c)
     failures = [g["name"] for g in c.gates if not g["passed"]]
-    warnings_: list[str] = list(c.stage_results.get("quantize", {}).get("settings", {}).get("warnings", []))
+    warnings_: list[str] = [*c.stage_results.get("prune", {}).get("warnings", []),
+                            *c.stage_results.get("quantize", {}).get("settings", {}).get("warnings", [])]
     int8 = c.arts.get("int8")
     if int8 is not None:
         if failures and int8["path"] == "int8.onnx":

@@ -1,6 +1,7 @@
 """--allocation sensitivity: per-group ratios from a sensitivity table."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -141,6 +142,37 @@ def test_export_measures_the_table_on_the_validation_split_and_records_the_ratio
     assert m["artifacts"]["pruned"]["macs"] <= 0.6 * m["artifacts"]["original"]["macs"]
 
 
+def test_groups_the_table_does_not_cover_are_recorded_and_warned_about(tmp_path):
+    """A table measured on another version of the model can miss a group: that group is left whole
+    (and the others thinned harder), so the manifest must say which and how to fix it."""
+    from edgecompress.config import BenchConfig, DataConfig, DistillConfig, ModelConfig, QuantConfig
+    from edgecompress.pipeline import run
+
+    from .conftest import make_npz
+
+    base = RunConfig(model=ModelConfig(name="resnet8-tiny", num_classes=4),
+                     data=DataConfig(data=str(make_npz(tmp_path / "d.npz", n=300)), max_eval=60, val_fraction=0.2),
+                     prune=PruneConfig(ratio=0.3, round_to=2, allocation="sensitivity"),
+                     distill=DistillConfig(epochs=0), quant=QuantConfig(mode="none"),
+                     bench=BenchConfig(runs=3, warmup=1), out=str(tmp_path / "full"))
+    assert run(base, log=lambda m: None).exit_code == 0
+    full = json.loads((tmp_path / "full" / "sensitivity.json").read_text())
+    assert json.loads((tmp_path / "full" / "manifest.json").read_text())["warnings"] == []
+    left_out = full["rows"][0]["group"]
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps(full | {"rows": [r for r in full["rows"] if r["group"] != left_out]}))
+    lines: list[str] = []
+    cfg = replace(base, prune=replace(base.prune, sensitivity=str(partial)), out=str(tmp_path / "partial"))
+    assert run(cfg, log=lines.append).exit_code == 0
+    m = json.loads((tmp_path / "partial" / "manifest.json").read_text())
+    alloc = m["stage_results"]["prune"]["sensitivity_allocation"]
+    assert alloc["groups_without_curve"] == [left_out] and left_out not in alloc["group_ratios"]
+    assert alloc["inherited_curves"] == {}
+    assert len(m["warnings"]) == 1 and left_out in m["warnings"][0] and "edgecompress sensitivity" in m["warnings"][0]
+    assert any(line.startswith("warning:") and left_out in line for line in lines)
+    assert m["artifacts"]["pruned"]["macs"] <= 0.7 * m["artifacts"]["original"]["macs"]  # the target is still met
+
+
 def test_cli_flags_reach_the_config(capsys):
     from edgecompress.cli import main
 
@@ -167,8 +199,10 @@ def test_a_group_whose_root_was_dropped_gets_the_tables_curve():
     measured = {r["group"] for r in table["rows"]}
     assert "features.6.conv.2.0" in measured and "features.4.conv.2.0" not in measured  # the stage's root: its last block
     model.features[5], model.features[6] = nn.Identity(), nn.Identity()  # what --drop-blocks does to two blocks
-    curves = table_curves_for(model, x, output_layers(model, x), table)
+    match = table_curves_for(model, x, output_layers(model, x), table)
+    curves = match.curves
     assert curves["features.4.conv.2.0"] == drop_curves(table)["features.6.conv.2.0"]
+    assert match.inherited == {"features.4.conv.2.0": "features.6.conv.2.0"} and match.missing == []
     assert "features.6.conv.2.0" not in curves and "features.5.conv.1.0" not in curves  # gone with their blocks
     assert {g for g in measured if not g.startswith(("features.5.", "features.6."))} <= set(curves)
 
