@@ -296,6 +296,12 @@ def round_robin(paths: list[Path | str], *, threads: int = 1, batch: int = 1, ro
     return out
 
 
+def over_rounds(rounds: list[Latency]) -> tuple[float, float]:
+    """(p50, p90) in ms of one file over the rounds of :func:`round_robin`: the medians of its
+    rounds' p50s and p90s (one round's hiccup moves neither)."""
+    return statistics.median(lat.p50_ms for lat in rounds), statistics.median(lat.p90_ms for lat in rounds)
+
+
 def round_robin_p50(paths: list[Path | str], **kw: Any) -> list[float]:
-    """p50 latency (ms) per file: the median of its p50s over the rounds of :func:`round_robin`."""
-    return [statistics.median(lat.p50_ms for lat in rounds) for rounds in round_robin(paths, **kw)]
+    """p50 latency (ms) per file over the rounds of :func:`round_robin` (see :func:`over_rounds`)."""
+    return [over_rounds(rounds)[0] for rounds in round_robin(paths, **kw)]

@@ -85,9 +85,7 @@ def _compare(paths: list[Path], args: argparse.Namespace) -> int:
     every file (``--runs`` / rounds runs) in a shuffled order, so that the machine's drift hits
     all files alike; each file's p50/p90 is the median over the rounds, and speed-up and size are
     ratios to the first file."""
-    import statistics
-
-    from edgecompress.bench import cpu_info, file_bytes, measure_latency, profile_ops, round_robin
+    from edgecompress.bench import cpu_info, file_bytes, measure_latency, over_rounds, profile_ops, round_robin
 
     sizes = [file_bytes(p) for p in paths]
     shape = tuple(args.input_shape) if args.input_shape else None
@@ -100,8 +98,8 @@ def _compare(paths: list[Path], args: argparse.Namespace) -> int:
         for b in args.batch:
             lat = round_robin(paths, threads=t, batch=b, rounds=args.rounds, runs=per_visit, warmup=args.warmup,
                               input_shape=shape)
-            p50 = [statistics.median(x.p50_ms for x in rounds) for rounds in lat]
-            files = [{"model": str(p), "p50_ms": p50[i], "p90_ms": statistics.median(x.p90_ms for x in lat[i]),
+            p50, p90 = zip(*(over_rounds(rounds) for rounds in lat), strict=True)
+            files = [{"model": str(p), "p50_ms": p50[i], "p90_ms": p90[i],
                       "speedup": p50[0] / p50[i] if p50[i] > 0 else float("inf"),
                       "throughput_per_s": b * 1e3 / p50[i] if p50[i] > 0 else float("inf")}
                      for i, p in enumerate(paths)]  # fmt: skip

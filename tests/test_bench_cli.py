@@ -180,6 +180,16 @@ def test_compare_mode_times_files_side_by_side_as_ratios_to_the_first(tmp_path, 
         assert 0 < b["p50_ms"] <= b["p90_ms"] and b["throughput_per_s"] == pytest.approx(r["batch"] * 1e3 / b["p50_ms"])
 
 
+def test_one_rounds_hiccup_moves_neither_the_p50_nor_the_p90():
+    from edgecompress.bench import Latency, over_rounds
+
+    def lat(p50: float, p90: float) -> Latency:
+        return Latency(1, 1, 10, p50, p90, p50, p50, 1e3 / p50)
+
+    assert over_rounds([lat(1.0, 1.2), lat(9.0, 30.0), lat(1.1, 1.3)]) == (1.1, 1.3)  # the middle round stalled
+    assert over_rounds([lat(2.0, 2.5)]) == (2.0, 2.5)
+
+
 def test_compare_mode_table(tmp_path, capsys):
     a, b = cnn(tmp_path / "a.onnx", hidden=8), cnn(tmp_path / "b.onnx", hidden=16)
     rc, out, err = _bench(capsys, str(a), str(b), "--runs", "4", "--rounds", "2", "--warmup", "1", "--profile")
