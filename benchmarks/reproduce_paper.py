@@ -83,7 +83,8 @@ def _long_cell(v: str) -> tuple[str | None, float, int | None, float | None, int
     vgg7-small=0.8@48: that teacher only. Options (as edgecompress export's flags): ``sens``
     (--allocation sensitivity, the table measured on the validation split up to the pruner's
     90% cap, as export measures it; ``sens75``: session 7's table, to 75%), an importance
-    (``taylor``, ``l1``, ...: --importance), ``T2`` (--temperature 2)."""
+    (``taylor``, ``l1``, ...: --importance), ``T2`` (--temperature 2), ``noaug`` (--kd-augment-shift 0
+    --no-kd-augment-flip: KD on the training images as they are)."""
     from edgecompress.config import IMPORTANCES, PruneConfig
     from edgecompress.sensitivity import ratios_up_to
 
@@ -99,9 +100,11 @@ def _long_cell(v: str) -> tuple[str | None, float, int | None, float | None, int
             opts["importance"] = o
         elif o.startswith("T"):
             opts["temperature"] = float(o[1:])
+        elif o == "noaug":  # KD on the training images as they are: no random shift or flip
+            opts["augment"] = "off"
         else:
             raise SystemExit(f"--long-ratios: unknown cell option ~{o} in {v}; use sens, sens75, an importance "
-                             f"({', '.join(IMPORTANCES)}) or T<temperature>")
+                             f"({', '.join(IMPORTANCES)}), T<temperature> or noaug")
     model, _, v = v.rpartition("=")
     v, _, tp = v.partition("+")
     v, _, rt = v.partition("/")
@@ -121,6 +124,8 @@ def _recipe(key: dict[str, Any]) -> str:
         parts.append(f"{key['importance']} importance")
     if key.get("temperature") is not None:
         parts.append(f"T={key['temperature']:g}")
+    if key.get("augment") == "off":
+        parts.append("no augmentation")
     return ", ".join(parts)
 
 
@@ -283,8 +288,9 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
     def kd(key):
         pr = pruned(key)
         s = copy.deepcopy(pr.model)
-        dr = distill(s, t.model, t.splits.train, DistillConfig(epochs=key["epochs"], temperature=key.get("temperature", 4.0)), seed=0,
-                     desc=f"kd {key['ratio']:.0%}")
+        aug = {"augment_shift": 0, "augment_flip": False} if key.get("augment") == "off" else {}
+        dcfg = DistillConfig(epochs=key["epochs"], temperature=key.get("temperature", 4.0), **aug)
+        dr = distill(s, t.model, t.splits.train, dcfg, seed=0, desc=f"kd {key['ratio']:.0%}")
         f = export_fp32(s, t.x, files.path(key, "fp32"))
         q = ptq_int8(f, files.path(key, "int8"), t.calib)
         m32, m8 = onnx_metrics(f, t.test), onnx_metrics(q, t.test)
