@@ -202,8 +202,10 @@ def _compress(c: _Ctx) -> None:
             if pr.allocation.get("groups_without_curve"):
                 from edgecompress.allocation import missing_warning
 
-                prune_warnings.append(missing_warning(pr.allocation["groups_without_curve"]))
-                c.log(f"warning: {prune_warnings[-1]}")
+                w = missing_warning(pr.allocation["groups_without_curve"])
+                if w not in prune_warnings:  # an iterative schedule meets the same groups at every step
+                    prune_warnings.append(w)
+                    c.log(f"warning: {w}")
             if step == 1:
                 dropped = pr.dropped_blocks
             after_prune = top1(student, splits.eval) if labelled else None
