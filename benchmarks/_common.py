@@ -22,7 +22,7 @@ def cache_path(kind: str, key: dict[str, Any]) -> Path:
 
 
 def cached(kind: str, key: dict[str, Any], compute: Callable[[], dict[str, Any]], *, fresh: bool = False) -> dict[str, Any]:
-    from edgecompress.io import atomic_write_text
+    from edgecompress.files import atomic_write_text
 
     CACHE.mkdir(parents=True, exist_ok=True)
     p = cache_path(kind, key)
@@ -58,9 +58,9 @@ class Files:
 def onnx_metrics(path: Path, test=None) -> dict[str, Any]:
     """Finalizes ``path`` (as the pipeline does for what it ships) and returns what a cell records
     about it: file (relative to the repo), bytes, sha256, int8_op_fraction, and top1 on ``test``."""
-    from edgecompress.bench import file_bytes, kernel_report, make_session, run_batched
     from edgecompress.export import finalize_onnx
-    from edgecompress.io import sha256_file
+    from edgecompress.files import sha256_file
+    from edgecompress.runtime import file_bytes, kernel_report, make_session, run_batched
 
     finalize_onnx(path, {})  # strip debug info as the pipeline does for what it ships
     row = {"file": str(path.relative_to(ROOT)), "bytes": file_bytes(path), "sha256": sha256_file(path),
@@ -77,8 +77,8 @@ def shipped_sizes(rel: str) -> dict[str, int]:
     (computed in memory; names do not change what onnxruntime runs)."""
     import onnx
 
-    from edgecompress.bench import file_bytes
     from edgecompress.export import compact_graph_names, finalize_onnx
+    from edgecompress.runtime import file_bytes
 
     path = ROOT / rel
     finalize_onnx(path, {})
@@ -108,7 +108,7 @@ def ptq_int8_latency_aware(fp32: Path, out: Path, calib) -> dict[str, Any]:
     """edgecompress PTQ with --latency-aware-int8 (decided on this machine, 1 thread, batch 1; its
     FP32 layers store int8 weights, the default); returns what a cell records of the decision."""
     from edgecompress.config import QuantConfig
-    from edgecompress.quant_speed import latency_aware_ptq
+    from edgecompress.quantize import latency_aware_ptq
 
     cfg = QuantConfig(latency_aware=True)
     _, rec = latency_aware_ptq(fp32, out, calib, cfg, log=lambda m: print(f"    {m}", flush=True))
@@ -122,8 +122,8 @@ def latency_round_robin(files: Iterable[str], *, runs: int, rounds: int, kind: s
     visiting every file once in a shuffled order (a fresh onnxruntime session per visit, 1 thread,
     batch 1, ``runs // rounds`` timed runs), so drifts and periodic noise hit files alike. Cached
     as ``kind`` keyed by the files' sha256s, runs, rounds and ``key_extra``; ``fresh`` re-measures."""
-    from edgecompress.bench import round_robin_p50
-    from edgecompress.io import sha256_file
+    from edgecompress.files import sha256_file
+    from edgecompress.runtime import round_robin_p50
 
     shas = sorted((sha256_file(ROOT / f), f) for f in set(files))
     key = {"files": [s for s, _ in shas], "runs": runs, "rounds": rounds} | key_extra

@@ -36,14 +36,14 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from edgecompress.bench import file_bytes, make_session, measure_latency, run_batched
     from edgecompress.config import DistillConfig, ExportOnnxConfig, ModelConfig, PruneConfig, QuantConfig
     from edgecompress.data import DEBIAN_FASHION_MNIST, load_fashion_mnist
-    from edgecompress.distill import distill
     from edgecompress.export import export_onnx
     from edgecompress.models import load_model
     from edgecompress.prune import prune
     from edgecompress.quantize import quantize_ptq
+    from edgecompress.runtime import file_bytes, make_session, measure_latency, run_batched
+    from edgecompress.train.distill import distill
 
     torch.set_num_threads(2)
     train = load_fashion_mnist(DEBIAN_FASHION_MNIST, "train")
@@ -81,7 +81,8 @@ def main() -> None:
                     alpha = 0.0 if variant == "ce" else 0.9
                     distill(student, teacher, train, DistillConfig(epochs=args.epochs, alpha=alpha), seed=0)
                 if variant == "qat+kd":
-                    from edgecompress.qat import QatConfig, export_qat_onnx, qat
+                    from edgecompress.config import QatConfig
+                    from edgecompress.quantize.qat import export_qat_onnx, qat
 
                     res = qat(student, teacher, train, x1, QatConfig(epochs=args.epochs), seed=0)
                     with tempfile.TemporaryDirectory() as d:

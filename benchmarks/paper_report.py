@@ -158,7 +158,7 @@ def analysis(path: Path) -> dict[str, str]:
 
 def render(rows: list[dict[str, Any]], md_path: Path, results: Path, meta: dict[str, str],
            notes: Path | None = None) -> None:
-    from edgecompress.io import atomic_write_text
+    from edgecompress.files import atomic_write_text
 
     why = analysis(notes) if notes else {}
 

@@ -80,10 +80,10 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from edgecompress.bench import measure_latency
     from edgecompress.config import PruneConfig
+    from edgecompress.models.zoo import create_model
     from edgecompress.prune import count_macs_params, prune
-    from edgecompress.zoo import create_model
+    from edgecompress.runtime import measure_latency
 
     torch.set_num_threads(2)
     rows, originals = [], {}

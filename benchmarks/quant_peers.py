@@ -14,7 +14,7 @@ which adds top-1 on the 10k test split: calibration on 256 training images, accu
 variants validated on the validation part of the training split (as the pipeline splits it),
 never on the test split.
 
-Latency: edgecompress.bench.measure_latency, 1 thread, batch 1. Because the machine is shared,
+Latency: edgecompress.runtime.measure_latency, 1 thread, batch 1. Because the machine is shared,
 the variants of a model are measured interleaved: ``--rounds`` rounds, each measuring every
 variant with runs/rounds timed runs; a variant's p50 is the median of its per-round p50s.
 Variants whose files are byte-identical (e.g. accuracy-aware PTQ that kept nothing in FP32)
@@ -76,7 +76,7 @@ class Setup:
         import numpy as np
         import torch
 
-        from edgecompress.zoo import create_model
+        from edgecompress.models.zoo import create_model
 
         self.name = name
         rng = np.random.default_rng(0)
@@ -91,7 +91,7 @@ class Setup:
         elif name == "resnet20":
             from edgecompress.config import ModelConfig
             from edgecompress.data import load_splits
-            from edgecompress.io import sha256_file
+            from edgecompress.files import sha256_file
             from edgecompress.models import load_model
 
             weights = ROOT / "models" / "resnet20.pt"
@@ -115,7 +115,7 @@ class Setup:
 
 
 def _top1(path: Path, data) -> float:
-    from edgecompress.bench import make_session, run_batched
+    from edgecompress.runtime import make_session, run_batched
 
     x, y = data
     return float((run_batched(make_session(path, threads=1), x).argmax(1) == y).mean())
@@ -131,7 +131,7 @@ def _ort_defaults(fp32: Path, out: Path, calib) -> dict[str, Any]:
     from onnxruntime.quantization import quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from edgecompress.io import atomic_write
+    from edgecompress.files import atomic_write
     from edgecompress.quantize import ArrayReader
 
     name = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).get_inputs()[0].name
@@ -190,7 +190,7 @@ def build_variant(s: Setup, v: str, fp32: Path, out: Path, args) -> dict[str, An
         return {"settings": f"QDQ, per-channel={st['per_channel']}, {st['method']}, act {st['activation_type']}, "
                             f"w {st['weight_type']}, reduce_range={st['reduce_range']} (target {st['target']})"}
     if v == "ec_acc":
-        from edgecompress.quant_fallback import accuracy_aware_ptq
+        from edgecompress.quantize import accuracy_aware_ptq
 
         _, rec = accuracy_aware_ptq(fp32, out, s.calib, *s.val, QuantConfig(), args.max_drop)
         return {"settings": f"max_drop {args.max_drop} pts on {len(s.val[0])} validation images",
@@ -198,7 +198,7 @@ def build_variant(s: Setup, v: str, fp32: Path, out: Path, args) -> dict[str, An
                 "notes": f"{len(rec['fp32_nodes'])} compute nodes kept FP32; validation drop "
                          f"{rec['steps'][-1]['val_drop']:.2f} pts"}  # fmt: skip
     if v in ("inc", "inc_tuned"):
-        from edgecompress.inc_backend import quantize_inc
+        from edgecompress.quantize.inc import quantize_inc
 
         kw = {"autotune_eval": _torch_top1(s.val), "max_drop": args.max_drop} if v == "inc_tuned" else {}
         r = quantize_inc(s.model, s.x, s.calib, out, **kw)
@@ -225,7 +225,7 @@ def build_variant(s: Setup, v: str, fp32: Path, out: Path, args) -> dict[str, An
 def latency_interleaved(files: dict[str, Path], shas: dict[str, str], runs: int, rounds: int) -> dict[str, Any]:
     """Round-robin over the distinct files (a variant whose file is byte-identical to an earlier
     one shares its measurement)."""
-    from edgecompress.bench import measure_latency
+    from edgecompress.runtime import measure_latency
 
     per = max(1, runs // rounds)
     first = {}
@@ -244,8 +244,8 @@ def latency_interleaved(files: dict[str, Path], shas: dict[str, str], runs: int,
 
 
 def run_model(name: str, wanted: list[str], versions: dict[str, str], args) -> list[dict[str, Any]]:
-    from edgecompress.bench import file_bytes, kernel_report
-    from edgecompress.io import sha256_file
+    from edgecompress.files import sha256_file
+    from edgecompress.runtime import file_bytes, kernel_report
 
     rows: list[dict[str, Any]] = []
     s = Setup(name, args)
@@ -325,7 +325,7 @@ def main() -> None:
         args.runs, args.rounds = 20, 2
     os.environ.setdefault("HABANA_LOGS", str(CACHE / "inc-logs"))
 
-    from edgecompress.bench import cpu_info
+    from edgecompress.runtime import cpu_info
 
     wanted = [v for v in args.variants.split(",") if v]
     unknown = set(wanted) - set(LABELS)

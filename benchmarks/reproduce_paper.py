@@ -85,8 +85,10 @@ def _long_cell(v: str) -> tuple[str | None, float, int | None, float | None, int
     90% cap, as export measures it; ``sens75``: session 7's table, to 75%), an importance
     (``taylor``, ``l1``, ...: --importance), ``T2`` (--temperature 2), ``noaug`` (--kd-augment-shift 0
     --no-kd-augment-flip: KD on the training images as they are)."""
-    from edgecompress.config import IMPORTANCES, PruneConfig
-    from edgecompress.sensitivity import ratios_up_to
+    from edgecompress.config import Importance, PruneConfig
+    from edgecompress.prune.sensitivity import ratios_up_to
+
+    IMPORTANCES = [i.value for i in Importance]  # noqa: N806
 
     v, *options = v.split("~")
     opts: dict[str, Any] = {}
@@ -160,7 +162,7 @@ class Teacher:
 
         from edgecompress.config import ModelConfig
         from edgecompress.data import load_splits
-        from edgecompress.io import sha256_file
+        from edgecompress.files import sha256_file
         from edgecompress.models import load_model
 
         w = ROOT / "models" / f"{name}.pt"
@@ -180,12 +182,12 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
     import torch
 
     from edgecompress.config import DistillConfig, PruneConfig
-    from edgecompress.distill import distill
     from edgecompress.prune import count_macs_params, prune
+    from edgecompress.train.distill import distill
 
     t = Teacher(name, args)
     files = Files(f"paper/{name}")
-    from edgecompress.depth import residual_blocks
+    from edgecompress.prune.depth import residual_blocks
 
     # the depth plan where the model has residual blocks to drop (a plain VGG chain has none)
     n_blocks = len(residual_blocks(t.model, t.x))
@@ -199,8 +201,8 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
         cached (None: session 7's table, to 75%, in sensitivity.json)."""
         import numpy as np
 
-        from edgecompress.io import atomic_write_text
-        from edgecompress.sensitivity import SensitivityConfig, sensitivity
+        from edgecompress.files import atomic_write_text
+        from edgecompress.prune.sensitivity import SensitivityConfig, sensitivity
 
         ratios = ratios or SENS75
         path = files.dir / ("sensitivity.json" if ratios == SENS75 else
@@ -256,7 +258,7 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
         return onnx_metrics(out, t.test) | struct(t.model)
 
     def inc(key):
-        from edgecompress.inc_backend import quantize_inc
+        from edgecompress.quantize.inc import quantize_inc
 
         out = files.path(key, "int8")
         quantize_inc(t.model, t.x, t.calib, out)
@@ -299,7 +301,7 @@ def accuracy_track(name: str, args) -> list[dict[str, Any]]:
 
     def qat_kd(key):
         from edgecompress.config import QatConfig
-        from edgecompress.qat import export_qat_onnx, qat
+        from edgecompress.quantize.qat import export_qat_onnx, qat
 
         pr = pruned(key)
         res = qat(pr.model, t.model, t.splits.train, t.x, QatConfig(epochs=key["epochs"]), seed=0,
@@ -409,8 +411,8 @@ def latency_track(name: str, args) -> list[dict[str, Any]]:
     import torch
 
     from edgecompress.config import PruneConfig
+    from edgecompress.models.zoo import create_model
     from edgecompress.prune import count_macs_params, prune
-    from edgecompress.zoo import create_model
 
     torch.manual_seed(0)
     model = create_model(name, num_classes=1000, in_chans=3).eval()
@@ -518,7 +520,7 @@ def main() -> None:
     args.methods = args.methods.split(",")
     args.long_models = [m for m in args.long_models.split(",") if m]
 
-    from edgecompress.io import atomic_write_text
+    from edgecompress.files import atomic_write_text
 
     out = RESULTS / "paper.json"
     if args.report_only:

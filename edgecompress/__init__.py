@@ -7,30 +7,37 @@ Python API (keyword-only, typed)::
     res = compress(RunConfig(prune=PruneConfig(ratio=0.5), out="out"))
     model = load_pruned("out/pruned.pt")
 
-Heavy libraries (torch, torch-pruning, onnxruntime.quantization) are imported lazily.
+The names are resolved when first used (PEP 562), so ``import edgecompress`` loads nothing, and
+the torch-free commands (``bench``, ``predict``) load only the runtime layer.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
-
-from edgecompress.config import (
-    BenchConfig,
-    DataConfig,
-    DistillConfig,
-    ExportOnnxConfig,
-    ModelConfig,
-    PruneConfig,
-    QuantConfig,
-    RunConfig,
-    VerifyConfig,
-)
-from edgecompress.errors import BadInput, ConfigError, EdgeCompressError, GateFailed
 
 if TYPE_CHECKING:
     import torch.nn as nn
 
+    from edgecompress.config import (
+        BenchConfig,
+        DataConfig,
+        DistillConfig,
+        ExportOnnxConfig,
+        ModelConfig,
+        PruneConfig,
+        QuantConfig,
+        RunConfig,
+        VerifyConfig,
+    )
+    from edgecompress.errors import BadInput, ConfigError, EdgeCompressError, GateFailed
     from edgecompress.pipeline import RunResult
+
+_LAZY = {
+    **{n: "edgecompress.config" for n in ("BenchConfig", "DataConfig", "DistillConfig", "ExportOnnxConfig",
+                                          "ModelConfig", "PruneConfig", "QuantConfig", "RunConfig", "VerifyConfig")},
+    **{n: "edgecompress.errors" for n in ("BadInput", "ConfigError", "EdgeCompressError", "GateFailed")},
+}
 
 __all__ = [
     "BadInput", "BenchConfig", "ConfigError", "DataConfig", "DistillConfig", "EdgeCompressError",
@@ -39,8 +46,15 @@ __all__ = [
 ]  # fmt: skip
 
 
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'edgecompress' has no attribute {name!r}")
+
+
 def compress(cfg: RunConfig | None = None, **kwargs: Any) -> RunResult:
     """Runs the whole pipeline; returns the result record (out_dir, manifest, exit_code)."""
+    from edgecompress.config import RunConfig
     from edgecompress.pipeline import run
 
     return run(cfg or RunConfig(), **kwargs)
@@ -48,6 +62,6 @@ def compress(cfg: RunConfig | None = None, **kwargs: Any) -> RunResult:
 
 def load_pruned(path: str, *, factory: str | None = None) -> nn.Module:
     """Rebuilds a pruned model from ``pruned.pt`` without unpickling arbitrary objects."""
-    from edgecompress.checkpoint import load_pruned as _load
+    from edgecompress.models.pruned import load_pruned as _load
 
     return _load(path, factory=factory)

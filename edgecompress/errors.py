@@ -25,3 +25,10 @@ class GateFailed(EdgeCompressError):
     """A verification gate (parity, INT8 agreement, accuracy drop) failed."""
 
     exit_code = 1
+
+
+def one_line(e: BaseException, limit: int = 240) -> str:
+    """The first line of an exception's message (its type name when it has none), for the
+    one-line errors the CLI prints."""
+    s = str(e).strip()
+    return s.splitlines()[0][:limit] if s else type(e).__name__

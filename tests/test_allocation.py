@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from edgecompress.allocation import allocate, drop_curves, load_table, ratio_for_budget
 from edgecompress.config import PruneConfig, RunConfig
 from edgecompress.data import Dataset
 from edgecompress.errors import BadInput, ConfigError
 from edgecompress.prune import prune
-from edgecompress.sensitivity import SensitivityConfig, ratios_up_to, sensitivity
+from edgecompress.prune.allocation import allocate, drop_curves, load_table, ratio_for_budget
+from edgecompress.prune.sensitivity import SensitivityConfig, ratios_up_to, sensitivity
 
 X = torch.zeros(1, 1, 16, 16)
 
@@ -187,10 +187,10 @@ def test_cli_flags_reach_the_config(capsys):
 def test_a_group_whose_root_was_dropped_gets_the_tables_curve():
     """After depth pruning, a residual stage's coupled group can lose its (full-model) root with the
     dropped block; the table still measured that group, and its new root is one of its members."""
-    from edgecompress.allocation import table_curves_for
     from edgecompress.config import ModelConfig
     from edgecompress.models import load_model
     from edgecompress.prune import output_layers
+    from edgecompress.prune.allocation import table_curves_for
 
     model = load_model(ModelConfig(name="mobilenetv2-small"), data_shape=(1, 28, 28)).model.eval()
     x = torch.zeros(1, 1, 28, 28)

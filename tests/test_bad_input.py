@@ -638,8 +638,8 @@ def _disk_full_run(tmp_path, monkeypatch, capsys, patch_modules, fake) -> str:
 
 
 def test_disk_full_atomic_write_raises(tmp_path, monkeypatch, capsys):
-    import edgecompress.io
-    from edgecompress import export  # imported first: it keeps the real atomic_write, so original.onnx
+    from edgecompress import files
+    from edgecompress.export import onnx_export  # imported first: it keeps the real atomic_write, so original.onnx
     # is written into the staging dir and the next write (its metadata stamp) hits the full disk
 
     calls: list[Path] = []
@@ -648,17 +648,18 @@ def test_disk_full_atomic_write_raises(tmp_path, monkeypatch, capsys):
         calls.append(Path(path))
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    assert export.atomic_write is not full
-    _disk_full_run(tmp_path, monkeypatch, capsys, [edgecompress.io], full)
+    assert onnx_export.atomic_write is not full
+    _disk_full_run(tmp_path, monkeypatch, capsys, [files], full)
     assert [p.name for p in calls] == ["original.onnx"]
     assert calls[0].parent.name.startswith(".out.partial-")  # a file existed there; the dir is gone
 
 
 def test_disk_full_midway_through_a_write(tmp_path, monkeypatch, capsys):
-    import edgecompress.io
-    from edgecompress import export, quantize
+    from edgecompress import files
+    from edgecompress.export import onnx_export
+    from edgecompress.quantize import ptq
 
-    real = edgecompress.io.atomic_write
+    real = files.atomic_write
     tmp_files: list[Path] = []
 
     def half_then_full(tmp: Path) -> None:
@@ -666,7 +667,7 @@ def test_disk_full_midway_through_a_write(tmp_path, monkeypatch, capsys):
         tmp.write_bytes(b"\0" * 1000)
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
 
-    line = _disk_full_run(tmp_path, monkeypatch, capsys, [edgecompress.io, export, quantize],
+    line = _disk_full_run(tmp_path, monkeypatch, capsys, [files, onnx_export, ptq],
                           lambda path, write: real(path, half_then_full))
     assert "original.onnx" in line and "--out" in line
     assert len(tmp_files) == 1 and not tmp_files[0].exists()

@@ -132,7 +132,7 @@ def test_conv_kinds_reads_qlinearconv_weights():
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgecompress.bench import _conv_kinds
+    from edgecompress.runtime.kernels import _conv_kinds
 
     w = lambda name, shape: numpy_helper.from_array(np.zeros(shape, np.int8), name)  # noqa: E731
     q = ["x", "xs", "xz"]
@@ -147,7 +147,7 @@ def test_conv_kinds_reads_qlinearconv_weights():
 def test_profile_without_run_events_counts_every_run(tmp_path, monkeypatch):
     import onnxruntime as ort
 
-    from edgecompress.bench import profile_ops
+    from edgecompress.runtime import profile_ops
 
     end = ort.InferenceSession.end_profiling
 
@@ -181,7 +181,7 @@ def test_compare_mode_times_files_side_by_side_as_ratios_to_the_first(tmp_path, 
 
 
 def test_one_rounds_hiccup_moves_neither_the_p50_nor_the_p90():
-    from edgecompress.bench import Latency, over_rounds
+    from edgecompress.runtime.latency import Latency, over_rounds
 
     def lat(p50: float, p90: float) -> Latency:
         return Latency(1, 1, 10, p50, p90, p50, p50, 1e3 / p50)

@@ -58,14 +58,14 @@ def test_import_edgecompress_stays_light():
 @pytest.mark.parametrize(
     "kw, plan",
     [
-        ({}, ("prune", "kd", "ptq")),
-        ({"quant": {"mode": "none"}}, ("prune", "kd")),
+        ({}, ("prune", "distill", "ptq")),
+        ({"quant": {"mode": "none"}}, ("prune", "distill")),
         ({"distill": {"epochs": 0.0}}, ("prune", "ptq")),
         ({"prune": {"ratio": 0.0}}, ("ptq",)),
         ({"stages": ["ptq"]}, ("ptq",)),
-        ({"stages": ["prune", "kd"]}, ("prune", "kd")),
+        ({"stages": ["prune", "kd"]}, ("prune", "distill")),  # kd: the short name
         ({"stages": ["prune", "qat"]}, ("prune", "qat")),
-        ({"stages": ["prune", "kd", "qat"]}, ("prune", "kd", "qat")),
+        ({"stages": ["prune", "distill", "qat"]}, ("prune", "distill", "qat")),
     ],
 )
 def test_stage_plan(kw, plan):
@@ -79,6 +79,6 @@ def test_bad_stage_orders_are_rejected(stages):
 
 
 def test_qat_mode_replaces_ptq_after_kd():
-    assert RunConfig.from_dict({"quant": {"mode": "qat"}}).validate().plan() == ("prune", "kd", "qat")
+    assert RunConfig.from_dict({"quant": {"mode": "qat"}}).validate().plan() == ("prune", "distill", "qat")
     no_kd = {"quant": {"mode": "qat"}, "distill": {"epochs": 0}}
     assert RunConfig.from_dict(no_kd).validate().plan() == ("prune", "qat")

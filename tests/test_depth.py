@@ -7,11 +7,12 @@ import torch
 import torch.nn as nn
 
 from edgecompress.config import ExportOnnxConfig, PruneConfig
-from edgecompress.depth import drop_blocks, residual_blocks
 from edgecompress.errors import BadInput
 from edgecompress.export import export_onnx, parity
-from edgecompress.prune import apply_record, count_macs_params, prune
-from edgecompress.zoo import create_model
+from edgecompress.models import apply_record
+from edgecompress.models.zoo import create_model
+from edgecompress.prune import count_macs_params, prune
+from edgecompress.prune.depth import drop_blocks, residual_blocks
 
 X = torch.zeros(1, 1, 16, 16)
 

@@ -3,9 +3,9 @@ import copy
 import torch
 
 from edgecompress.config import DistillConfig
-from edgecompress.distill import distill, kd_loss
-from edgecompress.train import TrainConfig, cross_entropy, fit, top1
-from edgecompress.zoo import create_model
+from edgecompress.models.zoo import create_model
+from edgecompress.train.distill import distill, kd_loss
+from edgecompress.train.loop import TrainConfig, cross_entropy, fit, top1
 
 from .conftest import quadrants as _quadrants
 

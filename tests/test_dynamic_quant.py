@@ -9,10 +9,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edgecompress.bench import kernel_report, make_session
 from edgecompress.config import QuantConfig
 from edgecompress.errors import ConfigError
 from edgecompress.quantize import gemm_to_matmul, quantize_dynamic_onnx
+from edgecompress.runtime import kernel_report, make_session
 from tests._onnx_models import mlp
 
 X = np.random.default_rng(3).normal(size=(64, 64)).astype(np.float32)

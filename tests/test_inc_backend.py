@@ -9,8 +9,8 @@ import torch
 pytest.importorskip("neural_compressor.torch")
 
 from edgecompress.errors import BadInput  # noqa: E402
-from edgecompress.inc_backend import quantize_inc  # noqa: E402
-from edgecompress.zoo import create_model  # noqa: E402
+from edgecompress.models.zoo import create_model  # noqa: E402
+from edgecompress.quantize.inc import quantize_inc  # noqa: E402
 
 
 @pytest.fixture()
@@ -23,7 +23,7 @@ def tiny(monkeypatch, tmp_path):
 def _check(path, model, rng):
     import onnx
 
-    from edgecompress.bench import make_session, run_batched
+    from edgecompress.runtime import make_session, run_batched
 
     onnx.checker.check_model(str(path), full_check=True)
     x = rng.random((256, 1, 16, 16), dtype=np.float32)

@@ -9,10 +9,10 @@ import torch
 
 from edgecompress.config import DistillConfig, RunConfig
 from edgecompress.data import Dataset
-from edgecompress.distill import distill
 from edgecompress.errors import BadInput, ConfigError
-from edgecompress.train import TrainConfig, cross_entropy, fit, mixed_targets, mixup
-from edgecompress.zoo import create_model
+from edgecompress.models.zoo import create_model
+from edgecompress.train.distill import distill
+from edgecompress.train.loop import TrainConfig, cross_entropy, fit, mixed_targets, mixup
 
 from .conftest import quadrants, run_cli
 
@@ -94,7 +94,7 @@ def pruned_pair():
 
 
 def test_feature_hints_build_adapters_from_student_to_teacher_channels(pruned_pair):
-    from edgecompress.features import FeatureHints
+    from edgecompress.train.features import FeatureHints
 
     teacher, student = pruned_pair
     names = ("layer1", "layer2", "layer3")
@@ -202,7 +202,7 @@ def test_mixup_label_out_of_range_is_one_line_bad_input():
 
 
 def test_distill_with_mixup_shows_the_teacher_the_blended_batch(pruned_pair, monkeypatch):
-    import edgecompress.distill as dmod
+    import edgecompress.train.distill as dmod
 
     teacher, pruned = pruned_pair
     train = quadrants(256, 0)

@@ -13,7 +13,7 @@ import pytest
 
 from edgecompress.cli import main
 from edgecompress.errors import BadInput
-from edgecompress.predict import predict, read_pnm, resize
+from edgecompress.runtime.predict import predict, read_pnm, resize
 from tests._onnx_models import cnn, edgecompress_metadata, mlp, ort_probs
 
 PIL = pytest.importorskip("PIL.Image")

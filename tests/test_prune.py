@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from edgecompress.config import ExportOnnxConfig, PruneConfig
+from edgecompress.config import ExportOnnxConfig, PruneConfig, QuantConfig
 from edgecompress.errors import BadInput
 from edgecompress.export import export_onnx, parity
+from edgecompress.models.zoo import create_model
 from edgecompress.prune import count_macs_params, output_layers, prune
-from edgecompress.zoo import create_model
 
 from .conftest import ROOT
 
@@ -76,7 +76,7 @@ def test_load_pruned_round_trips_in_a_fresh_process(tmp_path):
     import io
     import json
 
-    from edgecompress.prune import FORMAT
+    from edgecompress.models import FORMAT
 
     model = create_model("mobilenetv2-small").eval()
     res = prune(model, X, PruneConfig(ratio=0.5))
@@ -135,12 +135,14 @@ def test_ratio_and_latency_target_conflict():
 
 
 def test_latency_target_stops_when_measured_p50_meets_it():
-    from edgecompress.prune import LatencyProbe
+    from edgecompress.pipeline.probe import latency_criterion
 
     model = create_model("resnet20").eval()
-    base = LatencyProbe(X, None, int8=False, exporter="torchscript")(model)  # the quick exporter: logic, not speed
+    onnx = ExportOnnxConfig(exporter="torchscript")  # the quick exporter: logic, not speed
+    base = latency_criterion(X, None, onnx=onnx, quant=None)(model)
     target = 0.6 * base
-    res = prune(model, X, PruneConfig(target_latency_ms=target, round_to=1), latency_int8=False, exporter="torchscript")
+    res = prune(model, X, PruneConfig(target_latency_ms=target, round_to=1),
+                latency=latency_criterion(X, None, onnx=onnx, quant=None))
     hist = res.latency_history
     assert hist[0]["macs"] == res.macs_before and len(hist) >= 2
     assert hist[-1]["p50_ms"] <= target  # stopped on a measurement that met the target
@@ -150,10 +152,13 @@ def test_latency_target_stops_when_measured_p50_meets_it():
 
 
 def test_unreachable_latency_target_says_how_fast_it_got_and_what_to_do():
+    from edgecompress.pipeline.probe import latency_criterion
+
     model = create_model("resnet8-tiny").eval()
     x = torch.zeros(1, 1, 16, 16)
+    fp32 = latency_criterion(x, None, onnx=ExportOnnxConfig(exporter="torchscript"), quant=None)
     with pytest.raises(BadInput) as e:
-        prune(model, x, PruneConfig(target_latency_ms=1e-6, round_to=1), latency_int8=False, exporter="torchscript")
+        prune(model, x, PruneConfig(target_latency_ms=1e-6, round_to=1), latency=fp32)
     msg = str(e.value)
     assert "cannot reach a p50 latency of 1e-06 ms" in msg and "the fastest file measured ran in" in msg
     assert "raise --target-latency-ms" in msg and "--drop-blocks" in msg and "\n" not in msg
@@ -162,26 +167,26 @@ def test_unreachable_latency_target_says_how_fast_it_got_and_what_to_do():
 
 def test_latency_probe_times_the_latency_aware_file_when_asked(monkeypatch):
     """With --latency-aware-int8 the probe times the file the run will ship, not plain INT8."""
-    import edgecompress.quant_speed as qs
-    from edgecompress.prune import LatencyProbe
+    import edgecompress.pipeline.probe as probe
 
     calls = []
-    real = qs.latency_aware_ptq
+    real = probe.latency_aware_ptq
 
     def spy(fp32, out, calib, cfg, **kw):
         calls.append((cfg.latency_aware, kw))
         return real(fp32, out, calib, cfg, **kw)
 
-    monkeypatch.setattr(qs, "latency_aware_ptq", spy)
+    monkeypatch.setattr(probe, "latency_aware_ptq", spy)
     model = create_model("resnet8-tiny").eval()
     x = torch.zeros(1, 1, 16, 16)
     calib = np.random.default_rng(0).random((8, 1, 16, 16), dtype=np.float32)
-    plain = LatencyProbe(x, calib, int8=True, exporter="torchscript", runs=20)
+    onnx = ExportOnnxConfig(exporter="torchscript")
+    plain = probe.latency_criterion(x, calib, onnx=onnx, quant=QuantConfig(), runs=20)
     assert plain(model) > 0 and calls == []
-    aware = LatencyProbe(x, calib, int8=True, exporter="torchscript", runs=20, latency_aware=True)
+    aware = probe.latency_criterion(x, calib, onnx=onnx, quant=QuantConfig(latency_aware=True), runs=20)
     assert aware(model) > 0
     assert calls == [(True, {"rounds": 3, "profile_rounds": 1})]
-    fp32 = LatencyProbe(x, None, int8=False, exporter="torchscript", runs=20, latency_aware=True)
+    fp32 = probe.latency_criterion(x, None, onnx=onnx, quant=None, runs=20)
     fp32(model)  # --quant none: nothing to quantize, the flag does not apply
     assert len(calls) == 1
 

@@ -6,11 +6,11 @@ import onnx
 import pytest
 import torch
 
-from edgecompress.bench import kernel_report, make_session, run_batched
+from edgecompress.config import QatConfig
 from edgecompress.errors import ConfigError
-from edgecompress.qat import (
+from edgecompress.models.zoo import create_model
+from edgecompress.quantize.qat import (
     PARITY_STEPS,
-    QatConfig,
     _Phases,
     check_qat_parity,
     export_qat_onnx,
@@ -19,8 +19,8 @@ from edgecompress.qat import (
     qat,
     qat_parity,
 )  # fmt: skip
-from edgecompress.train import TrainConfig, cross_entropy, fit, top1
-from edgecompress.zoo import create_model
+from edgecompress.runtime import kernel_report, make_session, run_batched
+from edgecompress.train.loop import TrainConfig, cross_entropy, fit, top1
 
 from .conftest import quadrants as _quadrants
 

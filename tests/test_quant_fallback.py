@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from edgecompress.bench import kernel_report
 from edgecompress.config import ExportOnnxConfig, QuantConfig
 from edgecompress.export import export_onnx
-from edgecompress.quant_fallback import accuracy_aware_ptq, compute_nodes
-from edgecompress.train import TrainConfig, cross_entropy, fit
-from edgecompress.zoo import create_model
+from edgecompress.models.zoo import create_model
+from edgecompress.quantize import accuracy_aware_ptq, compute_nodes
+from edgecompress.runtime import kernel_report
+from edgecompress.train.loop import TrainConfig, cross_entropy, fit
 
 from .conftest import quadrants as _quadrants
 

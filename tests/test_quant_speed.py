@@ -1,4 +1,4 @@
-"""Latency-aware mixed precision (edgecompress.quant_speed). The decisions are tested with
+"""Latency-aware mixed precision (edgecompress.quantize.latency_aware). The decisions are tested with
 injected timings, so no test depends on this machine's speed; the real profiler is tested for
 what it must always do: name every compute layer of both files."""
 
@@ -6,13 +6,12 @@ import onnx
 import pytest
 import torch
 
-from edgecompress.bench import kernel_report
 from edgecompress.config import DataConfig, ExportOnnxConfig, ModelConfig, QuantConfig, RunConfig
 from edgecompress.export import export_onnx
-from edgecompress.quant_fallback import compute_nodes
-from edgecompress.quant_speed import latency_aware_ptq, layer_times, origin_keys
-from edgecompress.quantize import preprocessed_model, quantize_ptq
-from edgecompress.zoo import create_model
+from edgecompress.models.zoo import create_model
+from edgecompress.quantize import compute_nodes, latency_aware_ptq, layer_times, preprocessed_model, quantize_ptq
+from edgecompress.runtime import kernel_report
+from edgecompress.runtime.kernels import origin_keys
 
 from .conftest import quadrants
 

@@ -5,11 +5,11 @@ import onnx
 import pytest
 import torch
 
-from edgecompress.bench import kernel_report, make_session, run_batched
 from edgecompress.config import ExportOnnxConfig, QuantConfig
 from edgecompress.export import check_onnx, export_onnx
+from edgecompress.models.zoo import create_model
 from edgecompress.quantize import quantize_ptq
-from edgecompress.zoo import create_model
+from edgecompress.runtime import kernel_report, make_session, run_batched
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecompress import rundir
+from edgecompress.pipeline import rundir
 
 from .conftest import ROOT, cli_env, needs_fmnist, run_cli
 

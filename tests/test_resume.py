@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from edgecompress.config import DistillConfig, RunConfig
-from edgecompress.distill import distill
 from edgecompress.errors import ConfigError
-from edgecompress.resume import KdCheckpoint, resume_dir
-from edgecompress.zoo import create_model
+from edgecompress.models.zoo import create_model
+from edgecompress.train.distill import distill
+from edgecompress.train.resume import KdCheckpoint, resume_dir
 
 from .conftest import cli_env, make_npz, quadrants, run_cli
 

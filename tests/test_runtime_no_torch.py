@@ -2,7 +2,9 @@
 
 Each command runs in a subprocess whose PYTHONPATH starts with a directory of fake packages
 (torch, torch_pruning, onnxscript, neural_compressor, torchao) that raise ImportError and log
-which file tried to import them. The models are (a) an ONNX file built here with onnx.helper,
+which file tried to import them. For ``bench`` and ``predict``, a ``sitecustomize`` there also
+blocks ``onnxruntime.quantization`` (the compression side's) and records which edgecompress
+modules the command loaded: the runtime layer only. The models are (a) an ONNX file built here with onnx.helper,
 not by edgecompress, and (b) the INT8 file edgecompress.quantize.quantize_ptq makes from it.
 """
 
@@ -33,6 +35,31 @@ raise ImportError("{name} is not installed (blocked by the test)")
 '''
 
 
+# blocks onnxruntime.quantization when asked, and writes the edgecompress modules loaded at exit
+_SITECUSTOMIZE = '''import atexit, os, sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if os.environ.get("EDGECOMPRESS_TEST_BLOCK_ORTQ") and name.startswith("onnxruntime.quantization"):
+            with open(os.environ["EDGECOMPRESS_TEST_IMPORT_LOG"], "a") as log:
+                f = sys._getframe(1)
+                while f is not None and ("importlib" in f.f_code.co_filename or f.f_code.co_filename.startswith("<")):
+                    f = f.f_back
+                log.write(name + " " + (f.f_code.co_filename if f is not None else "?") + "\\n")
+            raise ImportError(name + " is blocked by the test")
+        return None
+sys.meta_path.insert(0, _Block())
+@atexit.register
+def _loaded():
+    p = os.environ.get("EDGECOMPRESS_TEST_MODULES_LOG")
+    if p:
+        with open(p, "w") as f:
+            f.write("\\n".join(sorted(m for m in sys.modules if m == "edgecompress" or m.startswith("edgecompress."))))
+'''
+# what bench and predict may load of edgecompress: the runtime layer, the error module, and their CLI
+RUNTIME_SIDE = ("edgecompress", "edgecompress.__main__", "edgecompress.errors", "edgecompress.cli",
+                "edgecompress.cli.common", "edgecompress.cli.bench", "edgecompress.cli.predict")
+
+
 @pytest.fixture(scope="module")
 def no_torch(tmp_path_factory):
     d = tmp_path_factory.mktemp("no-torch")
@@ -40,6 +67,7 @@ def no_torch(tmp_path_factory):
     for name in BLOCKED:
         (fake / name).mkdir(parents=True)
         (fake / name / "__init__.py").write_text(_FAKE.format(name=name))
+    (fake / "sitecustomize.py").write_text(_SITECUSTOMIZE)
     log = d / "imports.log"
     env = dict(os.environ)
     env.update({"PYTHONPATH": os.pathsep.join([str(fake), str(ROOT)]), "HOME": str(d),
@@ -50,11 +78,18 @@ def no_torch(tmp_path_factory):
 
 def _run(env, log: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     log.unlink(missing_ok=True)
+    loaded = cwd / "modules.log"
+    loaded.unlink(missing_ok=True)
+    env = env | {"EDGECOMPRESS_TEST_BLOCK_ORTQ": "1", "EDGECOMPRESS_TEST_MODULES_LOG": str(loaded)}
     r = subprocess.run([sys.executable, "-m", "edgecompress", *args], cwd=cwd, env=env, capture_output=True,
                        text=True, timeout=300)
     attempts = log.read_text().splitlines() if log.exists() else []
     ours = [a for a in attempts if f"{os.sep}edgecompress{os.sep}" in a]
     assert not ours, f"edgecompress tried to import blocked packages: {ours}"
+    mods = loaded.read_text().split() if loaded.exists() else []
+    assert "edgecompress.runtime.session" in mods, mods  # the log was written: the check below means something
+    outside = [m for m in mods if m not in RUNTIME_SIDE and not m.startswith("edgecompress.runtime")]
+    assert not outside, f"{args[0]} loaded edgecompress modules outside the runtime layer: {outside}"
     return r
 
 
@@ -130,7 +165,7 @@ def test_latency_aware_int8_runs_on_the_device_without_torch(no_torch, models):
     env, log = no_torch
     d, paths, _ = models
     code = ("import json, numpy as np; from pathlib import Path; from edgecompress.config import QuantConfig; "
-            "from edgecompress.quant_speed import latency_aware_ptq; "
+            "from edgecompress.quantize.latency_aware import latency_aware_ptq; "
             "calib = np.random.default_rng(1).random((16, 1, 8, 8), dtype=np.float32); "
             f"res, rec = latency_aware_ptq(Path({str(paths['fp32'])!r}), Path('la.onnx'), calib, QuantConfig(), rounds=1); "
             "import onnx; from edgecompress.quantize import store_weights_int8; "  # its FP32 layers' int8 weights

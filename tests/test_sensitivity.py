@@ -1,7 +1,7 @@
 import torch
 
-from edgecompress.sensitivity import SensitivityConfig, sensitivity, write_outputs
-from edgecompress.zoo import create_model
+from edgecompress.models.zoo import create_model
+from edgecompress.prune.sensitivity import SensitivityConfig, sensitivity, write_outputs
 
 from .conftest import quadrants as _quadrants
 

@@ -22,7 +22,7 @@ from .conftest import make_npz
 
 @pytest.mark.slow
 def test_prune_kd_qat_starts_qat_from_the_distilled_student(tmp_path, monkeypatch):
-    import edgecompress.qat as qatm
+    import edgecompress.quantize.qat as qatm
 
     seen = {}
     real = qatm.qat

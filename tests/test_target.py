@@ -10,14 +10,14 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edgecompress import target
 from edgecompress.config import QuantConfig, RunConfig
 from edgecompress.errors import ConfigError
+from edgecompress.quantize import target
 from tests._onnx_models import cnn
 
 
 def _isa(*on: str) -> dict[str, bool]:
-    from edgecompress.bench import INT8_FLAGS
+    from edgecompress.runtime.cpu import INT8_FLAGS
 
     return {f: f in on for f in INT8_FLAGS}
 
@@ -42,7 +42,7 @@ def test_detect_target(info, expected):
 
 
 def test_detect_this_machine():
-    from edgecompress.bench import cpu_info
+    from edgecompress.runtime import cpu_info
 
     assert target.detect_target(cpu_info()) in target.TARGETS
     assert target.build_machine_target() == target.detect_target(cpu_info())

@@ -28,12 +28,12 @@ import torch
 import torch.nn as nn
 from torch_pruning.dependency.dependency import Dependency
 
-from edgecompress.bench import make_session, run_batched
 from edgecompress.config import ExportOnnxConfig, PruneConfig, QuantConfig
 from edgecompress.export import export_onnx, parity
+from edgecompress.models.zoo import create_model, get_entry, list_models
 from edgecompress.prune import prune
 from edgecompress.quantize import quantize_ptq
-from edgecompress.zoo import create_model, get_entry, list_models
+from edgecompress.runtime import make_session, run_batched
 
 # VGG's 103M-weight first FC layer is re-scored and re-sliced at each of ~30 progressive
 # pruning steps: ~80-90 s per VGG against 0.2-20 s for every other model (docs/zoo.md). They

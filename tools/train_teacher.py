@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edgecompress.data import DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES, load_fashion_mnist  # noqa: E402
-from edgecompress.io import atomic_write_bytes, atomic_write_text  # noqa: E402
-from edgecompress.train import TrainConfig, cross_entropy, fit, top1  # noqa: E402
-from edgecompress.zoo import create_model  # noqa: E402
+from edgecompress.files import atomic_write_bytes, atomic_write_text  # noqa: E402
+from edgecompress.models.zoo import create_model  # noqa: E402
+from edgecompress.train.loop import TrainConfig, cross_entropy, fit, top1  # noqa: E402
 
 
 def main() -> None:

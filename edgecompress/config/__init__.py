@@ -1,0 +1,34 @@
+"""Configuration: one frozen dataclass per stage (``stages``), StrEnums for every choice
+(``enums``), the run and its plan (``run``), strict parsing of recipes and flags (``parse``)."""
+
+from edgecompress.config.enums import (
+    Allocation,
+    CalibMethod,
+    Exporter,
+    Importance,
+    QType,
+    QuantBackend,
+    QuantMode,
+    QuantTarget,
+    Stage,
+    WeightStorage,
+)
+from edgecompress.config.parse import merge
+from edgecompress.config.run import CONFIG_VERSION, RunConfig, load_recipe
+from edgecompress.config.stages import (
+    BenchConfig,
+    DataConfig,
+    DistillConfig,
+    ExportOnnxConfig,
+    ModelConfig,
+    PruneConfig,
+    QatConfig,
+    QuantConfig,
+    VerifyConfig,
+)
+
+__all__ = [
+    "CONFIG_VERSION", "Allocation", "BenchConfig", "CalibMethod", "DataConfig", "DistillConfig", "ExportOnnxConfig",
+    "Exporter", "Importance", "ModelConfig", "PruneConfig", "QType", "QatConfig", "QuantBackend", "QuantConfig",
+    "QuantMode", "QuantTarget", "RunConfig", "Stage", "VerifyConfig", "WeightStorage", "load_recipe", "merge",
+]  # fmt: skip

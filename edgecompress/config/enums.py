@@ -1,0 +1,81 @@
+"""The choices of every option, as StrEnums: a member compares equal to its string, serialises
+to it in JSON and TOML, and the recipe/flag parser turns strings into members."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Importance(StrEnum):
+    L1 = "l1"
+    L2 = "l2"
+    BN = "bn"
+    TAYLOR = "taylor"
+    LAMP = "lamp"
+    FPGM = "fpgm"
+    RANDOM = "random"
+
+
+class Allocation(StrEnum):
+    UNIFORM = "uniform"  # the same channel ratio in every layer group
+    GLOBAL = "global"  # channels ranked across layers
+    SENSITIVITY = "sensitivity"  # per-group ratios from a measured sensitivity table
+
+
+class QuantMode(StrEnum):
+    PTQ = "ptq"
+    DYNAMIC = "dynamic"
+    QAT = "qat"
+    NONE = "none"
+
+
+class QuantBackend(StrEnum):
+    ORT = "ort"
+    INC = "inc"
+
+
+class QuantTarget(StrEnum):
+    AUTO = "auto"
+    X86_VNNI = "x86-vnni"
+    X86_AVX2 = "x86-avx2"
+    ARM64 = "arm64"
+
+
+class CalibMethod(StrEnum):
+    MINMAX = "minmax"
+    ENTROPY = "entropy"
+    PERCENTILE = "percentile"
+
+
+class QType(StrEnum):
+    UINT8 = "uint8"
+    INT8 = "int8"
+
+
+class Exporter(StrEnum):
+    DYNAMO = "dynamo"  # torch.onnx's maintained, torch.export-based path
+    TORCHSCRIPT = "torchscript"  # the legacy tracer: ~10x faster to run
+
+
+class WeightStorage(StrEnum):
+    """How layers left in FP32 by --latency-aware-int8 store their weights."""
+
+    INT8 = "int8"  # per-channel int8 + Cast/Mul, folded back to float by onnxruntime at load
+    FLOAT = "float"
+
+
+class Stage(StrEnum):
+    """The stages of a run: one name in the plan, the log and the manifest."""
+
+    PRUNE = "prune"
+    DISTILL = "distill"
+    PTQ = "ptq"
+    DYNAMIC = "dynamic"
+    QAT = "qat"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Stage | None:
+        return cls.DISTILL if value == "kd" else None  # --stages prune,kd,ptq: the documented short name
+
+
+QUANT_STAGES = (Stage.PTQ, Stage.DYNAMIC, Stage.QAT)

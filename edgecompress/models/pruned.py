@@ -1,0 +1,122 @@
+"""Pruned checkpoints: the original model's factory + the pruning record + weights, in one place.
+
+``pruned.pt`` is a dict of strings and tensors, so ``torch.load(weights_only=True)`` reads it
+and no pickled code ever runs. The architecture is rebuilt by calling the original factory
+(zoo name or ``file.py:factory``) and reshaping the modules named in the record
+(``structural_record``: module name -> changed structural attributes, or ``removed`` for a
+residual block that depth pruning replaced by the identity).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from edgecompress.errors import BadInput, one_line
+from edgecompress.files import atomic_write_bytes
+from edgecompress.models.loading import ModelSpec, apply_state_dict, build
+
+FORMAT = "edgecompress-pruned/1"
+
+# Module attributes that describe structure; the pruning record stores the changed ones.
+STRUCT_ATTRS = (
+    "in_channels", "out_channels", "groups", "num_features", "in_features", "out_features",
+    "num_channels", "num_groups", "normalized_shape", "embed_dim", "num_heads",
+)  # fmt: skip
+
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Puts ``new`` where the submodule ``name`` (dotted path) was."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+
+def structural_record(original: nn.Module, pruned: nn.Module) -> dict[str, dict[str, Any]]:
+    before, record = dict(original.named_modules()), {}
+    for name, m in pruned.named_modules():
+        o = before.get(name)
+        if o is None:
+            continue
+        if isinstance(m, nn.Identity) and not isinstance(o, nn.Identity):
+            record[name] = {"removed": True}  # depth pruning: the block is the identity now
+            continue
+        changed = {}
+        for a in STRUCT_ATTRS:
+            if hasattr(m, a) and getattr(m, a) != getattr(o, a, None):
+                v = getattr(m, a)
+                changed[a] = list(v) if isinstance(v, tuple) else v
+        if changed:
+            record[name] = changed
+    return record
+
+
+def apply_record(model: nn.Module, record: dict[str, dict[str, Any]], state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """Reshapes a freshly built ``model`` to the pruned structure and loads ``state_dict``."""
+    mods = dict(model.named_modules())
+    for name in sorted(n for n, a in record.items() if a == {"removed": True}):
+        if name not in mods:
+            raise BadInput(f"pruning record removes module {name!r} the model does not have; "
+                           "was the checkpoint made from another model?")
+        replace_module(model, name, nn.Identity())
+    mods = dict(model.named_modules())
+    for name, attrs in record.items():
+        if attrs == {"removed": True}:
+            continue
+        if name not in mods:
+            raise BadInput(f"pruning record names module {name!r} the model does not have; "
+                           "was the checkpoint made from another model?")
+        for a, v in attrs.items():
+            if a not in STRUCT_ATTRS:
+                raise BadInput(f"pruning record has unsupported attribute {a!r}")
+            setattr(mods[name], a, tuple(v) if isinstance(v, list) else v)
+    for key, t in state_dict.items():
+        mod_name, _, attr = key.rpartition(".")
+        mod = mods.get(mod_name)
+        if mod is None:
+            continue  # reported by load_state_dict below
+        if attr in mod._parameters and mod._parameters[attr] is not None:
+            if mod._parameters[attr].shape != t.shape:
+                mod._parameters[attr] = nn.Parameter(torch.empty_like(t), requires_grad=mod._parameters[attr].requires_grad)
+        elif attr in mod._buffers and mod._buffers[attr] is not None:
+            if mod._buffers[attr].shape != t.shape:
+                mod._buffers[attr] = torch.empty_like(t)
+    apply_state_dict(model, state_dict, "pruned checkpoint")
+    return model.eval()
+
+
+
+def save_pruned(path: Path, spec: ModelSpec, input_shape: tuple[int, ...], model: nn.Module,
+                record: dict[str, dict[str, Any]]) -> None:
+    """Writes ``pruned.pt`` atomically: format, factory spec, record, input shape and weights."""
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, "spec": json.dumps(spec.to_dict()), "record": json.dumps(record),
+                "input_shape": list(input_shape),
+                "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_pruned(path: str | Path, *, factory: str | None = None) -> nn.Module:
+    """Rebuilds a pruned model from ``pruned.pt`` without unpickling arbitrary objects; ``factory``
+    names another factory for the same architecture (a zoo name or file.py:factory)."""
+    p = Path(path)
+    if not p.is_file():
+        raise BadInput(f"{p}: no such pruned checkpoint")
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        raise BadInput(f"{p}: not a readable pruned checkpoint ({one_line(e, 200)})") from None
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise BadInput(f"{p}: not an edgecompress pruned checkpoint (format {FORMAT} expected)")
+    spec = ModelSpec.from_dict(json.loads(ck["spec"]))
+    if factory is not None:
+        spec = ModelSpec("factory" if ":" in factory else "zoo", factory, spec.kwargs if ":" not in factory else {})
+    model = build(spec)
+    return apply_record(model, json.loads(ck["record"]), ck["state_dict"])

@@ -1,0 +1,77 @@
+"""The inputs of a run: model and data (resolved and checked against each other), the seeded
+calibration samples, and the metadata every ONNX file carries."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgecompress.config import RunConfig, Stage
+from edgecompress.data import limit, load_splits, resolve_data
+from edgecompress.errors import BadInput
+from edgecompress.models import LoadedModel, load_model
+from edgecompress.pipeline.context import RunContext
+from edgecompress.report import versions
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_inputs(cfg: RunConfig, d: Path, log: Callable[[str], None], t_start: float) -> RunContext:
+    t = time.time()
+    seed_everything(cfg.seed)
+    kind, _ = resolve_data(cfg.data.data)
+    if kind == "random":
+        lm = load_model(cfg.model)
+        splits = load_splits(cfg.data.data, cfg.data.eval_data, input_shape=lm.input_shape[1:], seed=cfg.seed,
+                             random_samples=cfg.data.random_samples)
+    else:
+        splits = load_splits(cfg.data.data, cfg.data.eval_data, input_shape=None, seed=cfg.seed,
+                             val_fraction=cfg.data.val_fraction, eval_fraction=cfg.data.eval_fraction)
+        lm = load_model(cfg.model, data_shape=tuple(splits.train.x.shape[1:]))
+        if tuple(lm.input_shape[1:]) != tuple(splits.train.x.shape[1:]):
+            raise BadInput(f"--input-shape {','.join(map(str, lm.input_shape))} does not match the data's "
+                           f"samples {tuple(splits.train.x.shape[1:])}; drop --input-shape or fix it")
+    splits = limit(splits, seed=cfg.seed, max_train=cfg.data.max_train, max_eval=cfg.data.max_eval,
+                   val_fraction=cfg.data.val_fraction)
+    for part in (splits.train, splits.eval):
+        if part is not None and part.y is not None and len(part.y) and part.y.max() >= lm.num_classes:
+            raise BadInput(f"labels in {part.source} go up to {int(part.y.max())} but the model has "
+                           f"{lm.num_classes} outputs; labels must be 0..{lm.num_classes - 1}")
+    plan = cfg.plan()
+    calib_idx = np.zeros(0, int)
+    if Stage.PTQ in plan:
+        if cfg.quant.calib_samples > len(splits.train):
+            raise BadInput(f"--calib-samples {cfg.quant.calib_samples} exceeds the {len(splits.train)} training "
+                           "samples; lower --calib-samples or pass more data")
+        rng = np.random.default_rng(cfg.seed)
+        calib_idx = np.sort(rng.choice(len(splits.train), cfg.quant.calib_samples, replace=False))
+    log(f"model {lm.spec.ref} ({lm.num_classes} classes, input {list(lm.input_shape)}); data "
+        f"{splits.description['kind']}: {len(splits.train)} train / {len(splits.val)} val / "
+        f"{0 if splits.eval is None else len(splits.eval)} eval")
+    ctx = RunContext(cfg=cfg, d=d, log=log, t_start=t_start, lm=lm, splits=splits,
+                     example=torch.zeros((1, *lm.input_shape[1:])), calib_idx=calib_idx,
+                     meta=onnx_metadata(lm, lm.classes or splits.train.classes))
+    ctx.timings["load"] = time.time() - t
+    return ctx
+
+
+def onnx_metadata(lm: LoadedModel, classes: tuple[str, ...] | list[str]) -> dict[str, str]:
+    return {
+        "edgecompress.version": versions().get("edgecompress") or "dev",
+        "input.layout": "NCHW",
+        "input.shape": json.dumps(list(lm.input_shape)),
+        "input.normalization": "float32 in [0,1]: uint8 pixels / 255",
+        "classes": json.dumps(list(classes) or [str(i) for i in range(lm.num_classes)]),
+        "source.model": lm.spec.ref,
+        "source.weights_sha256": lm.weights_sha256 or "",
+    }

@@ -1,0 +1,54 @@
+"""Channel importance: a registry of Torch-Pruning scorers by name (``--importance``), and the
+gradients that first-order Taylor importance needs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edgecompress.config import Importance
+
+
+def _scorers() -> dict[Importance, Callable[[], Any]]:
+    import torch_pruning as tp
+
+    imp = tp.importance
+    return {
+        Importance.L1: lambda: imp.GroupMagnitudeImportance(p=1),
+        Importance.L2: lambda: imp.GroupMagnitudeImportance(p=2),
+        Importance.BN: lambda: imp.BNScaleImportance(),
+        Importance.TAYLOR: lambda: imp.GroupTaylorImportance(),
+        Importance.LAMP: lambda: imp.LAMPImportance(p=2),
+        Importance.FPGM: lambda: imp.FPGMImportance(p=2),
+        Importance.RANDOM: lambda: imp.RandomImportance(),
+    }
+
+
+def importance(name: Importance | str):
+    """A fresh Torch-Pruning importance object for ``name``."""
+    return _scorers()[Importance(name)]()
+
+
+def needs_gradients(name: Importance | str) -> bool:
+    return Importance(name) == Importance.TAYLOR
+
+
+def accumulate_taylor_grads(model: nn.Module, x: np.ndarray, y: np.ndarray | None, batches: int) -> None:
+    """First-order Taylor importance needs gradients of the task loss on real batches."""
+    model.eval()  # BN statistics stay frozen; gradients still flow
+    model.zero_grad()
+    bs = max(1, math.ceil(len(x) / batches))
+    for i in range(0, min(len(x), bs * batches), bs):
+        xb = torch.from_numpy(x[i : i + bs])
+        logits = model(xb)
+        if y is not None:
+            loss = F.cross_entropy(logits, torch.from_numpy(y[i : i + bs]))
+        else:  # unlabelled: self-distillation target = the model's own prediction
+            loss = F.cross_entropy(logits, logits.argmax(1).detach())
+        loss.backward()

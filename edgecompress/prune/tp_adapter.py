@@ -1,0 +1,115 @@
+"""Everything edgecompress does *inside* Torch-Pruning, in one place.
+
+Torch-Pruning (1.6) is used through its public API (``DependencyGraph``, ``BasePruner``,
+importances) except for three internals, each overridden or read here and checked by
+``tests/test_tp_adapter.py`` so that a library change fails loudly instead of silently
+changing what gets pruned:
+
+* ``BasePruner._round_to`` / ``_is_atten_group`` / ``_get_channel_groups`` (grouped-conv rounding,
+  :func:`group_aware_pruner`);
+* ``torch_pruning.utils.op_counter.MODULES_MAPPING``, its per-type MAC counting hooks
+  (:func:`count_macs_params`, without the library's deep copy of the model).
+
+Its exceptions become one-line ``BadInput`` errors that name the way out (:func:`tp_errors`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from edgecompress.errors import BadInput, one_line
+
+TESTED_VERSIONS = ("1.6",)  # torch-pruning releases whose internals this module was checked against
+
+
+@contextlib.contextmanager
+def tp_errors(what: str, way_out: str) -> Iterator[None]:
+    """Torch-Pruning raises plain exceptions on models it cannot trace or layers it cannot prune:
+    one line that says which (``what``: "trace" or "prune") and what to do."""
+    try:
+        yield
+    except BadInput:
+        raise
+    except Exception as e:
+        raise BadInput(f"torch-pruning could not {what} this model ({type(e).__name__}: {one_line(e, 200)}); "
+                       f"{way_out}") from None
+
+
+def group_aware_pruner(model, example, **kwargs):
+    """Torch-Pruning's ``BasePruner`` with rounding that works for grouped convs.
+
+    For a group whose channels are split in G groups (a grouped conv or its neighbours), 1.6.1's
+    ``_prune`` passes ``_round_to`` the number of channels to cut *per group* but the layer's
+    *total* count; with ``total % round_to == 0`` that rounds up to every channel of each group,
+    ``check_pruning_group`` refuses it, and ResNeXt/RegNet grouped convs were silently never
+    pruned at ``round_to > 1``. Here the per-group kept count is rounded down to a multiple of
+    ``round_to // gcd(G, round_to)``: the total stays a multiple of ``round_to`` and ``groups``
+    stays valid (ResNeXt's 32 groups: any per-group width; RegNet's 3 groups of 8 at round_to=8:
+    only 8, so that layer keeps its width - G * k % 8 == 0 needs k = 8).
+    """
+    import torch_pruning as tp
+
+    class GroupAwarePruner(tp.pruner.BasePruner):
+        _ec_group = None  # the group ``_prune`` is about to round (set just before ``_round_to``)
+
+        def _is_atten_group(self, group):  # called on each record right before its rounding
+            self._ec_group = group
+            return super()._is_atten_group(group)
+
+        def _round_to(self, n_pruned, current_channels, round_to):
+            g = self._get_channel_groups(self._ec_group) if self._ec_group is not None else 1
+            if g <= 1 or current_channels % g or n_pruned > current_channels // g:
+                return super()._round_to(n_pruned, current_channels, round_to)
+            per_group = current_channels // g
+            keep = per_group - n_pruned
+            keep -= keep % (round_to // math.gcd(g, round_to))
+            return per_group - keep  # 0 kept = every channel: check_pruning_group skips it, as ungrouped
+
+    return GroupAwarePruner(model, example, **kwargs)
+
+
+
+class _Tally:
+    """Stands in for a module in Torch-Pruning's per-type counting hooks: reads go to the module,
+    the ``module.__flops__ += n`` they do lands here instead of on the model."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.__dict__.update(_module=module, __flops__=0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+
+def count_macs_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+    """Torch-Pruning's ``count_ops_and_params``, same numbers, without its deep copy of the model
+    (0.5 GB for VGG, at each of up to 100 pruning steps). Its own per-type hooks count each
+    module whose *exact* type it knows; a known module's children are not added again, a module
+    called twice counts twice, and the total is per sample. The forward runs in eval mode under
+    no_grad, and the modules' train/eval flags are restored afterwards."""
+    from torch_pruning.utils import op_counter
+
+    table = op_counter.MODULES_MAPPING
+    tallies = {m: _Tally(m) for m in model.modules() if type(m) in table}
+    modes = [(m, m.training) for m in model.modules()]
+    hooks = [m.register_forward_hook(lambda mod, i, o, t=t: table[type(mod)](t, i, o)) for m, t in tallies.items()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, training in modes:
+            m.training = training
+
+    def total(m: nn.Module) -> int:  # op_counter.accumulate_flops
+        return tallies[m].__flops__ if m in tallies else sum(total(c) for c in m.children())
+
+    return int(total(model) / len(example)), sum(p.numel() for p in model.parameters())
+

@@ -1,0 +1,215 @@
+"""INT8 post-training static quantization with onnxruntime (QDQ format, per-channel weights).
+
+fp32.onnx -> ``quant_pre_process`` (shape inference + ORT graph optimisation, which folds BN
+and fuses what can be fused before scales are computed) -> ``quantize_static`` calibrated on
+samples of the *training* split. The result runs with int8 kernels once onnxruntime's graph
+optimiser (level >= EXTENDED) fuses DequantizeLinear -> op -> QuantizeLinear.
+
+``quantize_dynamic_onnx`` is the calibration-free alternative for MatMul/Gemm-heavy models:
+int8 weights, activations quantized on the fly (MatMulInteger / DynamicQuantizeMatMul).
+
+Both apply the settings of the target CPU class (``QuantConfig.target``, see
+:mod:`edgecompress.quantize.target`) and record them in ``QuantResult.settings``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgecompress.config import QuantConfig
+from edgecompress.files import atomic_write
+from edgecompress.quantize import target as _target
+from edgecompress.quantize.graph import gemm_to_matmul, keep_float
+
+
+class _DropOrtInfo(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "onnxruntime" not in record.pathname
+
+
+@contextlib.contextmanager
+def _quiet_ort_logging() -> Iterator[None]:
+    """onnxruntime's quantizer logs its progress at INFO through the root logger (``logging.info``):
+    while it runs, a filter on the root logger drops those records. No logger's level changes, and
+    other libraries' records pass."""
+    root, f = logging.getLogger(), _DropOrtInfo()
+    root.addFilter(f)
+    try:
+        yield
+    finally:
+        root.removeFilter(f)
+
+
+@dataclass(frozen=True)
+class QuantResult:
+    path: Path
+    calib_samples: int
+    settings: dict
+
+
+class ArrayReader:
+    """onnxruntime's CalibrationDataReader protocol over a numpy array."""
+
+    def __init__(self, input_name: str, x: np.ndarray, batch: int = 32) -> None:
+        self.input_name, self.x, self.batch, self.i = input_name, x, batch, 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.i >= len(self.x):
+            return None
+        b = self.x[self.i : self.i + self.batch]
+        self.i += self.batch
+        return {self.input_name: b}
+
+    def rewind(self) -> None:
+        self.i = 0
+
+
+def preprocess(fp32: Path, dst: Path) -> Path:
+    """``quant_pre_process`` of ``fp32`` into ``dst``, its prints silenced: the graph that
+    ``quantize_static`` sees, whose node names ``QuantConfig.exclude_nodes`` refers to."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        quant_pre_process(str(fp32), str(dst), skip_symbolic_shape=True)
+    return dst
+
+
+def preprocessed_model(fp32: Path):
+    """The pre-processed graph of ``fp32`` (see :func:`preprocess`), as an onnx.ModelProto."""
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="edgecompress-pre-") as d:
+        return onnx.load(str(preprocess(fp32, Path(d) / "pre.onnx")))
+
+
+def quantize_ptq(fp32: Path, out: Path, calib_x: np.ndarray, cfg: QuantConfig) -> QuantResult:
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[cfg.method]
+    input_name = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    eff, tgt = resolve_target(cfg)
+    settings = {
+        "format": "QDQ", "per_channel": cfg.per_channel, "activation_type": eff["activation_type"],
+        "weight_type": eff["weight_type"], "reduce_range": eff["reduce_range"], "method": cfg.method,
+        "op_types": list(cfg.op_types) or "onnxruntime default", "exclude_nodes": list(cfg.exclude_nodes),
+    } | tgt  # fmt: skip
+    with _quiet_ort_logging(), tempfile.TemporaryDirectory(prefix="edgecompress-q-") as d:
+        pre = preprocess(fp32, Path(d) / "pre.onnx")
+
+        def write(tmp: Path) -> None:
+            # Entropy/percentile calibration keep histograms; the aug model lives in a temp dir.
+            with contextlib.redirect_stdout(io.StringIO()):
+                quantize_static(
+                    str(pre), str(tmp), ArrayReader(input_name, calib_x),
+                    quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
+                    activation_type=qtype[eff["activation_type"]], weight_type=qtype[eff["weight_type"]],
+                    reduce_range=eff["reduce_range"], calibrate_method=method,
+                    op_types_to_quantize=list(cfg.op_types) or None,
+                    nodes_to_exclude=list(cfg.exclude_nodes) or None,
+                    extra_options={"CalibTensorRangeSymmetric": False, "ActivationSymmetric": False,
+                                   "WeightSymmetric": True},
+                    calibration_providers=["CPUExecutionProvider"],
+                )
+            if cfg.exclude_nodes:
+                import onnx
+
+                m = onnx.load(str(tmp))
+                settings["kept_float_inputs"] = keep_float(m, cfg.exclude_nodes)
+                onnx.save(m, str(tmp))
+
+        atomic_write(out, write)
+    return QuantResult(out, len(calib_x), settings)
+
+
+_TARGET_KEYS = ("activation_type", "weight_type", "reduce_range")
+
+
+def resolve_target(cfg: QuantConfig, build_target: str | None = None) -> tuple[dict, dict]:
+    """Effective (activation_type, weight_type, reduce_range) for ``cfg.target`` and the record of it.
+
+    ``auto`` means the CPU class of this (build) machine. The target's settings replace the
+    fields left at their QuantConfig defaults; a non-default value set by the user wins and is
+    listed under ``user_overrides``. ``warnings`` says when the target is not this machine's
+    class, because every latency measured here then says nothing about the target.
+    """
+    here = build_target or _target.build_machine_target()
+    resolved = here if cfg.target == "auto" else cfg.target
+    advised = _target.settings_for(resolved)
+    defaults = QuantConfig()
+    eff, user = {}, {}
+    for k in _TARGET_KEYS:
+        mine = getattr(cfg, k)
+        if mine == getattr(defaults, k):
+            eff[k] = advised[k]
+        else:
+            eff[k] = user[k] = mine
+    warnings = []
+    if cfg.target != "auto" and resolved != here:
+        warnings.append(f"quantized for target {resolved} on a {here} machine: the latency measured here is "
+                        f"not the target's; run `edgecompress bench` on the {resolved} device"
+                        + ("" if resolved != "arm64" else " (int8-activation kernels are fused only by ARM builds of "
+                           "onnxruntime, so the kernel report made here under-counts them)"))
+    for k, v in user.items():
+        if v != advised[k]:
+            warnings.append(f"{k}={str(v)!r} set explicitly; target {resolved} advises {advised[k]!r} "
+                            f"({_target.why(resolved)})")
+    record = {"target": resolved, "target_requested": cfg.target, "build_machine_target": here,
+              "target_settings": advised, "target_reason": _target.why(resolved), "user_overrides": user,
+              "warnings": warnings}  # fmt: skip
+    return eff, record
+
+
+def quantize_dynamic_onnx(fp32: Path, out: Path, cfg: QuantConfig) -> QuantResult:
+    """Dynamic INT8: int8 weights (per-channel if ``cfg.per_channel``), uint8 activations quantized
+    at run time, no calibration data. For Linear-heavy models (MLPs, attention); on convolutions
+    onnxruntime's ConvInteger is usually slower than float, so Conv is only quantized when listed
+    in ``cfg.op_types``.
+
+    Gemm nodes with a constant weight are rewritten to MatMul (+ Add) first: onnxruntime's dynamic
+    quantizer handles MatMul but not Gemm, and its optimiser then fuses the result into
+    MatMulIntegerToFloat / DynamicQuantizeMatMul kernels.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    eff, tgt = resolve_target(cfg)
+    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    ops = [o for o in (cfg.op_types or ("MatMul",)) if o != "Gemm"]
+    if "MatMul" not in ops and "Gemm" in cfg.op_types:
+        ops.append("MatMul")
+    settings = {
+        "format": "dynamic (integer ops)", "per_channel": cfg.per_channel, "activation_type": "uint8 (dynamic)",
+        "weight_type": eff["weight_type"], "reduce_range": eff["reduce_range"], "method": "dynamic (no calibration)",
+        "op_types": ops, "exclude_nodes": list(cfg.exclude_nodes),
+    } | tgt  # fmt: skip
+    if tgt["user_overrides"].get("activation_type", "uint8") != "uint8":
+        settings["warnings"] = [*tgt["warnings"], "dynamic quantization always uses uint8 activations "
+                                f"(onnxruntime); activation_type {eff['activation_type']!r} does not apply"]
+    with _quiet_ort_logging(), tempfile.TemporaryDirectory(prefix="edgecompress-dq-") as d:
+        pre = preprocess(fp32, Path(d) / "pre.onnx")
+        m = onnx.load(str(pre))
+        settings["gemm_rewritten"] = gemm_to_matmul(m)
+        onnx.save(m, str(pre))
+
+        def write(tmp: Path) -> None:
+            with contextlib.redirect_stdout(io.StringIO()):
+                quantize_dynamic(
+                    str(pre), str(tmp), op_types_to_quantize=ops, per_channel=cfg.per_channel,
+                    reduce_range=eff["reduce_range"], weight_type=qtype[eff["weight_type"]],
+                    nodes_to_exclude=list(cfg.exclude_nodes) or None,
+                    extra_options={"MatMulConstBOnly": True},
+                )
+
+        atomic_write(out, write)
+    return QuantResult(out, 0, settings)

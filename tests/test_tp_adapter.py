@@ -1,0 +1,55 @@
+"""The Torch-Pruning internals that ``edgecompress.prune.tp_adapter`` overrides or reads are still
+there, with the shapes it relies on: a library upgrade that changes them fails here, loudly,
+instead of silently changing what gets pruned or counted."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+from torch_pruning.utils import op_counter
+
+from edgecompress.prune.tp_adapter import TESTED_VERSIONS, count_macs_params, group_aware_pruner
+
+
+def test_installed_torch_pruning_is_a_tested_release():
+    v = importlib.metadata.version("torch-pruning")
+    assert v.startswith(TESTED_VERSIONS), (
+        f"torch-pruning {v} is not one of {TESTED_VERSIONS}: re-check tp_adapter's overrides, then add it")
+
+
+def test_overridden_methods_keep_their_signatures():
+    base = tp.pruner.BasePruner
+    assert list(inspect.signature(base._round_to).parameters) == ["self", "n_pruned", "current_channels", "round_to"]
+    assert list(inspect.signature(base._is_atten_group).parameters) == ["self", "group"]
+    assert list(inspect.signature(base._get_channel_groups).parameters) == ["self", "group"]
+    # _prune must call _is_atten_group right before _round_to: the override records the group there
+    src = inspect.getsource(base._prune)
+    assert src.index("_is_atten_group") < src.index("_round_to")
+
+
+def test_mac_counter_matches_the_librarys_own():
+    assert nn.Conv2d in op_counter.MODULES_MAPPING and nn.Linear in op_counter.MODULES_MAPPING
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, groups=4),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
+    x = torch.randn(1, 3, 16, 16)
+    macs, params = tp.utils.count_ops_and_params(m, x)
+    assert count_macs_params(m, x) == (int(macs), int(params))
+
+
+def test_grouped_conv_is_pruned_at_round_to_8():
+    """Without the _round_to override, 1.6.1 rounds a grouped conv's cut up to every channel and the
+    group is silently skipped."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 64, 1), nn.BatchNorm2d(64), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1, groups=4),
+                      nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 5))
+    x = torch.randn(1, 3, 8, 8)
+    p = group_aware_pruner(m, x, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.5, round_to=8,
+                           ignored_layers=[m[8]])
+    p.step()
+    assert m[3].out_channels < 64 and m[3].out_channels % 8 == 0 and m[3].groups == 4
+    m(x)  # still runs
