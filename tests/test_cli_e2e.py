@@ -97,7 +97,7 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path):
     p = run_cli(["export", "resnet20", "--stages", "prune,kd", "--dry-run", "--out", str(tmp_path / "x")], cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     plan = json.loads(p.stdout)
-    assert plan["stages"][:4] == ["export original", "prune", "kd", "export pruned"]
+    assert plan["stages"][:4] == ["export original", "prune", "distill", "export pruned"]
     assert "ptq" not in plan["stages"] and not (tmp_path / "x").exists()
 
 

@@ -9,6 +9,33 @@ def test_config_round_trips_through_dict():
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
 
 
+def _rich_config() -> RunConfig:
+    return RunConfig.from_dict({
+        "prune": {"ratio": 0.6, "importance": "taylor", "allocation": "global", "ignore": ["fc"]},
+        "quant": {"method": "entropy", "target": "x86-avx2", "activation_type": "int8"},
+        "onnx": {"exporter": "torchscript"}, "stages": ["prune", "kd", "ptq"], "seed": 5,
+    }).validate()  # fmt: skip
+
+
+def test_config_round_trips_through_json_and_toml(tmp_path):
+    import json
+
+    from edgecompress.config import Importance, Stage
+
+    cfg = _rich_config()
+    assert cfg.prune.importance is Importance.TAYLOR and cfg.stages == (Stage.PRUNE, Stage.DISTILL, Stage.PTQ)
+    assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    (tmp_path / "r.toml").write_text(cfg.to_toml())
+    assert RunConfig.from_dict(load_recipe(tmp_path / "r.toml")) == cfg
+
+
+def test_config_version_is_checked():
+    d = _rich_config().to_dict()
+    assert d["config_version"] == 1
+    with pytest.raises(ConfigError, match="config_version"):
+        RunConfig.from_dict(d | {"config_version": 99})
+
+
 @pytest.mark.parametrize(
     "d, needle",
     [

@@ -24,7 +24,7 @@ def test_nproc_needs_a_kd_stage():
     with pytest.raises(ConfigError, match="--nproc 2 spreads KD") as e:
         RunConfig.from_dict({"nproc": 2, "quant": {"mode": "qat"}, "stages": ["prune", "qat"]}).validate()
     assert "\n" not in str(e.value)
-    assert RunConfig.from_dict({"nproc": 2, "stages": ["prune", "kd", "qat"]}).validate().plan()[1] == "kd"
+    assert RunConfig.from_dict({"nproc": 2, "stages": ["prune", "kd", "qat"]}).validate().plan()[1] == "distill"
 
 
 @pytest.mark.slow
