@@ -2,8 +2,10 @@
 and quantizes-aware (the loop feeds standard-contiguous batches whatever the channel count)."""
 
 import copy
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 import torch.nn as nn
 
@@ -64,3 +66,58 @@ def test_one_channel_view_model_qat():
     model = ViewNet().eval()
     res = qat(model, model, train, torch.zeros(1, 1, 16, 16), QatConfig(epochs=0.5, calib_samples=32, augment_shift=2))
     assert res.steps > 0 and np.isfinite(res.final_loss)
+
+
+def test_calibration_count_defaults_to_what_the_data_holds():
+    from edgecompress.config.stages import DEFAULT_CALIB_SAMPLES
+    from edgecompress.errors import BadInput
+    from edgecompress.pipeline.inputs import calibration_count
+
+    assert calibration_count(None, 256) == (256, f"default {DEFAULT_CALIB_SAMPLES} capped at the 256 training samples")
+    assert calibration_count(None, 10_000) == (DEFAULT_CALIB_SAMPLES, f"default {DEFAULT_CALIB_SAMPLES}")
+    assert calibration_count(64, 256) == (64, "--calib-samples")
+    with pytest.raises(BadInput) as e:  # an explicit count the data cannot give stays an error
+        calibration_count(512, 256)
+    assert "--calib-samples 512 exceeds the 256 training samples" in str(e.value) and "\n" not in str(e.value)
+
+
+def _ctx(p50: dict[str, float], deliver: str = "int8", parent: str = "pruned"):
+    from edgecompress.config import VerifyConfig
+    from edgecompress.report import Artifact
+
+    arts = {k: Artifact(path=f"{k}.onnx", macs=1, params=1, parent=None, latency_ms_p50=v) for k, v in p50.items()}
+    return SimpleNamespace(arts=arts, fp32_parent=parent, cfg=SimpleNamespace(verify=VerifyConfig(deliver=deliver)))
+
+
+def test_delivery_names_the_faster_file_and_keeps_int8_by_default():
+    from edgecompress.pipeline.verify import delivery
+
+    slow_int8 = {"original": 0.05, "pruned": 0.02, "int8": 0.03}
+    assert delivery(_ctx(slow_int8), failed=False) == ("pruned", "int8")
+    assert delivery(_ctx(slow_int8, "fastest"), failed=False) == ("pruned", "pruned")
+    fast_int8 = {"original": 0.05, "pruned": 0.02, "int8": 0.01}
+    assert delivery(_ctx(fast_int8, "fastest"), failed=False) == ("int8", "int8")
+    assert delivery(_ctx(slow_int8), failed=True) == ("pruned", None)
+    assert delivery(_ctx({"original": 0.05, "pruned": 0.02}), failed=False) == (None, "pruned")
+
+
+def _manifest(p50_int8: float, delivered: str, fastest: str) -> dict:
+    arts = {"original": {"path": "original.onnx", "parent": None, "latency_ms_p50": 0.05, "bytes": 4000},
+            "pruned": {"path": "pruned.onnx", "parent": "original", "latency_ms_p50": 0.02, "bytes": 2000},
+            "int8": {"path": "int8.onnx", "parent": "pruned", "latency_ms_p50": p50_int8, "bytes": 1000}}
+    return {"model": {"ref": "net.py:build"}, "artifacts": arts, "delivered_artifact": delivered,
+            "fastest_artifact": fastest, "status": "complete", "stages": ["prune", "ptq"], "seed": 0,
+            "cpu": {"model": "cpu", "isa": {}}, "versions": {}, "bench": {"threads": 1, "batch": 1, "runs": 5,
+                                                                         "warmup": 1}}
+
+
+def test_report_says_in_its_first_lines_that_int8_is_slower():
+    from edgecompress.report import render_report
+
+    lines = render_report(_manifest(0.03, "int8", "pruned")).splitlines()
+    assert lines[0].startswith("# edgecompress report")
+    assert lines[2].startswith("**Warning: the INT8 file is slower than its FP32 parent on this CPU**")
+    assert "`int8.onnx` p50 0.030 ms vs `pruned.onnx` 0.020 ms" in lines[2] and "Fastest file: `pruned.onnx`" in lines[2]
+    assert lines[4] == "Delivered: `int8.onnx` (`--deliver fastest` delivers `pruned.onnx`)."
+    fast = render_report(_manifest(0.01, "int8", "int8")).splitlines()
+    assert "Warning" not in fast[2] and fast[2] == "Delivered: `int8.onnx` (the fastest file here)."

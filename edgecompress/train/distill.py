@@ -29,7 +29,15 @@ from edgecompress.config import DistillConfig
 from edgecompress.data.dataset import Dataset
 from edgecompress.errors import BadInput
 from edgecompress.train.features import FeatureHints
-from edgecompress.train.loop import Checkpointer, TrainConfig, fit, predict_logits, standard_layout, steps_per_epoch, top1
+from edgecompress.train.loop import (
+    Checkpointer,
+    TrainConfig,
+    fit,
+    predict_logits,
+    standard_layout,
+    steps_per_epoch,
+    top1,
+)
 
 
 @dataclass(frozen=True)
