@@ -2,6 +2,7 @@
 and quantizes-aware (the loop feeds standard-contiguous batches whatever the channel count)."""
 
 import copy
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -121,3 +122,33 @@ def test_report_says_in_its_first_lines_that_int8_is_slower():
     assert lines[4] == "Delivered: `int8.onnx` (`--deliver fastest` delivers `pruned.onnx`)."
     fast = render_report(_manifest(0.01, "int8", "int8")).splitlines()
     assert "Warning" not in fast[2] and fast[2] == "Delivered: `int8.onnx` (the fastest file here)."
+
+
+def test_shipped_teachers_are_package_data_with_matching_sidecars():
+    import edgecompress
+    from edgecompress.files import sha256_file
+    from edgecompress.models.loading import SHIPPED_TEACHERS, WEIGHTS_DIR, shipped_checkpoint
+
+    assert WEIGHTS_DIR.is_relative_to(Path(edgecompress.__file__).parent)  # inside the package, not the repo
+    assert sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt")) == sorted(SHIPPED_TEACHERS)
+    for name in SHIPPED_TEACHERS:
+        pt, side = shipped_checkpoint(name)
+        assert sha256_file(pt) == side["sha256"] and side["test_top1"] > 0.9
+    assert shipped_checkpoint("resnet56") is None  # a zoo model without a shipped teacher
+
+
+def test_missing_shipped_teacher_is_a_one_line_error_not_a_random_init(tmp_path, monkeypatch):
+    import edgecompress.models.loading as loading
+    from edgecompress.config import ModelConfig
+    from edgecompress.errors import BadInput
+
+    monkeypatch.setattr(loading, "WEIGHTS_DIR", tmp_path)  # an install without the package data
+    with pytest.raises(BadInput) as e:
+        loading.load_model(ModelConfig(name="resnet20"))
+    msg = str(e.value)
+    assert "\n" not in msg and "resnet20" in msg and "missing from this install" in msg and "--weights" in msg
+    # with --weights the user's own file is used, shipped data or not
+    sd = loading.zoo.create_model("resnet20", num_classes=10, in_chans=1).state_dict()
+    torch.save(sd, tmp_path / "mine.pt")
+    lm = loading.load_model(ModelConfig(name="resnet20", weights=str(tmp_path / "mine.pt")))
+    assert lm.weights == str(tmp_path / "mine.pt")
