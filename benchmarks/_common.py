@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS_DIR = ROOT / "edgecompress" / "models" / "weights"  # the shipped teachers (package data)
 sys.path.insert(0, str(ROOT))
 CACHE = ROOT / "benchmarks" / "cache"
 RESULTS = ROOT / "benchmarks" / "results"

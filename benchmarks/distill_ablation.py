@@ -1,7 +1,7 @@
 """Does distillation recover more than plain fine-tuning, at equal epochs? And what do INT8
 PTQ and QAT+KD cost on top?
 
-On the shipped Fashion-MNIST teacher (models/resnet20.pt), at each MACs-removed ratio:
+On the shipped Fashion-MNIST teacher (edgecompress/models/weights/resnet20.pt), at each MACs-removed ratio:
   pruned (no fine-tuning) | pruned + cross-entropy fine-tuning | pruned + KD |
   pruned + KD + PTQ (onnxruntime) | pruned + QAT with KD
 all with the same number of epochs, top-1 on the official 10k test split (under onnxruntime
@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import RESULTS, ROOT, cached, table
+from _common import RESULTS, WEIGHTS_DIR, cached, table
 
 
 def main() -> None:
@@ -110,7 +110,7 @@ def main() -> None:
                       ("p50 ms", "p50_ms", ".3f"), ("speed-up", "speedup", ".2f"), ("size ×", "size_x", ".1f")])
     (RESULTS / "distill_ablation.md").write_text(md + "\n")
     print(md)
-    assert (ROOT / "models" / "resnet20.pt").exists()
+    assert (WEIGHTS_DIR / "resnet20.pt").exists()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@
   inc_tuned    INC 3.x autotune with the same max_drop on the validation split            [labels only]
 
 Models: resnet18 and mobilenet_v2 at 224x224 with random weights (latency, size, kernels;
-random calibration data) and the shipped Fashion-MNIST resnet20 teacher (models/resnet20.pt),
+random calibration data) and the shipped Fashion-MNIST resnet20 teacher (edgecompress/models/weights/resnet20.pt),
 which adds top-1 on the 10k test split: calibration on 256 training images, accuracy-aware
 variants validated on the validation part of the training split (as the pipeline splits it),
 never on the test split.
@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import CACHE, RESULTS, ROOT, cached, table
+from _common import CACHE, RESULTS, WEIGHTS_DIR, cached, table
 
 LABELS = {
     "fp32": "FP32 original",
@@ -94,7 +94,7 @@ class Setup:
             from edgecompress.files import sha256_file
             from edgecompress.models import load_model
 
-            weights = ROOT / "models" / "resnet20.pt"
+            weights = WEIGHTS_DIR / "resnet20.pt"
             if not weights.exists():
                 raise SystemExit(f"{weights} is missing: the Fashion-MNIST teacher is needed for resnet20")
             lm = load_model(ModelConfig(name="resnet20", weights=str(weights)))
@@ -106,7 +106,7 @@ class Setup:
             nv, nt = (1000, 2000) if args.quick else (len(splits.val), len(splits.eval))
             self.val = (splits.val.x[:nv], splits.val.y[:nv])
             self.test = (splits.eval.x[:nt], splits.eval.y[:nt])
-            self.key = {"model": name, "weights": f"models/resnet20.pt sha256 {sha256_file(weights)[:16]}",
+            self.key = {"model": name, "weights": f"weights/resnet20.pt sha256 {sha256_file(weights)[:16]}",
                         "input": list(lm.input_shape), "calib": f"{len(idx)} training images (seed 0)",
                         "val": f"{nv} of the validation split", "test": f"{nt} of the 10k test split"}  # fmt: skip
         else:

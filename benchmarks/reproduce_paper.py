@@ -36,6 +36,7 @@ from typing import Any
 from _common import (
     RESULTS,
     ROOT,
+    WEIGHTS_DIR,
     Files,
     cached,
     cached_files,
@@ -165,7 +166,7 @@ class Teacher:
         from edgecompress.files import sha256_file
         from edgecompress.models import load_model
 
-        w = ROOT / "models" / f"{name}.pt"
+        w = WEIGHTS_DIR / f"{name}.pt"
         lm = load_model(ModelConfig(name=name, weights=str(w)))
         self.name, self.model, self.x = name, lm.model.eval(), torch.zeros(*lm.input_shape)
         self.splits = load_splits(None, None, input_shape=tuple(lm.input_shape[1:]))
@@ -530,7 +531,7 @@ def main() -> None:
         tracks = args.tracks.split(",")
         if "accuracy" in tracks:
             for m in args.models.split(","):
-                if not (ROOT / "models" / f"{m}.pt").exists():
+                if not (WEIGHTS_DIR / f"{m}.pt").exists():
                     print(f"skipping {m}: no teacher models/{m}.pt (train it with tools/train_teacher.py {m})")
                     continue
                 rows += accuracy_track(m, args)

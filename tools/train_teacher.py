@@ -1,4 +1,6 @@
-"""Train a zoo model on the Fashion-MNIST training split and write models/<name>.pt + .json.
+"""Train a zoo model on the Fashion-MNIST training split and write
+edgecompress/models/weights/<name>.pt + .json (package data: wheels ship them; add the name to
+edgecompress.models.loading.SHIPPED_TEACHERS).
 
     python tools/train_teacher.py resnet20 --epochs 15
 
@@ -25,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from edgecompress.data import DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES, load_fashion_mnist  # noqa: E402
 from edgecompress.files import atomic_write_bytes, atomic_write_text  # noqa: E402
+from edgecompress.models.loading import WEIGHTS_DIR  # noqa: E402
 from edgecompress.models.zoo import create_model  # noqa: E402
 from edgecompress.train.loop import TrainConfig, cross_entropy, fit, top1  # noqa: E402
 
@@ -37,7 +40,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", type=Path, default=DEBIAN_FASHION_MNIST)
-    ap.add_argument("--out", type=Path, default=ROOT / "models")
+    ap.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args()
 

@@ -18,6 +18,7 @@ from typing import Any
 from edgecompress.cli.common import names, shape
 from edgecompress.config import PruneConfig, RunConfig, Stage, load_recipe, merge
 from edgecompress.config.parse import enum_type
+from edgecompress.config.stages import DEFAULT_CALIB_SAMPLES
 from edgecompress.data.readers import resolve_data
 from edgecompress.errors import BadInput
 from edgecompress.pipeline.runner import run as run_pipeline
@@ -85,7 +86,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--qat-epochs", "qat.epochs", "epochs of quantization-aware training with --quant qat"),
     Flag("--quant-backend", "quant.backend", "ort: onnxruntime static QDQ; inc: Intel Neural Compressor 3.x, "
          "PyTorch pt2e INT8 exported to ONNX (slower here, offered for comparison)"),
-    Flag("--calib-samples", "quant.calib_samples", "training samples for INT8 calibration"),
+    Flag("--calib-samples", "quant.calib_samples", "training samples for INT8 calibration",
+         default=f"{DEFAULT_CALIB_SAMPLES}, or every training sample when there are fewer"),
     Flag("--calib-method", "quant.method", "calibration method"),
     Flag("--target", "quant.target", "CPU the INT8 file is for: auto = this machine; x86-avx2: 7-bit weights "
          "against U8S8 saturation; arm64: S8S8"),
@@ -99,6 +101,8 @@ FLAGS: tuple[Flag, ...] = (
          "(0 = report only)"),
     Flag("--max-accuracy-drop", "verify.max_accuracy_drop", "gate: INT8 top-1 at most F points below the original",
          default="report only"),
+    Flag("--deliver", "verify.deliver", "the file the run delivers: int8 (smallest; the report says so in its first "
+         "lines when it is slower here than its FP32 parent) or fastest (the faster of the two on this CPU)"),
     Flag("--parity-tol", "verify.parity_tol", "gate: FP32 ONNX vs PyTorch max-abs <= F * max(1,|logit|)"),
     Flag("--threads", "bench.threads", "onnxruntime intra-op threads for latency"),
     Flag("--runs", "bench.runs", "timed runs per artifact"),
@@ -205,6 +209,11 @@ def run(args: argparse.Namespace) -> int:
         top1 = "" if a.get("top1") is None else f"top-1 {100 * a['top1']:.2f}%  "
         print(f"{name:9s} {a['path']:18s} {a['bytes']:>10,d} B  {top1}p50 {a['latency_ms_p50']:.3f} ms  "
               f"({base['latency_ms_p50'] / a['latency_ms_p50']:.2f}x faster, {base['bytes'] / a['bytes']:.1f}x smaller)")
+    delivered, fastest = res.manifest.get("delivered_artifact"), res.manifest.get("fastest_artifact")
+    if delivered is not None:
+        slower = " (slower here than its FP32 parent: see report.md)" if delivered == "int8" and fastest not in (
+            None, "int8") else ""
+        print(f"delivered: {arts[delivered]['path']}{slower}")
     if res.exit_code:
         print(f"error: verification gate failed: {'; '.join(res.failures)} (see {res.out_dir}/report.md)",
               file=sys.stderr)

@@ -64,6 +64,13 @@ class WeightStorage(StrEnum):
     FLOAT = "float"
 
 
+class Deliver(StrEnum):
+    """Which file a run names as its deliverable (manifest ``delivered_artifact``, report, CLI)."""
+
+    INT8 = "int8"  # the INT8 file, even when it is slower here than its FP32 parent (said in the report)
+    FASTEST = "fastest"  # the faster, on this CPU, of the INT8 file and its FP32 parent
+
+
 class Stage(StrEnum):
     """The stages of a run: one name in the plan, the log and the manifest."""
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from edgecompress.config.enums import (
     Allocation,
     CalibMethod,
+    Deliver,
     Exporter,
     Importance,
     QType,
@@ -189,10 +190,15 @@ class DistillConfig(EnumFields):
             raise ConfigError(f"batch_size={self.batch_size}: must be >= 2 (BatchNorm)")
 
 
+DEFAULT_CALIB_SAMPLES = 512  # calibration samples when --calib-samples is not given (fewer if the data has fewer)
+
+
 @dataclass(frozen=True, kw_only=True)
 class QuantConfig(EnumFields):
     mode: QuantMode = QuantMode.PTQ  # dynamic: weights only, for MatMul/Gemm models
-    calib_samples: int = 512  # drawn from the training split, never the eval set
+    # drawn from the training split, never the eval set; None = DEFAULT_CALIB_SAMPLES, or every
+    # training sample when there are fewer (an explicit count larger than the split is an error)
+    calib_samples: int | None = None
     method: CalibMethod = CalibMethod.MINMAX  # calibration
     per_channel: bool = True
     activation_type: QType = QType.UINT8
@@ -227,7 +233,7 @@ class QuantConfig(EnumFields):
         _choice("--calib-method", self.method, CalibMethod)
         _choice("activation_type", self.activation_type, QType)
         _choice("weight_type", self.weight_type, QType)
-        if self.calib_samples < 1:
+        if self.calib_samples is not None and self.calib_samples < 1:
             raise ConfigError(f"--calib-samples {self.calib_samples}: must be >= 1")
 
 
@@ -274,8 +280,10 @@ class VerifyConfig(EnumFields):
     parity_tol: float = 1e-4  # FP32 ONNX vs PyTorch: max-abs <= tol * max(1, max|logit|)
     min_int8_agreement: float = 0.99  # gate: INT8 vs FP32 top-1 agreement on the eval set (0 = report only)
     max_accuracy_drop: float | None = None  # points of top-1, INT8 vs teacher; None = report only
+    deliver: Deliver = Deliver.INT8  # the deliverable: int8 even when slower here (said loudly), or the fastest
 
     def validate(self) -> None:
+        _choice("--deliver", self.deliver, Deliver)
         if self.parity_tol <= 0:
             raise ConfigError(f"parity_tol={self.parity_tol}: must be > 0")
         if not 0 <= self.min_int8_agreement <= 1:

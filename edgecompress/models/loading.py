@@ -28,7 +28,12 @@ from edgecompress.files import sha256_file
 from edgecompress.models import zoo
 
 DEFAULT_MODEL = "resnet20"
-MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+# The shipped teachers are package data (pyproject.toml [tool.setuptools.package-data]), so a
+# wheel or a non-editable install has them too: <name>.pt (a state_dict) + <name>.json (recipe,
+# test top-1, sha256). Each zoo name listed here must find its files: a missing one is an error,
+# never a silent random initialisation.
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+SHIPPED_TEACHERS = ("resnet20", "vgg7-small", "mobilenetv2-small")
 
 
 @dataclass(frozen=True)
@@ -178,10 +183,16 @@ def apply_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], where: str) 
 
 
 def shipped_checkpoint(name: str) -> tuple[Path, dict[str, Any]] | None:
-    pt, side = MODELS_DIR / f"{name}.pt", MODELS_DIR / f"{name}.json"
-    if pt.exists() and side.exists():
-        return pt, json.loads(side.read_text())
-    return None
+    """The shipped teacher of zoo model ``name`` (state_dict path, sidecar), None for a zoo model
+    that ships none; BadInput when it should ship one and its files are not in this install."""
+    if name not in SHIPPED_TEACHERS:
+        return None
+    pt, side = WEIGHTS_DIR / f"{name}.pt", WEIGHTS_DIR / f"{name}.json"
+    if not (pt.is_file() and side.is_file()):
+        missing = pt if not pt.is_file() else side
+        raise BadInput(f"zoo model {name} ships trained weights, but {missing} is missing from this install; "
+                       "reinstall edgecompress (a wheel or `pip install .` includes them) or pass --weights FILE")
+    return pt, json.loads(side.read_text())
 
 
 def load_model(cfg: ModelConfig, data_shape: tuple[int, ...] | None = None) -> LoadedModel:
@@ -195,7 +206,8 @@ def load_model(cfg: ModelConfig, data_shape: tuple[int, ...] | None = None) -> L
         if shipped is not None:
             weights, sidecar = str(shipped[0]), shipped[1]
             if sha256_file(shipped[0]) != sidecar.get("sha256"):
-                raise BadInput(f"{shipped[0]}: sha256 does not match {spec.ref}.json; restore it from git")
+                raise BadInput(f"{shipped[0]}: sha256 does not match {spec.ref}.json; reinstall edgecompress or "
+                               "restore the file from git")
     sha = None
     if weights is not None:
         sd = load_state_dict_file(Path(weights), trust=cfg.trust_checkpoint)

@@ -27,6 +27,7 @@ class RunContext:
     splits: Splits
     example: torch.Tensor  # batch 1, zeros
     calib_idx: np.ndarray  # calibration samples (indices into the training split)
+    calib_source: str = ""  # where their number comes from: --calib-samples, or the default (capped)
     meta: dict[str, str]  # ONNX metadata stamped on every file
     arts: dict[str, Artifact] = field(default_factory=dict)
     gates: list[Gate] = field(default_factory=list)

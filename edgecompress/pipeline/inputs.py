@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from edgecompress.config import RunConfig, Stage
+from edgecompress.config.stages import DEFAULT_CALIB_SAMPLES
 from edgecompress.data import limit, load_splits, resolve_data
 from edgecompress.errors import BadInput
 from edgecompress.models import LoadedModel, load_model
@@ -48,21 +49,36 @@ def load_inputs(cfg: RunConfig, d: Path, log: Callable[[str], None], t_start: fl
             raise BadInput(f"labels in {part.source} go up to {int(part.y.max())} but the model has "
                            f"{lm.num_classes} outputs; labels must be 0..{lm.num_classes - 1}")
     plan = cfg.plan()
-    calib_idx = np.zeros(0, int)
+    calib_idx, calib_source = np.zeros(0, int), ""
     if Stage.PTQ in plan:
-        if cfg.quant.calib_samples > len(splits.train):
-            raise BadInput(f"--calib-samples {cfg.quant.calib_samples} exceeds the {len(splits.train)} training "
-                           "samples; lower --calib-samples or pass more data")
+        n, calib_source = calibration_count(cfg.quant.calib_samples, len(splits.train))
+        if n < DEFAULT_CALIB_SAMPLES and cfg.quant.calib_samples is None:
+            log(f"calibrating INT8 on all {n} training samples (fewer than the default --calib-samples "
+                f"{DEFAULT_CALIB_SAMPLES})")
         rng = np.random.default_rng(cfg.seed)
-        calib_idx = np.sort(rng.choice(len(splits.train), cfg.quant.calib_samples, replace=False))
+        calib_idx = np.sort(rng.choice(len(splits.train), n, replace=False))
     log(f"model {lm.spec.ref} ({lm.num_classes} classes, input {list(lm.input_shape)}); data "
         f"{splits.description['kind']}: {len(splits.train)} train / {len(splits.val)} val / "
         f"{0 if splits.eval is None else len(splits.eval)} eval")
     ctx = RunContext(cfg=cfg, d=d, log=log, t_start=t_start, lm=lm, splits=splits,
                      example=torch.zeros((1, *lm.input_shape[1:])), calib_idx=calib_idx,
-                     meta=onnx_metadata(lm, lm.classes or splits.train.classes))
+                     calib_source=calib_source, meta=onnx_metadata(lm, lm.classes or splits.train.classes))
     ctx.timings["load"] = time.time() - t
     return ctx
+
+
+def calibration_count(requested: int | None, available: int) -> tuple[int, str]:
+    """How many training samples calibrate INT8, and where that number comes from (for the
+    manifest): the user's ``--calib-samples`` (more than the data holds is an error), else the
+    default, capped at what the data holds."""
+    if requested is not None:
+        if requested > available:
+            raise BadInput(f"--calib-samples {requested} exceeds the {available} training samples; lower "
+                           "--calib-samples or pass more data")
+        return requested, "--calib-samples"
+    if available < DEFAULT_CALIB_SAMPLES:
+        return available, f"default {DEFAULT_CALIB_SAMPLES} capped at the {available} training samples"
+    return DEFAULT_CALIB_SAMPLES, f"default {DEFAULT_CALIB_SAMPLES}"
 
 
 def onnx_metadata(lm: LoadedModel, classes: tuple[str, ...] | list[str]) -> dict[str, str]:

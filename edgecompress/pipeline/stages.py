@@ -203,6 +203,7 @@ class Quantize:
         ctx.arts["int8"] = Artifact(path=qr.path.name, macs=p.macs, params=p.params, parent=parent,
                                     int8_op_fraction=kr.int8_op_fraction)
         ctx.stage_results["quantize"] = {"settings": qr.settings, "calib_samples": qr.calib_samples,
+                                         "calib_samples_source": ctx.calib_source or None,
                                          "kernels": kr.to_dict()} | out.quantize_record
         ctx.timings[str(stage) if stage == Stage.QAT else "quantize"] = time.time() - t0
 

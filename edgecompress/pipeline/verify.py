@@ -10,6 +10,7 @@ import time
 import numpy as np
 import torch
 
+from edgecompress.config.enums import Deliver
 from edgecompress.files import atomic_write_text, sha256_file
 from edgecompress.pipeline.context import RunContext, RunResult
 from edgecompress.report import Gate, Manifest, command_line, render_report, versions
@@ -52,6 +53,24 @@ class Benchmark:
             a.latency_ms_p50, a.latency_ms_p90, a.latency_ms_mean = lat.p50_ms, lat.p90_ms, lat.mean_ms
 
 
+def delivery(ctx: RunContext, *, failed: bool) -> tuple[str | None, str | None]:
+    """(the faster of the INT8 file and its FP32 parent, the file the run delivers).
+
+    ``--deliver int8`` (default) delivers the INT8 file even when it is slower here: latency is
+    measured on this machine, which is often not the board the file is for, and INT8 is the
+    smallest file; the report says so in its first lines. ``--deliver fastest`` delivers the faster
+    of the two. A failed run delivers nothing; a run without INT8 delivers its last FP32 file."""
+    int8, parent = ctx.arts.get("int8"), ctx.arts.get(ctx.fp32_parent)
+    fastest = None
+    if int8 is not None and parent is not None and None not in (int8.latency_ms_p50, parent.latency_ms_p50):
+        fastest = "int8" if int8.latency_ms_p50 < parent.latency_ms_p50 else ctx.fp32_parent
+    if failed:
+        return fastest, None
+    if int8 is None:
+        return fastest, ctx.fp32_parent if parent is not None else None
+    return fastest, (fastest or "int8") if ctx.cfg.verify.deliver == Deliver.FASTEST else "int8"
+
+
 def write_manifest(ctx: RunContext) -> RunResult:
     failures = [g.name for g in ctx.gates if not g.passed]
     warnings_ = [*ctx.stage_results.get("prune", {}).get("warnings", []),
@@ -71,6 +90,7 @@ def write_manifest(ctx: RunContext) -> RunResult:
     for a in ctx.arts.values():
         p = ctx.d / a.path
         a.bytes, a.sha256 = file_bytes(p), sha256_file(p)
+    fastest, delivered = delivery(ctx, failed=bool(failures))
     lm, b = ctx.lm, ctx.cfg.bench
     manifest = Manifest(
         status="failed" if failures else "complete", command=command_line(),
@@ -81,6 +101,7 @@ def write_manifest(ctx: RunContext) -> RunResult:
         bench={"threads": b.threads, "batch": b.batch, "warmup": b.warmup, "runs": b.runs}, versions=versions(),
         cpu=cpu_info(), config=ctx.cfg.to_dict(), seed=ctx.cfg.seed,
         timings_s={k: round(v, 2) for k, v in ctx.timings.items()}, wall_seconds=round(time.time() - ctx.t_start, 1),
+        fastest_artifact=fastest, delivered_artifact=delivered,
     ).to_dict()  # fmt: skip
     atomic_write_text(ctx.d / "report.md", render_report(manifest))
     atomic_write_text(ctx.d / "manifest.json", json.dumps(manifest, indent=2) + "\n")  # written last

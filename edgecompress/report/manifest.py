@@ -83,10 +83,14 @@ class Manifest:
     seed: int
     timings_s: dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
+    # the faster (p50 here) of the INT8 file and its FP32 parent; None without both
+    fastest_artifact: str | None = None
+    delivered_artifact: str | None = None  # the file the run names as its deliverable (--deliver); None if failed
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "status": self.status, "command": self.command,
+            "delivered_artifact": self.delivered_artifact, "fastest_artifact": self.fastest_artifact,
             "model": self.model, "data": self.data, "stages": list(self.stages),
             "artifacts": {k: a.to_dict() for k, a in self.artifacts.items()},
             "stage_results": self.stage_results, "gates": [g.to_dict() for g in self.gates],

@@ -17,6 +17,7 @@ def render_report(m: dict[str, Any]) -> str:
     lines = [
         f"# edgecompress report — {m.get('model', {}).get('ref', '?')}",
         "",
+        *delivery_lines(m),
         f"Status: **{m.get('status', '?')}**. Stages: {' → '.join(m.get('stages', []))}. "
         f"Seed {m.get('seed')}. CPU: {m['cpu']['model']} "
         f"({', '.join(k for k, v in m['cpu']['isa'].items() if v) or 'no INT8 ISA flags'}).",
@@ -53,6 +54,30 @@ def render_report(m: dict[str, Any]) -> str:
     lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items() if v)}.",
               f"Wall time: {m.get('wall_seconds', 0):.0f} s.", ""]
     return "\n".join(lines)
+
+
+def delivery_lines(m: dict[str, Any]) -> list[str]:
+    """The first lines under the title: which file is delivered, and, loudly, an INT8 file that
+    is slower here than its FP32 parent (``fastest_artifact`` of the manifest)."""
+    if "delivered_artifact" not in m:  # a manifest from before these fields
+        return []
+    arts, lines = m["artifacts"], []
+    int8 = arts.get("int8") or {}
+    parent = arts.get(int8.get("parent") or "") or {}
+    fastest, delivered = m.get("fastest_artifact"), m.get("delivered_artifact")
+    if int8 and parent and fastest is not None and fastest != "int8":
+        lines.append(f"**Warning: the INT8 file is slower than its FP32 parent on this CPU**: `{int8['path']}` p50 "
+                     f"{int8['latency_ms_p50']:.3f} ms vs `{parent['path']}` {parent['latency_ms_p50']:.3f} ms "
+                     f"({parent['latency_ms_p50'] / int8['latency_ms_p50']:.2f}× the speed). "
+                     f"Fastest file: `{arts[fastest]['path']}`.")
+        lines.append("")
+    if delivered is None:
+        lines.append("Delivered: nothing (a gate failed; see below).")
+    else:
+        note = ("" if fastest is None else " (the fastest file here)" if delivered == fastest else
+                f" (`--deliver fastest` delivers `{arts[fastest]['path']}`)")
+        lines.append(f"Delivered: `{arts[delivered]['path']}`{note}.")
+    return [*lines, ""]
 
 
 def _stage_lines(m: dict[str, Any]) -> list[str]:

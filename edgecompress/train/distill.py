@@ -29,7 +29,15 @@ from edgecompress.config import DistillConfig
 from edgecompress.data.dataset import Dataset
 from edgecompress.errors import BadInput
 from edgecompress.train.features import FeatureHints
-from edgecompress.train.loop import Checkpointer, TrainConfig, fit, predict_logits, steps_per_epoch, top1
+from edgecompress.train.loop import (
+    Checkpointer,
+    TrainConfig,
+    fit,
+    predict_logits,
+    standard_layout,
+    steps_per_epoch,
+    top1,
+)
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: Dataset, cfg: Distill
         return DistillResult(0.0, 0, float("nan"), before, before)
     was_training = teacher.training
     teacher.eval()  # its forward runs under no_grad below; its parameters are left as they were
-    hints = FeatureHints(student, teacher, cfg.features, torch.from_numpy(train.x[:1])) if cfg.features else None
+    hints = FeatureHints(student, teacher, cfg.features, standard_layout(torch.from_numpy(train.x[:1]))) if cfg.features else None
     calls = [0]
     count = teacher.register_forward_hook(lambda m, i, o: calls.__setitem__(0, calls[0] + 1))
     feat_losses: list[float] = []

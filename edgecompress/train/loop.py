@@ -66,11 +66,26 @@ def augment(x: torch.Tensor, g: torch.Generator, shift: int, flip: bool) -> torc
         cols = (dx[:, None] + torch.arange(w)[None]).view(b, 1, 1, w)
         bidx = torch.arange(b).view(b, 1, 1, 1)
         x = padded.permute(0, 2, 3, 1)[bidx, rows, cols].squeeze(1).permute(0, 3, 1, 2)
-        x = x.contiguous()
     if flip:
         m = torch.rand(x.shape[0], generator=g) < 0.5
         x = torch.where(m.view(-1, 1, 1, 1), x.flip(3), x)
-    return x
+    return standard_layout(x)
+
+
+def standard_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with the strides of a freshly allocated NCHW tensor (a copy only when they differ).
+
+    ``.contiguous()`` is not enough: it ignores the stride of a size-1 dimension, so a
+    1-channel batch built through a channels-last view stays channels-last, the convolutions
+    then answer in channels-last, and a model whose forward does ``x.view(x.size(0), -1)``
+    fails. Every batch the loop feeds a model goes through here."""
+    want, acc = [], 1
+    for size in reversed(x.shape):
+        want.append(acc)
+        acc *= size
+    if tuple(reversed(want)) == x.stride():
+        return x
+    return x.clone(memory_format=torch.contiguous_format)
 
 
 def mixup(x: torch.Tensor, g: torch.Generator, a: float) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -104,7 +119,8 @@ def total_steps(epochs: float, spe: int) -> int:
 def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     was = model.training
     model.eval()
-    out = [model(torch.from_numpy(x[i : i + batch_size])).float().numpy() for i in range(0, len(x), batch_size)]
+    out = [model(standard_layout(torch.from_numpy(x[i : i + batch_size]))).float().numpy()
+           for i in range(0, len(x), batch_size)]
     model.train(was)
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
@@ -265,6 +281,7 @@ def _step(net: nn.Module, opt: torch.optim.Optimizer, loss_fn: LossFn, x: torch.
     mix = None
     if cfg.mixup > 0:
         x, *mix = mixup(x, g, cfg.mixup)
+    x = standard_layout(x)  # whatever the data's or the augmentation's strides
     logits = net(x)
     if mix is not None and y is not None:
         y = mixed_targets(y, mix[0], mix[1], logits.shape[1])
