@@ -12,6 +12,14 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
     echo "note: install the Debian package dataset-fashion-mnist (as root) for the default data set" >&2
   fi
 fi
+# openssh-server: the tests of `bench --remote` / `export --bench-on` start their own sshd on 127.0.0.1
+if [ ! -x /usr/sbin/sshd ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && apt-get install -y -qq openssh-server openssh-client) >/dev/null
+  else
+    echo "note: install the Debian package openssh-server (as root) for the tests of bench --remote" >&2
+  fi
+fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -m pip install -q -c constraints.txt torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true

@@ -1,5 +1,6 @@
 """``edgecompress bench MODEL.onnx [...]``: latency/size table or JSON for any ONNX file, or several
-side by side. Loads only the torch-free runtime layer, so it runs on an edge board."""
+side by side, here or on a device over ssh (``--remote``). Loads only the torch-free runtime layer,
+so it runs on an edge board."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from typing import Any
 
 from edgecompress.cli.common import ints, shape
 from edgecompress.errors import BadInput
+from edgecompress.runtime.device import device_info
 from edgecompress.runtime.latency import PROTOCOL, bench_file, compare_files
+from edgecompress.runtime.remote import Device
 from edgecompress.runtime.session import check_model_file
 
 
@@ -30,6 +33,13 @@ def add_arguments(sub, name: str, help_: str) -> None:
     b.add_argument("--input-shape", type=shape, help="N,C,H,W when the model's input has symbolic dims")
     b.add_argument("--profile", action="store_true", help="also show where the time goes per operator type "
                    "(onnxruntime's profiler; depthwise convs apart), for every threads x batch")
+    b.add_argument("--remote", metavar="DEST", help="measure on this device over ssh (user@host, "
+                   "ssh://user@host:port or a Host alias of ~/.ssh/config): the files are copied to a temporary "
+                   "directory there and timed by the device's python and onnxruntime with the same protocol")
+    b.add_argument("--remote-python", default="python3", metavar="PATH", help="the python on the device that has "
+                   "numpy, onnx and onnxruntime (default python3)")
+    b.add_argument("--ssh-config", metavar="FILE", help="ssh client configuration file for --remote (ssh -F); "
+                   "default: ssh's own (~/.ssh/config)")
     b.add_argument("--json", action="store_true", help="print only JSON on stdout")
 
 
@@ -45,17 +55,25 @@ def run(args: argparse.Namespace) -> int:
                           "input_shape": tuple(args.input_shape) if args.input_shape else None,
                           "profile": args.profile}
     if len(paths) > 1:
-        out = compare_files(paths, rounds=args.rounds, **kw)
-        print(json.dumps(out, indent=2) if args.json else format_compare(out, paths, args.rounds))
-        return 0
-    out = bench_file(paths[0], **kw)
-    print(json.dumps(out, indent=2) if args.json else format_one(out))
+        kw["rounds"] = args.rounds
+    if args.remote:
+        with Device(args.remote, python=args.remote_python, ssh_config=args.ssh_config) as dev:
+            out = dev.bench(paths, **kw) | {"device": dev.info}
+    else:
+        if args.ssh_config or args.remote_python != "python3":
+            raise BadInput("--ssh-config and --remote-python go with --remote DEST")
+        out = (compare_files(paths, **kw) if len(paths) > 1 else bench_file(paths[0], **kw)) | \
+            {"device": device_info() | {"dest": "local"}}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(format_compare(out, paths, args.rounds) if len(paths) > 1 else format_one(out))
     return 0
 
 
 def format_one(out: dict[str, Any]) -> str:
     rows = out["results"]
-    lines = [f"{out['model']}  {out['bytes']:,} bytes  on {out['cpu']['model']}",
+    lines = [f"{out['model']}  {out['bytes']:,} bytes  on {out['device']['key']}",
              f"{'threads':>7} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'mean ms':>9} {'samples/s':>10}"]
     for r in rows:
         lines.append(f"{r['threads']:>7} {r['batch']:>5} {r['p50_ms']:>9.3f} {r['p90_ms']:>9.3f} {r['mean_ms']:>9.3f} "
@@ -67,7 +85,7 @@ def format_one(out: dict[str, Any]) -> str:
 
 def format_compare(out: dict[str, Any], paths: list[Path], rounds: int) -> str:
     per_visit = out["results"][0]["runs_per_round"] if out["results"] else 0
-    lines = [f"{len(paths)} files side by side on {out['cpu']['model']}: {rounds} round(s) of {per_visit} runs each, "
+    lines = [f"{len(paths)} files side by side on {out['device']['key']}: {rounds} round(s) of {per_visit} runs each, "
              f"in a shuffled order; ratios to {paths[0]}"]
     width = max(len(str(p)) for p in paths)
     for r in out["results"]:

@@ -50,24 +50,11 @@ from edgecompress.config import QuantConfig, WeightStorage
 from edgecompress.files import atomic_write
 from edgecompress.quantize.graph import store_weights_int8
 from edgecompress.quantize.ptq import QuantResult, preprocessed_model, quantize_ptq
-from edgecompress.runtime.kernels import FLOAT_COMPUTE, INT8_COMPUTE, node_times, origin_keys, origin_node
+from edgecompress.runtime.kernels import layer_times, origin_keys
 from edgecompress.runtime.latency import measure_latency, round_robin_p50
 
 LayerTimes = Callable[[Path], dict[str, float]]  # file -> compute node (pre-processed graph) -> ms per run
 Compare = Callable[[list[Path]], list[float]]  # files -> p50 ms each, measured side by side
-
-
-def layer_times(path: Path, keys: dict[str, str], *, threads: int, batch: int, runs: int = 200,
-                input_shape: tuple[int, ...] | None = None) -> dict[str, float]:
-    """Kernel ms per run of each compute node (named as in the pre-processed graph) in ``path``."""
-    nt = node_times(path, threads=threads, batch=batch, runs=runs, input_shape=input_shape)
-    out: dict[str, float] = {}
-    for n in nt.model.graph.node:
-        if n.op_type in INT8_COMPUTE or n.op_type in FLOAT_COMPUTE:
-            origin = origin_node(n, keys)
-            if origin is not None and n.name in nt.ms:
-                out[origin] = out.get(origin, 0.0) + nt.ms[n.name]
-    return out
 
 
 def _median(rounds: list[dict[str, float]]) -> dict[str, float]:

@@ -189,3 +189,16 @@ def profile_ops(path: Path | str, *, threads: int = 1, batch: int = 1, warmup: i
                  key=lambda o: -o.ms_per_run)
     return OpProfile(nt.runs, total, ops)
 
+
+def layer_times(path: Path, keys: dict[str, str], *, threads: int, batch: int, runs: int = 200,
+                input_shape: tuple[int, ...] | None = None) -> dict[str, float]:
+    """Kernel ms per run of each compute node of ``path``, named by ``keys`` (:func:`origin_keys` of the
+    graph the names refer to, e.g. the pre-processed graph that ``quantize_static`` sees)."""
+    nt = node_times(path, threads=threads, batch=batch, runs=runs, input_shape=input_shape)
+    out: dict[str, float] = {}
+    for n in nt.model.graph.node:
+        if n.op_type in INT8_COMPUTE or n.op_type in FLOAT_COMPUTE:
+            origin = origin_node(n, keys)
+            if origin is not None and n.name in nt.ms:
+                out[origin] = out.get(origin, 0.0) + nt.ms[n.name]
+    return out

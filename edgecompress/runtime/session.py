@@ -68,26 +68,27 @@ def random_feed(sess, batch: int, input_shape: tuple[int, ...] | None = None, se
     return {inp.name: x}
 
 
-def file_bytes(path: Path | str) -> int:
-    """Size of an ONNX model including any external-data files it references."""
+def model_files(path: Path | str) -> list[Path]:
+    """An ONNX model file and the external-data files it references (those that exist), the model first."""
     import onnx
 
     path = Path(path)
-    total = path.stat().st_size
+    files = [path]
     try:
         m = onnx.load(str(path), load_external_data=False)
     except Exception:
-        return total
-    seen = set()
+        return files
     for init in m.graph.initializer:
         for entry in init.external_data:
-            if entry.key == "location" and entry.value not in seen:
-                seen.add(entry.value)
-                f = path.parent / entry.value
-                if f.exists():
-                    total += f.stat().st_size
-    return total
+            f = path.parent / entry.value
+            if entry.key == "location" and f not in files and f.exists():
+                files.append(f)
+    return files
 
+
+def file_bytes(path: Path | str) -> int:
+    """Size of an ONNX model including any external-data files it references."""
+    return sum(f.stat().st_size for f in model_files(path))
 
 
 def check_model_file(path: Path) -> None:
