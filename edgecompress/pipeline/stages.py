@@ -21,12 +21,14 @@ from edgecompress.models import save_pruned, structural_record
 from edgecompress.pipeline.artifacts import fp32_artifact, stamp
 from edgecompress.pipeline.context import RunContext
 from edgecompress.pipeline.probe import latency_criterion
-from edgecompress.prune import count_macs_params, layer_table, prune
+from edgecompress.pipeline.prune_step import prune_step
+from edgecompress.prune import count_macs_params, layer_table
 from edgecompress.prune.allocation import missing_warning
 from edgecompress.prune.sensitivity import SensitivityConfig, ratios_up_to, sensitivity
 from edgecompress.quantize import registry
 from edgecompress.report import Artifact
 from edgecompress.runtime import COMPUTE_OPS, kernel_report
+from edgecompress.train.augment_policy import augment_policy
 from edgecompress.train.ddp import run_kd
 from edgecompress.train.loop import top1
 
@@ -67,8 +69,8 @@ class PruneDistill:
             goal_macs = macs0 * (1 - p.macs_target * step / p.steps)
             now = count_macs_params(student, ctx.example)[0]
             pstep = p if step == 1 else replace(p, drop_blocks=0)  # blocks are dropped once, in the first step
-            pr = prune(student, ctx.example, pstep, ratio=max(0.0, 1 - goal_macs / now), latency=_probe(ctx),
-                       **_calib(ctx))
+            pr = prune_step(ctx, student, pstep, step, ratio=max(0.0, 1 - goal_macs / now), latency=_probe(ctx),
+                            **_calib(ctx))
             student = pr.model
             allocations.append(pr.allocation)
             if pr.allocation.get("groups_without_curve"):
@@ -139,7 +141,8 @@ def _distill_round(ctx: RunContext, student: nn.Module, step: int, steps: int, m
             "val_top1_history": dr.val_history, "stopped_early": dr.stopped_early, "feature_hints": dr.feature_hints,
             "feature_loss_first": dr.feature_loss_first, "feature_loss_last": dr.feature_loss_last,
             "teacher_forward_batches": dr.teacher_forward_batches, "resumed_from_step": dr.resumed_from_step,
-            "nproc": dr.nproc, "rank_state_sha256": dr.rank_state_sha256, "seconds": round(time.time() - td, 1)}
+            "nproc": dr.nproc, "rank_state_sha256": dr.rank_state_sha256, "seconds": round(time.time() - td, 1),
+            "augmentation": augment_policy(ctx.splits.train.x.shape[1:], dcfg.augment_shift, dcfg.augment_flip).to_dict()}
 
 
 def _distill_summary(ctx: RunContext, history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -149,7 +152,7 @@ def _distill_summary(ctx: RunContext, history: list[dict[str, Any]]) -> dict[str
             "eval_top1_after_distill": history[-1]["eval_top1_after_distill"], "schedule": history,
             "patience": d.patience, "best_epoch": history[-1]["best_epoch"],
             "val_top1_history": history[-1]["val_top1_history"],
-            "stopped_early": any(h["stopped_early"] for h in history)}
+            "stopped_early": any(h["stopped_early"] for h in history), "augmentation": history[-1]["augmentation"]}
 
 
 def _sensitivity_table(ctx: RunContext) -> Path:

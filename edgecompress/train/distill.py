@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from edgecompress.config import DistillConfig
 from edgecompress.data.dataset import Dataset
 from edgecompress.errors import BadInput
+from edgecompress.train.augment_policy import augment_policy
 from edgecompress.train.features import FeatureHints
 from edgecompress.train.loop import Checkpointer, TrainConfig, fit, predict_logits, steps_per_epoch, top1
 
@@ -98,8 +99,9 @@ def distill(student: nn.Module, teacher: nn.Module, train: Dataset, cfg: Distill
             loss = loss + cfg.feature_weight * f
         return loss
 
+    aug = augment_policy(train.x.shape[1:], cfg.augment_shift, cfg.augment_flip)  # image augmentation on images only
     tcfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
-                       augment_shift=cfg.augment_shift, augment_flip=cfg.augment_flip, mixup=cfg.mixup, seed=seed)  # fmt: skip
+                       augment_shift=aug.shift, augment_flip=aug.flip, mixup=cfg.mixup, seed=seed)  # fmt: skip
     try:
         validate = (lambda m: top1(m, val)) if cfg.patience > 0 else None
         with hints if hints is not None else contextlib.nullcontext():
