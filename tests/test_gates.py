@@ -225,3 +225,25 @@ def test_augmentation_only_on_image_like_inputs() -> None:
     small = augment_policy((1, 8, 8), 4, True)  # a 4-px shift of an 8-px image: flip only
     assert (small.shift, small.flip) == (0, True)
     assert augment_policy((1, 28, 28), 0, False).reason == "augmentation off"
+
+
+def test_npz_uint8_stays_uint8_and_every_batch_reads_as_before(tmp_path) -> None:
+    """A uint8 npz is held as uint8 (a quarter of the float32 bytes); models see the same floats."""
+    from edgecompress.data import as_float, load_npz, load_splits
+    from edgecompress.train.loop import TrainConfig, fit, predict_logits
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (40, 1, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=rng.integers(0, 2, 40))
+    d = load_npz(tmp_path / "d.npz")
+    assert d.x.dtype == np.uint8 and np.array_equal(d.x, x)
+    want = x.astype(np.float32) / 255.0  # what the reader returned before
+    assert as_float(d.x).dtype == np.float32 and np.array_equal(as_float(d.x), want)
+    s = load_splits(str(tmp_path / "d.npz"), None, input_shape=None)
+    assert s.train.x.dtype == np.uint8 and s.eval.x.dtype == np.uint8
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+    assert np.array_equal(predict_logits(net, d.x, batch_size=16), predict_logits(net, want, batch_size=16))
+    seen = []
+    res = fit(net, d, TrainConfig(epochs=1, batch_size=16), lambda o, xb, yb: seen.append(xb.dtype) or o.square().mean())
+    assert res.steps == 3 and seen == [torch.float32] * 3

@@ -14,6 +14,7 @@ import numpy as np
 import torch.nn as nn
 
 from edgecompress.config import PruneConfig, QuantMode, Stage
+from edgecompress.data import as_float
 from edgecompress.errors import BadInput
 from edgecompress.export import check_onnx
 from edgecompress.files import atomic_write_text
@@ -107,7 +108,7 @@ def _calib(ctx: RunContext) -> dict[str, np.ndarray | None]:
     """Up to 256 calibration samples (the first of PTQ's when it runs): block dropping, Taylor."""
     train = ctx.splits.train
     idx = ctx.calib_idx[:256] if len(ctx.calib_idx) else np.arange(min(256, len(train)))
-    return {"calib_x": train.x[idx], "calib_y": None if train.y is None else train.y[idx]}
+    return {"calib_x": as_float(train.x[idx]), "calib_y": None if train.y is None else train.y[idx]}
 
 
 def _probe(ctx: RunContext):
@@ -186,7 +187,7 @@ class Quantize:
         started = f"{parent} (distilled)" if Stage.DISTILL in ctx.stages else parent  # QAT continues from KD
         job = registry.QuantJob(
             src=ctx.d / f"{parent}.onnx", dst=ctx.d / "int8.onnx", cfg=cfg.quant,
-            calib_x=splits.train.x[ctx.calib_idx], val_x=splits.val.x, val_y=splits.val.y,
+            calib_x=as_float(splits.train.x[ctx.calib_idx]), val_x=as_float(splits.val.x), val_y=splits.val.y,
             max_accuracy_drop=cfg.verify.max_accuracy_drop, threads=cfg.bench.threads, batch=cfg.bench.batch,
             input_shape=tuple(ctx.lm.input_shape), model=ctx.fp32_model, teacher=ctx.lm.model, train=splits.train,
             example=ctx.example, parity_x=ctx.parity_samples(256), qat=cfg.qat, opset=cfg.onnx.opset,

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import torch
 
+from edgecompress.data import as_float
 from edgecompress.files import atomic_write_text, sha256_file
 from edgecompress.pipeline.context import RunContext, RunResult
 from edgecompress.report import Gate, Manifest, command_line, render_report, versions
@@ -26,7 +27,8 @@ class Evaluate:
             ctx.log(f"evaluating {len(ctx.arts)} artifact(s) on {len(ev)} samples with onnxruntime")
             for name, a in ctx.arts.items():
                 sess = make_session(ctx.d / a.path, threads=torch.get_num_threads())
-                preds[name] = run_batched(sess, ev.x).argmax(1)
+                preds[name] = np.concatenate([run_batched(sess, as_float(ev.x[i : i + 4096])).argmax(1)
+                                              for i in range(0, len(ev), 4096)])  # uint8 samples: float per chunk
                 a.top1 = None if ev.y is None else float((preds[name] == ev.y).mean())
         parent = ctx.fp32_parent
         if "int8" in preds and parent in preds:

@@ -47,7 +47,7 @@ import torch.nn as nn
 from torch.fx import GraphModule, Node
 
 from edgecompress.config import Exporter, ExportOnnxConfig, QatConfig
-from edgecompress.data.dataset import Dataset
+from edgecompress.data.dataset import Dataset, as_float
 from edgecompress.errors import BadInput, GateFailed, one_line
 from edgecompress.export.onnx_export import batch_dim, export_example, export_onnx
 from edgecompress.quantize.ptq import QuantResult
@@ -252,7 +252,7 @@ def qat(model: nn.Module, teacher: nn.Module | None, train: Dataset, example: to
     idx = np.sort(rng.permutation(len(train))[: cfg.calib_samples])
     prepared.eval()
     with torch.no_grad():
-        prepared(torch.from_numpy(np.ascontiguousarray(train.x[idx])))
+        prepared(torch.from_numpy(np.ascontiguousarray(as_float(train.x[idx]))))
 
     steps, final_loss = 0, float("nan")
     try:

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgecompress.config import DistillConfig
-from edgecompress.data.dataset import Dataset
+from edgecompress.data.dataset import Dataset, as_float
 from edgecompress.errors import BadInput
 from edgecompress.train.augment_policy import augment_policy
 from edgecompress.train.features import FeatureHints
@@ -78,7 +78,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: Dataset, cfg: Distill
         return DistillResult(0.0, 0, float("nan"), before, before)
     was_training = teacher.training
     teacher.eval()  # its forward runs under no_grad below; its parameters are left as they were
-    hints = FeatureHints(student, teacher, cfg.features, torch.from_numpy(train.x[:1])) if cfg.features else None
+    hints = FeatureHints(student, teacher, cfg.features, torch.from_numpy(as_float(train.x[:1]))) if cfg.features else None
     calls = [0]
     count = teacher.register_forward_hook(lambda m, i, o: calls.__setitem__(0, calls[0] + 1))
     feat_losses: list[float] = []
