@@ -247,3 +247,25 @@ def test_npz_uint8_stays_uint8_and_every_batch_reads_as_before(tmp_path) -> None
     seen = []
     res = fit(net, d, TrainConfig(epochs=1, batch_size=16), lambda o, xb, yb: seen.append(xb.dtype) or o.square().mean())
     assert res.steps == 3 and seen == [torch.float32] * 3
+
+
+@pytest.mark.parametrize(("shape", "shifted"), [((1, 64, 1), False), ((1, 28, 28), True)])
+def test_distillation_shifts_images_but_not_frames(shape, shifted) -> None:
+    """The teacher sees the batches KD trains on: frames arrive whole, images shifted as before."""
+    from edgecompress.config import DistillConfig
+    from edgecompress.data import Dataset
+    from edgecompress.train.distill import distill
+
+    torch.manual_seed(0)
+
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Conv2d(1, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(4, 2))
+
+    teacher, seen = net().eval(), []
+    teacher.register_forward_hook(lambda _m, i, _o: seen.append(i[0].detach().clone()))
+    d = Dataset(np.ones((64, *shape), np.float32), np.zeros(64, np.int64), "ones")
+    distill(net(), teacher, d, DistillConfig(epochs=1, batch_size=16))
+    x = torch.cat(seen)
+    assert len(x) == 64 and bool((x == 0).any()) == shifted
+    assert bool((x.flatten(1).sum(1) > 0).all())  # no sample was cropped to nothing

@@ -132,6 +132,9 @@ def _distill_round(ctx: RunContext, student: nn.Module, step: int, steps: int, m
     ctx.log(f"distilling for {dcfg.epochs:g} epoch(s) (T={dcfg.temperature:g}, alpha={dcfg.alpha:g}, "
             f"lr={dcfg.lr:g}{f', mixup={dcfg.mixup:g}' if dcfg.mixup else ''})"
             f"{f' [step {step}/{steps}]' if steps > 1 else ''}")
+    aug = augment_policy(ctx.splits.train.x.shape[1:], dcfg.augment_shift, dcfg.augment_flip)  # as distill() applies
+    if (aug.shift, aug.flip) != (dcfg.augment_shift, dcfg.augment_flip):
+        ctx.log(f"KD augmentation: {aug.reason}")
     dr = run_kd(cfg, ctx.lm, ctx.splits, student, ctx.lm.model, dcfg, step, ctx.log)
     after = top1(student, ev) if ctx.labelled_eval else None
     if ctx.labelled_eval:
@@ -143,7 +146,7 @@ def _distill_round(ctx: RunContext, student: nn.Module, step: int, steps: int, m
             "feature_loss_first": dr.feature_loss_first, "feature_loss_last": dr.feature_loss_last,
             "teacher_forward_batches": dr.teacher_forward_batches, "resumed_from_step": dr.resumed_from_step,
             "nproc": dr.nproc, "rank_state_sha256": dr.rank_state_sha256, "seconds": round(time.time() - td, 1),
-            "augmentation": augment_policy(ctx.splits.train.x.shape[1:], dcfg.augment_shift, dcfg.augment_flip).to_dict()}
+            "augmentation": aug.to_dict()}
 
 
 def _distill_summary(ctx: RunContext, history: list[dict[str, Any]]) -> dict[str, Any]:

@@ -13,6 +13,9 @@ whose kept channels differ is named.
 Zeroing is only equivalent to removing when nothing mixes channels statistically: a LayerNorm or
 GroupNorm normalises across the channels, attention splits them into heads. A step that changed
 such a layer is reported as *not applicable*, with the reason, instead of checked.
+
+The recording wraps one Torch-Pruning internal, ``Dependency.__call__`` (the call that shrinks one
+layer), as tests/test_zoo_coverage.py does; tests/test_gates.py fails if that stops recording.
 """
 
 from __future__ import annotations
