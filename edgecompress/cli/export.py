@@ -65,6 +65,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--prune-steps", "prune.steps", "iterative schedule: N rounds of prune -> distill"),
     Flag("--drop-blocks", "prune.drop_blocks", "depth pruning: remove the N residual blocks whose removal changes "
          "the output least, before pruning channels; they count towards --prune-ratio"),
+    Flag("--prune-max-seconds", "prune.max_seconds", "bound on each pruning step (dependency graph + channel "
+         "removal) in seconds: past it, an error naming the slow part (0 = no bound)"),
+    Flag("--prune-max-memory", "prune.max_memory", "bound on the resident memory while pruning, as a fraction of "
+         "the RAM: past it, an error naming the slow part (0 = no bound)"),
     Flag("--distill-epochs", "distill.epochs", "epochs of distillation after pruning (0 = none)"),
     Flag("--lr", "distill.lr", "distillation learning rate"),
     Flag("--alpha", "distill.alpha", "weight of the KD term vs cross-entropy"),
@@ -103,6 +107,10 @@ FLAGS: tuple[Flag, ...] = (
          default="report only"),
     Flag("--deliver", "verify.deliver", "the file the run delivers: int8 (smallest; the report says so in its first "
          "lines when it is slower here than its FP32 parent) or fastest (the faster of the two on this CPU)"),
+    Flag("--max-drop-vs-original", "verify.max_drop_vs_original", "gate: every artifact's top-1 at most F points "
+         "below the original's on the eval set (or 2 standard errors of the difference, if more; 0 = report only)"),
+    Flag("--min-agreement-vs-original", "verify.min_agreement_vs_original", "gate on unlabelled eval data: every "
+         "artifact's top-1 agreement with the original >= F (0 = report only)"),
     Flag("--parity-tol", "verify.parity_tol", "gate: FP32 ONNX vs PyTorch max-abs <= F * max(1,|logit|)"),
     Flag("--threads", "bench.threads", "onnxruntime intra-op threads for latency"),
     Flag("--runs", "bench.runs", "timed runs per artifact"),

@@ -84,6 +84,10 @@ class PruneConfig(EnumFields):
     steps: int = 1  # iterative schedule: N rounds of prune -> short distillation
     drop_blocks: int = 0  # depth pruning: remove this many residual blocks before pruning channels
     sensitivity: str | None = None  # allocation=sensitivity: sensitivity.json to use; None = measure on val split
+    # bounds on each pruning step (dependency graph + channel removal; prune.bounds): past either, a
+    # one-line error naming the slow part instead of a hang or an OOM kill. 0 = no bound
+    max_seconds: float = 600.0  # wall-clock seconds per step
+    max_memory: float = 0.75  # resident memory, as a fraction of the RAM (or the cgroup's limit)
 
     @property
     def macs_target(self) -> float:
@@ -127,6 +131,11 @@ class PruneConfig(EnumFields):
             raise ConfigError(f"max_layer_ratio={self.max_layer_ratio}: must be in (0, 1)")
         if self.taylor_batches < 1:
             raise ConfigError(f"taylor_batches={self.taylor_batches}: must be >= 1")
+        if not (self.max_seconds >= 0 and math.isfinite(self.max_seconds)):
+            raise ConfigError(f"--prune-max-seconds {self.max_seconds}: must be >= 0 (0 = no bound)")
+        if not 0 <= self.max_memory <= 1:
+            raise ConfigError(f"--prune-max-memory {self.max_memory}: must be a fraction of the RAM in [0, 1] "
+                              "(0 = no bound)")
         if self.drop_blocks < 0:
             raise ConfigError(f"--drop-blocks {self.drop_blocks}: must be >= 0 (a number of residual blocks)")
         if self.sensitivity is not None and self.allocation != "sensitivity":
@@ -281,9 +290,20 @@ class VerifyConfig(EnumFields):
     min_int8_agreement: float = 0.99  # gate: INT8 vs FP32 top-1 agreement on the eval set (0 = report only)
     max_accuracy_drop: float | None = None  # points of top-1, INT8 vs teacher; None = report only
     deliver: Deliver = Deliver.INT8  # the deliverable: int8 even when slower here (said loudly), or the fastest
+    # gate: every artifact against the ORIGINAL model on the eval set (pipeline.fidelity): labelled, top-1
+    # at most this many points below the original's (or 2 standard errors of the paired difference, if
+    # more: a small eval set cannot resolve less); 0 = report only
+    max_drop_vs_original: float = 3.0
+    min_agreement_vs_original: float = 0.9  # unlabelled eval data: top-1 agreement with the original; 0 = report only
 
     def validate(self) -> None:
         _choice("--deliver", self.deliver, Deliver)
+        if not (self.max_drop_vs_original >= 0 and math.isfinite(self.max_drop_vs_original)):
+            raise ConfigError(f"--max-drop-vs-original {self.max_drop_vs_original}: must be >= 0 (points of top-1; "
+                              "0 = report only)")
+        if not 0 <= self.min_agreement_vs_original <= 1:
+            raise ConfigError(f"--min-agreement-vs-original {self.min_agreement_vs_original}: must be in [0, 1] "
+                              "(0 = report only)")
         if self.parity_tol <= 0:
             raise ConfigError(f"parity_tol={self.parity_tol}: must be > 0")
         if not 0 <= self.min_int8_agreement <= 1:

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from edgecompress.config import RunConfig, Stage
-from edgecompress.data import Splits
+from edgecompress.data import Splits, as_float
 from edgecompress.models import LoadedModel
 from edgecompress.report import Artifact, Gate
 
@@ -45,7 +45,7 @@ class RunContext:
     def parity_samples(self, n: int) -> np.ndarray:
         """The first ``n`` samples of the eval set (the training set without one), for parity checks."""
         src = self.splits.eval if self.splits.eval is not None else self.splits.train
-        return src.x[:n]
+        return as_float(src.x[:n])
 
     def warn(self, w: str) -> None:
         """A warning for the log and the manifest, once."""

@@ -14,6 +14,7 @@ import numpy as np
 import torch.nn as nn
 
 from edgecompress.config import PruneConfig, QuantMode, Stage
+from edgecompress.data import as_float
 from edgecompress.errors import BadInput
 from edgecompress.export import check_onnx
 from edgecompress.files import atomic_write_text
@@ -21,12 +22,14 @@ from edgecompress.models import save_pruned, structural_record
 from edgecompress.pipeline.artifacts import fp32_artifact, stamp
 from edgecompress.pipeline.context import RunContext
 from edgecompress.pipeline.probe import latency_criterion
-from edgecompress.prune import count_macs_params, layer_table, prune
+from edgecompress.pipeline.prune_step import prune_step
+from edgecompress.prune import count_macs_params, layer_table
 from edgecompress.prune.allocation import missing_warning
 from edgecompress.prune.sensitivity import SensitivityConfig, ratios_up_to, sensitivity
 from edgecompress.quantize import registry
 from edgecompress.report import Artifact
 from edgecompress.runtime import COMPUTE_OPS, kernel_report
+from edgecompress.train.augment_policy import augment_policy
 from edgecompress.train.ddp import run_kd
 from edgecompress.train.loop import top1
 
@@ -67,8 +70,8 @@ class PruneDistill:
             goal_macs = macs0 * (1 - p.macs_target * step / p.steps)
             now = count_macs_params(student, ctx.example)[0]
             pstep = p if step == 1 else replace(p, drop_blocks=0)  # blocks are dropped once, in the first step
-            pr = prune(student, ctx.example, pstep, ratio=max(0.0, 1 - goal_macs / now), latency=_probe(ctx),
-                       **_calib(ctx))
+            pr = prune_step(ctx, student, pstep, step, ratio=max(0.0, 1 - goal_macs / now), latency=_probe(ctx),
+                            **_calib(ctx))
             student = pr.model
             allocations.append(pr.allocation)
             if pr.allocation.get("groups_without_curve"):
@@ -105,7 +108,7 @@ def _calib(ctx: RunContext) -> dict[str, np.ndarray | None]:
     """Up to 256 calibration samples (the first of PTQ's when it runs): block dropping, Taylor."""
     train = ctx.splits.train
     idx = ctx.calib_idx[:256] if len(ctx.calib_idx) else np.arange(min(256, len(train)))
-    return {"calib_x": train.x[idx], "calib_y": None if train.y is None else train.y[idx]}
+    return {"calib_x": as_float(train.x[idx]), "calib_y": None if train.y is None else train.y[idx]}
 
 
 def _probe(ctx: RunContext):
@@ -129,6 +132,9 @@ def _distill_round(ctx: RunContext, student: nn.Module, step: int, steps: int, m
     ctx.log(f"distilling for {dcfg.epochs:g} epoch(s) (T={dcfg.temperature:g}, alpha={dcfg.alpha:g}, "
             f"lr={dcfg.lr:g}{f', mixup={dcfg.mixup:g}' if dcfg.mixup else ''})"
             f"{f' [step {step}/{steps}]' if steps > 1 else ''}")
+    aug = augment_policy(ctx.splits.train.x.shape[1:], dcfg.augment_shift, dcfg.augment_flip)  # as distill() applies
+    if (aug.shift, aug.flip) != (dcfg.augment_shift, dcfg.augment_flip):
+        ctx.log(f"KD augmentation: {aug.reason}")
     dr = run_kd(cfg, ctx.lm, ctx.splits, student, ctx.lm.model, dcfg, step, ctx.log)
     after = top1(student, ev) if ctx.labelled_eval else None
     if ctx.labelled_eval:
@@ -139,7 +145,8 @@ def _distill_round(ctx: RunContext, student: nn.Module, step: int, steps: int, m
             "val_top1_history": dr.val_history, "stopped_early": dr.stopped_early, "feature_hints": dr.feature_hints,
             "feature_loss_first": dr.feature_loss_first, "feature_loss_last": dr.feature_loss_last,
             "teacher_forward_batches": dr.teacher_forward_batches, "resumed_from_step": dr.resumed_from_step,
-            "nproc": dr.nproc, "rank_state_sha256": dr.rank_state_sha256, "seconds": round(time.time() - td, 1)}
+            "nproc": dr.nproc, "rank_state_sha256": dr.rank_state_sha256, "seconds": round(time.time() - td, 1),
+            "augmentation": aug.to_dict()}
 
 
 def _distill_summary(ctx: RunContext, history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -149,7 +156,7 @@ def _distill_summary(ctx: RunContext, history: list[dict[str, Any]]) -> dict[str
             "eval_top1_after_distill": history[-1]["eval_top1_after_distill"], "schedule": history,
             "patience": d.patience, "best_epoch": history[-1]["best_epoch"],
             "val_top1_history": history[-1]["val_top1_history"],
-            "stopped_early": any(h["stopped_early"] for h in history)}
+            "stopped_early": any(h["stopped_early"] for h in history), "augmentation": history[-1]["augmentation"]}
 
 
 def _sensitivity_table(ctx: RunContext) -> Path:
@@ -183,7 +190,7 @@ class Quantize:
         started = f"{parent} (distilled)" if Stage.DISTILL in ctx.stages else parent  # QAT continues from KD
         job = registry.QuantJob(
             src=ctx.d / f"{parent}.onnx", dst=ctx.d / "int8.onnx", cfg=cfg.quant,
-            calib_x=splits.train.x[ctx.calib_idx], val_x=splits.val.x, val_y=splits.val.y,
+            calib_x=as_float(splits.train.x[ctx.calib_idx]), val_x=as_float(splits.val.x), val_y=splits.val.y,
             max_accuracy_drop=cfg.verify.max_accuracy_drop, threads=cfg.bench.threads, batch=cfg.bench.batch,
             input_shape=tuple(ctx.lm.input_shape), model=ctx.fp32_model, teacher=ctx.lm.model, train=splits.train,
             example=ctx.example, parity_x=ctx.parity_samples(256), qat=cfg.qat, opset=cfg.onnx.opset,

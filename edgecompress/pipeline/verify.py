@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from edgecompress.config.enums import Deliver
+from edgecompress.data import as_float
 from edgecompress.files import atomic_write_text, sha256_file
 from edgecompress.pipeline.context import RunContext, RunResult
 from edgecompress.report import Gate, Manifest, command_line, render_report, versions
@@ -23,22 +24,56 @@ class Evaluate:
     def run(self, ctx: RunContext) -> None:
         ev, verify = ctx.splits.eval, ctx.cfg.verify
         preds: dict[str, np.ndarray] = {}
-        if ctx.labelled_eval:
+        if ev is not None:
             ctx.log(f"evaluating {len(ctx.arts)} artifact(s) on {len(ev)} samples with onnxruntime")
             for name, a in ctx.arts.items():
                 sess = make_session(ctx.d / a.path, threads=torch.get_num_threads())
-                preds[name] = run_batched(sess, ev.x).argmax(1)
-                a.top1 = float((preds[name] == ev.y).mean())
+                preds[name] = np.concatenate([run_batched(sess, as_float(ev.x[i : i + 4096])).argmax(1)
+                                              for i in range(0, len(ev), 4096)])  # uint8 samples: float per chunk
+                a.top1 = None if ev.y is None else float((preds[name] == ev.y).mean())
         parent = ctx.fp32_parent
         if "int8" in preds and parent in preds:
             agree = float((preds["int8"] == preds[parent]).mean())
             ctx.stage_results["quantize"]["agreement_with_fp32"] = agree
             ctx.gates.append(Gate(name=f"INT8 vs {parent} top-1 agreement", value=agree,
                                   bound=verify.min_int8_agreement, passed=agree >= verify.min_int8_agreement))
-            if verify.max_accuracy_drop is not None:
+            if verify.max_accuracy_drop is not None and ctx.labelled_eval:
                 drop = 100 * (ctx.arts[parent].top1 - ctx.arts["int8"].top1)
                 ctx.gates.append(Gate(name=f"INT8 top-1 drop vs {parent} (points)", value=drop,
                                       bound=verify.max_accuracy_drop, passed=drop <= verify.max_accuracy_drop))
+        original_gates(ctx, preds)
+
+
+def original_gates(ctx: RunContext, preds: dict[str, np.ndarray]) -> None:
+    """Every artifact against the ORIGINAL model on the eval set, whatever its parent: labelled, the
+    top-1 drop in points, bounded by ``max_drop_vs_original`` or, if larger, by two standard errors
+    of the paired difference (what the eval set can resolve); unlabelled, top-1 agreement. The
+    figures go to ``stage_results["vs_original"]``, the gates name the artifact they judge."""
+    v, ev, ref = ctx.cfg.verify, ctx.splits.eval, preds.get("original")
+    if ref is None or ev is None:
+        return
+    rec: dict[str, dict[str, float]] = {}
+    for name, p in preds.items():
+        if name == "original":
+            continue
+        r = rec[name] = {"agreement": float((p == ref).mean())}
+        if ev.y is not None:
+            d = (ref == ev.y).astype(np.float64) - (p == ev.y)
+            r |= {"top1_drop_points": 100 * float(d.mean()), "noise_points": 200 * float(d.std() / np.sqrt(len(d)))}
+            if v.max_drop_vs_original:
+                bound = max(v.max_drop_vs_original, r["noise_points"])
+                _gate(ctx, name, "top-1 drop vs original (points)", r["top1_drop_points"], bound,
+                      r["top1_drop_points"] <= bound)
+        elif v.min_agreement_vs_original:
+            _gate(ctx, name, "top-1 agreement with original", r["agreement"], v.min_agreement_vs_original,
+                  r["agreement"] >= v.min_agreement_vs_original)
+    ctx.stage_results["vs_original"] = rec
+
+
+def _gate(ctx: RunContext, art: str, what: str, value: float, bound: float, passed: bool) -> None:
+    ctx.gates.append(Gate(name=f"{art} {what}", value=value, bound=bound, passed=passed, artifact=art))
+    if not passed:
+        ctx.log(f"gate failed: {ctx.arts[art].path} {what}: {value:.4g} (bound {bound:.4g})")
 
 
 class Benchmark:
@@ -75,6 +110,7 @@ def write_manifest(ctx: RunContext) -> RunResult:
     failures = [g.name for g in ctx.gates if not g.passed]
     warnings_ = [*ctx.stage_results.get("prune", {}).get("warnings", []),
                  *ctx.stage_results.get("quantize", {}).get("settings", {}).get("warnings", [])]
+    _mark_failed(ctx, {g.artifact for g in ctx.gates if not g.passed and g.artifact})
     int8 = ctx.arts.get("int8")
     if int8 is not None:
         if failures and int8.path == "int8.onnx":
@@ -108,3 +144,18 @@ def write_manifest(ctx: RunContext) -> RunResult:
     for w in warnings_:
         ctx.log(f"warning: {w}")
     return RunResult(ctx.d, manifest, 1 if failures else 0, failures)
+
+
+def _mark_failed(ctx: RunContext, names: set[str]) -> None:
+    """The FP32 artifacts a gate failed on (and their checkpoints) leave their deliverable names."""
+    for name in names - {"int8"}:  # INT8 is renamed on any failure, below
+        a = ctx.arts[name]
+        if a.status == "failed":
+            continue
+        for attr in ("path", "checkpoint"):
+            f = getattr(a, attr)
+            if f and (ctx.d / f).exists():
+                stem, dot, ext = f.rpartition(".")
+                (ctx.d / f).rename(ctx.d / f"{stem}.failed{dot}{ext}")
+                setattr(a, attr, f"{stem}.failed{dot}{ext}")
+        a.status = "failed"

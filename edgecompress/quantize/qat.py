@@ -47,7 +47,7 @@ import torch.nn as nn
 from torch.fx import GraphModule, Node
 
 from edgecompress.config import Exporter, ExportOnnxConfig, QatConfig
-from edgecompress.data.dataset import Dataset
+from edgecompress.data.dataset import Dataset, as_float
 from edgecompress.errors import BadInput, GateFailed, one_line
 from edgecompress.export.onnx_export import batch_dim, export_example, export_onnx
 from edgecompress.quantize.ptq import QuantResult
@@ -55,6 +55,7 @@ from edgecompress.quantize.qat_quantizer import import_torchao, ort_qdq_quantize
 from edgecompress.quantize.registry import QuantJob, QuantOutcome
 from edgecompress.report.manifest import Gate
 from edgecompress.runtime.session import make_session, run_batched
+from edgecompress.train.augment_policy import augment_policy
 from edgecompress.train.distill import kd_loss
 from edgecompress.train.loop import TrainConfig, fit, steps_per_epoch, total_steps
 
@@ -251,7 +252,7 @@ def qat(model: nn.Module, teacher: nn.Module | None, train: Dataset, example: to
     idx = np.sort(rng.permutation(len(train))[: cfg.calib_samples])
     prepared.eval()
     with torch.no_grad():
-        prepared(torch.from_numpy(np.ascontiguousarray(train.x[idx])))
+        prepared(torch.from_numpy(np.ascontiguousarray(as_float(train.x[idx]))))
 
     steps, final_loss = 0, float("nan")
     try:
@@ -274,9 +275,10 @@ def qat(model: nn.Module, teacher: nn.Module | None, train: Dataset, example: to
                     phases.freeze_observers()
                 return loss
 
+            aug = augment_policy(train.x.shape[1:], cfg.augment_shift, cfg.augment_flip)  # images only
             tcfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                               weight_decay=cfg.weight_decay, augment_shift=cfg.augment_shift,
-                               augment_flip=cfg.augment_flip, seed=seed)  # fmt: skip
+                               weight_decay=cfg.weight_decay, augment_shift=aug.shift,
+                               augment_flip=aug.flip, seed=seed)  # fmt: skip
             res = fit(prepared, train, tcfg, loss_fn, desc=desc)
             steps, final_loss = res.steps, res.final_loss
     finally:

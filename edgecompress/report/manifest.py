@@ -30,9 +30,11 @@ class Gate:
     value: float
     bound: float
     passed: bool
+    artifact: str | None = None  # the artifact the gate judges, when it judges one (it fails with it)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "value": self.value, "bound": self.bound, "passed": self.passed}
+        d = {"name": self.name, "value": self.value, "bound": self.bound, "passed": self.passed}
+        return d | ({"artifact": self.artifact} if self.artifact else {})
 
 
 @dataclass(kw_only=True)

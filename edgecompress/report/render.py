@@ -17,6 +17,7 @@ def render_report(m: dict[str, Any]) -> str:
     lines = [
         f"# edgecompress report — {m.get('model', {}).get('ref', '?')}",
         "",
+        *_failure_lines(m),
         *delivery_lines(m),
         f"Status: **{m.get('status', '?')}**. Stages: {' → '.join(m.get('stages', []))}. "
         f"Seed {m.get('seed')}. CPU: {m['cpu']['model']} "
@@ -78,6 +79,25 @@ def delivery_lines(m: dict[str, Any]) -> list[str]:
                 f" (`--deliver fastest` delivers `{arts[fastest]['path']}`)")
         lines.append(f"Delivered: `{arts[delivered]['path']}`{note}.")
     return [*lines, ""]
+def _failure_lines(m: dict[str, Any]) -> list[str]:
+    """First in the report: which artifact lost what (the failed gates, in words where we can)."""
+    arts, vs = m["artifacts"], m.get("stage_results", {}).get("vs_original", {})
+    lines = []
+    for g in m.get("gates", []):
+        if g["passed"]:
+            continue
+        a, name = arts.get(g.get("artifact") or "", {}), g.get("artifact")
+        if name in vs and "top1_drop_points" in vs[name] and "top-1 drop" in g["name"]:
+            o = arts.get("original", {}).get("top1")
+            lines.append(f"**FAILED: {name} (`{a.get('path')}`) lost {g['value']:.2f} points of top-1 against the "
+                         f"original** ({_fmt(o and 100 * o, '.2f')}% → {_fmt(a.get('top1') and 100 * a['top1'], '.2f')}"
+                         f"%; bound {g['bound']:.2f} points).")
+        elif name in vs and "agreement" in g["name"]:
+            lines.append(f"**FAILED: {name} (`{a.get('path')}`) agrees with the original on {g['value']:.2%} of the "
+                         f"eval samples** (bound {g['bound']:.2%}).")
+        else:
+            lines.append(f"**FAILED: {g['name']}**: {g['value']:.4g} against a bound of {g['bound']:.4g}.")
+    return [*lines, ""] if lines else []
 
 
 def _stage_lines(m: dict[str, Any]) -> list[str]:
@@ -91,11 +111,24 @@ def _stage_lines(m: dict[str, Any]) -> list[str]:
         if p.get("dropped_blocks"):
             lines += [f"**Depth pruning**: {len(p['dropped_blocks'])} residual block(s) replaced by the identity: "
                       + ", ".join(f"`{b['name']}` (KL {b['kl']:.4f})" for b in p["dropped_blocks"]) + "."]
+    for e in st.get("equivalence", []):
+        lines.append(f"**Structural check, pruning step {e['step']}** (pruned = original with the removed channels "
+                     f"zeroed): {e['status']}" + (f", max-abs {e['max_abs']:.3g} (bound {e['bound']:.3g})"
+                                                  if e.get("max_abs") is not None else "")
+                     + (f", first differs at `{e['layer']}`" if e.get("layer") else "")
+                     + (f": {e['reason']}" if e.get("reason") else "") + ".")
+    if st.get("vs_original"):
+        lines.append("**Against the original**: " + "; ".join(
+            f"{k}: " + (f"top-1 drop {v['top1_drop_points']:+.2f} points (noise ±{v['noise_points']:.2f}), "
+                       if "top1_drop_points" in v else "") + f"top-1 agreement {v['agreement']:.2%}"
+            for k, v in st["vs_original"].items()) + ".")
     if "distill" in st:
         d = st["distill"]
         lines += [f"**Distillation**: {d['epochs']} epoch(s), {d['steps']} steps. Top-1 on the eval set "
                   f"right after pruning {_fmt(d.get('eval_top1_after_prune'), '.4f')}, after distillation "
                   f"{_fmt(d.get('eval_top1_after_distill'), '.4f')}."]
+        if d.get("augmentation"):
+            lines.append(f"KD augmentation: {d['augmentation']['reason']}.")
     if "quantize" in st:
         q = st["quantize"]
         k = q.get("kernels", {})

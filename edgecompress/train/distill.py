@@ -26,8 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgecompress.config import DistillConfig
-from edgecompress.data.dataset import Dataset
+from edgecompress.data.dataset import Dataset, as_float
 from edgecompress.errors import BadInput
+from edgecompress.train.augment_policy import augment_policy
 from edgecompress.train.features import FeatureHints
 from edgecompress.train.loop import (
     Checkpointer,
@@ -85,7 +86,8 @@ def distill(student: nn.Module, teacher: nn.Module, train: Dataset, cfg: Distill
         return DistillResult(0.0, 0, float("nan"), before, before)
     was_training = teacher.training
     teacher.eval()  # its forward runs under no_grad below; its parameters are left as they were
-    hints = FeatureHints(student, teacher, cfg.features, standard_layout(torch.from_numpy(train.x[:1]))) if cfg.features else None
+    hints = FeatureHints(student, teacher, cfg.features, standard_layout(torch.from_numpy(as_float(train.x[:1])))) \
+        if cfg.features else None
     calls = [0]
     count = teacher.register_forward_hook(lambda m, i, o: calls.__setitem__(0, calls[0] + 1))
     feat_losses: list[float] = []
@@ -106,8 +108,9 @@ def distill(student: nn.Module, teacher: nn.Module, train: Dataset, cfg: Distill
             loss = loss + cfg.feature_weight * f
         return loss
 
+    aug = augment_policy(train.x.shape[1:], cfg.augment_shift, cfg.augment_flip)  # image augmentation on images only
     tcfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
-                       augment_shift=cfg.augment_shift, augment_flip=cfg.augment_flip, mixup=cfg.mixup, seed=seed)  # fmt: skip
+                       augment_shift=aug.shift, augment_flip=aug.flip, mixup=cfg.mixup, seed=seed)  # fmt: skip
     try:
         validate = (lambda m: top1(m, val)) if cfg.patience > 0 else None
         with hints if hints is not None else contextlib.nullcontext():

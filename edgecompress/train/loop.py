@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgecompress.data.dataset import Dataset
+from edgecompress.data.dataset import Dataset, as_float
 from edgecompress.errors import BadInput
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -119,7 +119,7 @@ def total_steps(epochs: float, spe: int) -> int:
 def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     was = model.training
     model.eval()
-    out = [model(standard_layout(torch.from_numpy(x[i : i + batch_size]))).float().numpy()
+    out = [model(standard_layout(torch.from_numpy(as_float(x[i : i + batch_size])))).float().numpy()
            for i in range(0, len(x), batch_size)]
     model.train(was)
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
@@ -210,7 +210,7 @@ def fit(
                     group["lr"] = lr_at(st["step"])
                 if on_batch is not None:
                     on_batch(idx)
-                st["loss"] = _step(net, opt, loss_fn, xs[idx], None if ys is None else ys[idx], g, cfg)
+                st["loss"] = _step(net, opt, loss_fn, torch.from_numpy(as_float(xs[idx].numpy())), None if ys is None else ys[idx], g, cfg)
                 st["step"] += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{st['loss']:.3f}", refresh=False)
