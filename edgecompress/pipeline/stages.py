@@ -14,6 +14,7 @@ import numpy as np
 import torch.nn as nn
 
 from edgecompress.config import PruneConfig, QuantMode, Stage
+from edgecompress.data.dataset import subset
 from edgecompress.errors import BadInput
 from edgecompress.export import check_onnx
 from edgecompress.files import atomic_write_text
@@ -27,6 +28,7 @@ from edgecompress.prune.sensitivity import SensitivityConfig, ratios_up_to, sens
 from edgecompress.quantize import registry
 from edgecompress.report import Artifact
 from edgecompress.runtime import COMPUTE_OPS, kernel_report
+from edgecompress.train import distributed
 from edgecompress.train.ddp import run_kd
 from edgecompress.train.loop import top1
 
@@ -70,6 +72,8 @@ class PruneDistill:
             pr = prune(student, ctx.example, pstep, ratio=max(0.0, 1 - goal_macs / now), latency=_probe(ctx),
                        **_calib(ctx))
             student = pr.model
+            if ctx.launch is not None:  # torchrun: every rank trains rank 0's structure, not its own pruning's
+                student = distributed.broadcast_student(teacher, student, ctx.lm.spec)
             allocations.append(pr.allocation)
             if pr.allocation.get("groups_without_curve"):
                 w = missing_warning(pr.allocation["groups_without_curve"])
@@ -80,6 +84,8 @@ class PruneDistill:
                 dropped = pr.dropped_blocks
             if Stage.DISTILL in cfg.plan():
                 history.append(_distill_round(ctx, student, step, p.steps, pr.macs_after))
+        if ctx.follower:  # torchrun: rank 0 writes the pruned model and goes on; this rank is done
+            return
         # the record and the summary are relative to the original model, whatever the schedule
         pr.record = structural_record(teacher, student)
         pr.macs_before, pr.params_before = count_macs_params(teacher, ctx.example)
@@ -129,7 +135,7 @@ def _distill_round(ctx: RunContext, student: nn.Module, step: int, steps: int, m
     ctx.log(f"distilling for {dcfg.epochs:g} epoch(s) (T={dcfg.temperature:g}, alpha={dcfg.alpha:g}, "
             f"lr={dcfg.lr:g}{f', mixup={dcfg.mixup:g}' if dcfg.mixup else ''})"
             f"{f' [step {step}/{steps}]' if steps > 1 else ''}")
-    dr = run_kd(cfg, ctx.lm, ctx.splits, student, ctx.lm.model, dcfg, step, ctx.log)
+    dr = run_kd(cfg, ctx.lm, ctx.splits, student, ctx.lm.model, dcfg, step, ctx.log, device=ctx.device)
     after = top1(student, ev) if ctx.labelled_eval else None
     if ctx.labelled_eval:
         ctx.log(f"top-1 after pruning {after_prune:.4f}, after distillation {after:.4f}")
@@ -183,7 +189,7 @@ class Quantize:
         started = f"{parent} (distilled)" if Stage.DISTILL in ctx.stages else parent  # QAT continues from KD
         job = registry.QuantJob(
             src=ctx.d / f"{parent}.onnx", dst=ctx.d / "int8.onnx", cfg=cfg.quant,
-            calib_x=splits.train.x[ctx.calib_idx], val_x=splits.val.x, val_y=splits.val.y,
+            calib_x=subset(splits.train.x, ctx.calib_idx), val_x=splits.val.x, val_y=splits.val.y,
             max_accuracy_drop=cfg.verify.max_accuracy_drop, threads=cfg.bench.threads, batch=cfg.bench.batch,
             input_shape=tuple(ctx.lm.input_shape), model=ctx.fp32_model, teacher=ctx.lm.model, train=splits.train,
             example=ctx.example, parity_x=ctx.parity_samples(256), qat=cfg.qat, opset=cfg.onnx.opset,

@@ -10,10 +10,12 @@ import time
 import numpy as np
 import torch
 
+from edgecompress.data.loader import array_batches
 from edgecompress.files import atomic_write_text, sha256_file
 from edgecompress.pipeline.context import RunContext, RunResult
 from edgecompress.report import Gate, Manifest, command_line, render_report, versions
 from edgecompress.runtime import cpu_info, file_bytes, make_session, measure_latency, run_batched
+from edgecompress.train.loop import progress
 
 
 class Evaluate:
@@ -24,9 +26,8 @@ class Evaluate:
         preds: dict[str, np.ndarray] = {}
         if ctx.labelled_eval:
             ctx.log(f"evaluating {len(ctx.arts)} artifact(s) on {len(ev)} samples with onnxruntime")
+            preds = _predict_all(ctx, ev.x)
             for name, a in ctx.arts.items():
-                sess = make_session(ctx.d / a.path, threads=torch.get_num_threads())
-                preds[name] = run_batched(sess, ev.x).argmax(1)
                 a.top1 = float((preds[name] == ev.y).mean())
         parent = ctx.fp32_parent
         if "int8" in preds and parent in preds:
@@ -38,6 +39,23 @@ class Evaluate:
                 drop = 100 * (ctx.arts[parent].top1 - ctx.arts["int8"].top1)
                 ctx.gates.append(Gate(name=f"INT8 top-1 drop vs {parent} (points)", value=drop,
                                       bound=verify.max_accuracy_drop, passed=drop <= verify.max_accuracy_drop))
+
+
+def _predict_all(ctx: RunContext, x) -> dict[str, np.ndarray]:
+    """Top-1 class of every artifact on ``x``, batch by batch: each batch is read (decoded, for
+    image files, by ``--workers`` processes) once for all artifacts, and only the class ids are
+    kept, so memory does not grow with the number of samples."""
+    sessions = {name: make_session(ctx.d / a.path, threads=torch.get_num_threads()) for name, a in ctx.arts.items()}
+    out: dict[str, list[np.ndarray]] = {name: [] for name in sessions}
+    bar = progress(len(x), "evaluate")
+    try:
+        for xb in array_batches(x, 256, workers=ctx.cfg.data.workers):
+            for name, sess in sessions.items():
+                out[name].append(run_batched(sess, xb).argmax(1))
+            bar.update(len(xb))
+    finally:
+        bar.close()
+    return {name: np.concatenate(v) for name, v in out.items()}
 
 
 class Benchmark:

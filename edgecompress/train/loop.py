@@ -25,7 +25,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgecompress.data.dataset import Dataset
+from edgecompress.data.loader import batches
 from edgecompress.errors import BadInput
+from edgecompress.train import device as devices
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -42,6 +44,8 @@ class TrainConfig:
     warmup_steps: int = 0
     mixup: float = 0.0  # Beta(a, a) parameter of mixup; 0 = off
     seed: int = 0
+    device: str = "cpu"  # a resolved torch device (train.device.resolve); the model is already there
+    workers: int = 0  # DataLoader processes decoding image files (in-memory arrays need none)
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,9 @@ def total_steps(epochs: float, spe: int) -> int:
 def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     was = model.training
     model.eval()
-    out = [model(torch.from_numpy(x[i : i + batch_size])).float().numpy() for i in range(0, len(x), batch_size)]
+    dev = devices.model_device(model)
+    out = [model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])).to(dev)).float().cpu().numpy()
+           for i in range(0, len(x), batch_size)]
     model.train(was)
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
@@ -156,8 +162,8 @@ def fit(
     g = torch.Generator().manual_seed(cfg.seed if ddp is None else cfg.seed + 7919 * ddp.rank)
     opt = _optimizer(model, extra, cfg)
     lr_at = _cosine(cfg, total)
-    xs = torch.from_numpy(train.x)
-    ys = None if train.y is None else torch.from_numpy(train.y)
+    dev = torch.device(cfg.device)
+    feed = None  # the batches of the current pass (data.loader: in memory, or decoded by workers)
     # the whole loop state, so that a checkpoint can carry it
     st: dict[str, Any] = {"step": 0, "perm": None, "pos": 0, "loss": float("nan"), "val": [], "val_steps": [],
                           "best": None, "best_step": None, "best_state": None, "bad": 0, "stopped": False,
@@ -185,22 +191,25 @@ def fit(
             if st["perm"] is None:
                 perm = torch.randperm(n, generator=g) if ddp is None else ddp.perm(st["epoch"])
                 st["perm"], st["pos"], st["epoch"] = perm, 0, st["epoch"] + 1
+            feed = batches(train.x, train.y, [st["perm"][p : p + bs] for p in range(st["pos"], n_local, bs)],
+                           workers=cfg.workers, pin_memory=devices.pin(dev))
             while st["pos"] < n_local and st["step"] < total:
                 idx = st["perm"][st["pos"] : st["pos"] + bs]
                 st["pos"] += bs
+                xb, yb = next(feed)
                 if len(idx) < 2:  # BatchNorm cannot train on a single sample
                     continue
                 for group in opt.param_groups:
                     group["lr"] = lr_at(st["step"])
                 if on_batch is not None:
                     on_batch(idx)
-                st["loss"] = _step(net, opt, loss_fn, xs[idx], None if ys is None else ys[idx], g, cfg)
+                st["loss"] = _step(net, opt, loss_fn, xb, yb, g, cfg, dev)
                 st["step"] += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{st['loss']:.3f}", refresh=False)
                 if checkpoint is not None and checkpoint.every and st["step"] % checkpoint.every == 0:
                     save()
-            st["perm"] = None  # a pass over the data (or the training) ended
+            st["perm"], feed = None, None  # a pass over the data (or the training) ended
             if on_epoch is not None:
                 on_epoch(st["step"] // spe)
             if validate is not None:
@@ -259,16 +268,21 @@ def _cosine(cfg: TrainConfig, total: int) -> Callable[[int], float]:
 
 
 def _step(net: nn.Module, opt: torch.optim.Optimizer, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor | None,
-          g: torch.Generator, cfg: TrainConfig) -> float:
-    """One optimizer step on a batch (augmented, mixed up when asked); returns the loss."""
+          g: torch.Generator, cfg: TrainConfig, dev: torch.device) -> float:
+    """One optimizer step on a batch (augmented, mixed up when asked); returns the loss. The random
+    draws stay on the CPU generator ``g`` whatever the device, so a device does not change them."""
     x = augment(x, g, cfg.augment_shift, cfg.augment_flip)
     mix = None
     if cfg.mixup > 0:
         x, *mix = mixup(x, g, cfg.mixup)
-    logits = net(x)
-    if mix is not None and y is not None:
-        y = mixed_targets(y, mix[0], mix[1], logits.shape[1])
-    loss = loss_fn(logits, x, y)
+    x = x.to(dev, non_blocking=True)
+    with devices.autocast(dev):
+        logits = net(x)
+        if mix is not None and y is not None:
+            y = mixed_targets(y, mix[0], mix[1], logits.shape[1])
+        if y is not None:
+            y = y.to(dev, non_blocking=True)
+        loss = loss_fn(logits, x, y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
