@@ -174,7 +174,7 @@ def test_torchrun_two_cpu_ranks_match_nproc_2(tmp_path):
 
     data = str(make_npz(tmp_path / "d.npz", n=400))
     env = cli_env(tmp_path)
-    tr = subprocess.run([str(TORCHRUN), "--nnodes", "1", "--nproc-per-node", "2", "--master-port", "0", "-m",
+    tr = subprocess.run([str(TORCHRUN), "--nnodes", "1", "--nproc-per-node", "2", "--standalone", "-m",
                          "edgecompress", "export", *KD, "--data", data, "--out", str(tmp_path / "tr")],
                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert tr.returncode == 0, tr.stderr[-3000:]
