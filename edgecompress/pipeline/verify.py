@@ -15,7 +15,7 @@ from edgecompress.files import atomic_write_text, sha256_file
 from edgecompress.pipeline.context import RunContext, RunResult
 from edgecompress.report import Gate, Manifest, command_line, render_report, versions
 from edgecompress.runtime import cpu_info, file_bytes, make_session, measure_latency, run_batched
-from edgecompress.train.loop import progress
+from edgecompress.train.progress import progress
 
 
 class Evaluate:

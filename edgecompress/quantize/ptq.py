@@ -28,6 +28,7 @@ from edgecompress.config import QuantConfig
 from edgecompress.files import atomic_write
 from edgecompress.quantize import target as _target
 from edgecompress.quantize.graph import gemm_to_matmul, keep_float
+from edgecompress.train.progress import progress
 
 
 class _DropOrtInfo(logging.Filter):
@@ -64,6 +65,7 @@ class ArrayReader:
     def __init__(self, input_name: str, x, batch: int = 32) -> None:
         self.input_name, self.x, self.batch = input_name, x, batch
         self.start, self.end, self.i = 0, self.batches, 0
+        self.bar = None  # a progress bar (train.progress) updated per batch
 
     @property
     def batches(self) -> int:
@@ -80,6 +82,8 @@ class ArrayReader:
             return None
         b = np.ascontiguousarray(self.x[self.i * self.batch : (self.i + 1) * self.batch], dtype=np.float32)
         self.i += 1
+        if self.bar is not None:
+            self.bar.update(len(b))
         return {self.input_name: b}
 
     def rewind(self) -> None:
@@ -154,6 +158,8 @@ def quantize_ptq(fp32: Path, out: Path, calib_x, cfg: QuantConfig) -> QuantResul
 
         is_array = hasattr(calib_x, "shape") and hasattr(calib_x, "__getitem__")
         reader = ArrayReader(input_name, calib_x) if is_array else BatchReader(input_name, calib_x)
+        if is_array:
+            reader.bar = progress(len(calib_x), "calibrate")
 
         def write(tmp: Path) -> None:
             # Entropy/percentile calibration keep histograms; the aug model lives in a temp dir.
@@ -176,7 +182,11 @@ def quantize_ptq(fp32: Path, out: Path, calib_x, cfg: QuantConfig) -> QuantResul
                 settings["kept_float_inputs"] = keep_float(m, cfg.exclude_nodes)
                 onnx.save(m, str(tmp))
 
-        atomic_write(out, write)
+        try:
+            atomic_write(out, write)
+        finally:
+            if is_array:
+                reader.bar.close()
     return QuantResult(out, len(calib_x) if is_array else reader.count, settings)
 
 

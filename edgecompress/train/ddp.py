@@ -44,7 +44,7 @@ def run_kd(cfg: RunConfig, lm: Any, splits: Any, student: nn.Module, teacher: nn
     if cfg.nproc < 2:
         desc = "distill" if launch is None else f"distill [rank {launch.rank}]"
         dr = distill(student, teacher, splits.train, dcfg, val=splits.val, seed=seed, checkpoint=ck, desc=desc,
-                     device=device, workers=cfg.data.workers)
+                     device=device, workers=cfg.data.workers, log=log if launch is None or launch.leader else None)
         if launch is not None:
             hashes = distributed.state_hashes(student)
             distributed.settle()

@@ -18,6 +18,7 @@ Without labels the loss is pure KD (alpha = 1). Options (``DistillConfig``):
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,7 +67,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch
 
 def distill(student: nn.Module, teacher: nn.Module, train: Dataset, cfg: DistillConfig, *,
             val: Dataset | None = None, seed: int = 0, desc: str = "distill",
-            checkpoint: Checkpointer | None = None, device: str = "cpu", workers: int = 0) -> DistillResult:
+            checkpoint: Checkpointer | None = None, device: str = "cpu", workers: int = 0,
+            log: Callable[[str], None] | None = None) -> DistillResult:
     """Fine-tunes ``student`` in place with KD from ``teacher`` (which is left unchanged), on
     ``device`` (both models are back on the CPU when it returns); ``workers`` decode image files."""
     dev = torch.device(device)
@@ -75,7 +77,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: Dataset, cfg: Distill
         teacher.to(dev)
     try:
         return _distill(student, teacher, train, cfg, val=val, seed=seed, desc=desc, checkpoint=checkpoint,
-                        device=device, workers=workers)
+                        device=device, workers=workers, log=log)
     finally:
         if dev.type != "cpu":
             student.cpu()
@@ -83,7 +85,8 @@ def distill(student: nn.Module, teacher: nn.Module, train: Dataset, cfg: Distill
 
 
 def _distill(student: nn.Module, teacher: nn.Module, train: Dataset, cfg: DistillConfig, *, val: Dataset | None,
-             seed: int, desc: str, checkpoint: Checkpointer | None, device: str, workers: int) -> DistillResult:
+             seed: int, desc: str, checkpoint: Checkpointer | None, device: str, workers: int,
+             log: Callable[[str], None] | None) -> DistillResult:
     labelled_val = val is not None and val.y is not None and len(val) > 0
     if cfg.patience > 0 and not labelled_val:
         raise BadInput("--kd-patience needs a labelled validation split of the training data; pass data with "
@@ -122,7 +125,7 @@ def _distill(student: nn.Module, teacher: nn.Module, train: Dataset, cfg: Distil
         with hints if hints is not None else contextlib.nullcontext():
             res = fit(student, train, tcfg, loss_fn, desc=desc, validate=validate, patience=cfg.patience,
                       extra=None if hints is None else hints.adapters, on_batch=lambda i: batch_idx.__setitem__(0, i),
-                      checkpoint=checkpoint)
+                      checkpoint=checkpoint, log=log)
     finally:
         count.remove()
         teacher.train(was_training)

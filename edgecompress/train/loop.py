@@ -14,7 +14,6 @@ training images too ("function matching", Beyer et al. 2022).
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -28,6 +27,7 @@ from edgecompress.data.dataset import Dataset
 from edgecompress.data.loader import batches
 from edgecompress.errors import BadInput
 from edgecompress.train import device as devices
+from edgecompress.train.progress import estimator, progress
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -120,15 +120,6 @@ def top1(model: nn.Module, d: Dataset) -> float:
     return float((predict_logits(model, d.x).argmax(1) == d.y).mean())
 
 
-def progress(total: int, desc: str, disable: bool = False):
-    from tqdm import tqdm
-
-    # Off a terminal (CI, logs) a bar redraw is a new line: update rarely there.
-    tty = sys.stderr.isatty()
-    return tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True,
-                mininterval=0.2 if tty else 30.0, disable=disable)
-
-
 def fit(
     model: nn.Module,
     train: Dataset,
@@ -142,6 +133,7 @@ def fit(
     extra: nn.Module | None = None,
     on_batch: Callable[[torch.Tensor], None] | None = None,
     checkpoint: Checkpointer | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Trains ``model`` in place for ``cfg.epochs`` passes over ``train``.
 
@@ -150,7 +142,8 @@ def fit(
     rounds without improvement. ``extra`` holds trainable modules that are not part of the
     model (feature-KD adapters): optimised alongside it, checkpointed with it. ``on_batch(idx)``
     sees the training indices of each batch before the loss. ``checkpoint`` saves the loop state
-    (weights, optimizer, step, position in the epoch, RNG) and resumes from it.
+    (weights, optimizer, step, position in the epoch, RNG) and resumes from it. ``log`` gets one
+    line with the measured speed and the time left, after the first steps.
     """
     n = len(train)
     if n < 2:
@@ -175,6 +168,7 @@ def fit(
             g.set_state(st["rng_ranks"][ddp.rank])
             st["perm"] = None if st["perm"] is None else ddp.perm(st["epoch"] - 1)
     resumed_from = st["step"]
+    eta = estimator(desc, log, warm=min(20, max(3, (total - resumed_from) // 20)))
 
     def save() -> None:
         if checkpoint is not None:
@@ -205,6 +199,8 @@ def fit(
                     on_batch(idx)
                 st["loss"] = _step(net, opt, loss_fn, xb, yb, g, cfg, dev)
                 st["step"] += 1
+                if log is not None:
+                    eta(st["step"] - resumed_from, total - st["step"])
                 bar.update(1)
                 bar.set_postfix(loss=f"{st['loss']:.3f}", refresh=False)
                 if checkpoint is not None and checkpoint.every and st["step"] % checkpoint.every == 0:
