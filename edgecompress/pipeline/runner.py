@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgecompress.config import RunConfig
+from edgecompress.errors import ConfigError
 from edgecompress.pipeline import rundir
 from edgecompress.pipeline.context import RunContext, RunResult, StopRun
 from edgecompress.pipeline.inputs import load_inputs
@@ -39,6 +40,8 @@ def run(cfg: RunConfig, *, log: Callable[[str], None] = _log) -> RunResult:
     t_start = time.time()
     device, launch = devices.resolve(cfg.device), distributed.from_env()  # a missing GPU fails here, in one line
     if launch is not None:
+        if cfg.nproc > 1:
+            raise ConfigError(f"--nproc {cfg.nproc} under torchrun: torchrun already started the processes; drop --nproc")
         device = distributed.init(launch, device)
         if not launch.leader:
             return _follow(cfg, launch, str(device), t_start)

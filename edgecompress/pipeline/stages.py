@@ -70,7 +70,7 @@ class PruneDistill:
             now = count_macs_params(student, ctx.example)[0]
             pstep = p if step == 1 else replace(p, drop_blocks=0)  # blocks are dropped once, in the first step
             pr = prune(student, ctx.example, pstep, ratio=max(0.0, 1 - goal_macs / now), latency=_probe(ctx),
-                       **_calib(ctx))
+                       device=ctx.device, **_calib(ctx))
             student = pr.model
             if ctx.launch is not None:  # torchrun: every rank trains rank 0's structure, not its own pruning's
                 student = distributed.broadcast_student(teacher, student, ctx.lm.spec)
@@ -169,7 +169,7 @@ def _sensitivity_table(ctx: RunContext) -> Path:
     imp = ctx.cfg.prune.importance if ctx.cfg.prune.importance != "taylor" else "l2"  # no gradients in the sweep
     ctx.log(f"measuring pruning sensitivity per layer group on {len(val)} validation samples")
     scfg = SensitivityConfig(importance=imp, ratios=ratios_up_to(ctx.cfg.prune.max_layer_ratio))
-    res = sensitivity(ctx.lm.model, ctx.example, val, scfg, progress=ctx.log)
+    res = sensitivity(ctx.lm.model, ctx.example, val, scfg, progress=ctx.log, device=ctx.device)
     path = ctx.d / "sensitivity.json"
     atomic_write_text(path, json.dumps(res, indent=2) + "\n")
     return path
