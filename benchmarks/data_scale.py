@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -139,6 +140,10 @@ def _child(args: list[str]) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def ints(s: str) -> list[int]:
+    return [int(v) for v in s.split(",") if v.strip()]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="20000,200000")
@@ -146,6 +151,7 @@ def main() -> None:
     ap.add_argument("--workers", default="0,1,2")
     ap.add_argument("--loader-workers", type=int, default=0, help="workers of the memory runs")
     ap.add_argument("--distill-steps", type=int, default=6)
+    ap.add_argument("--name", default="data_scale", help="results file name (benchmarks/results/NAME.json|md)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -161,13 +167,15 @@ def main() -> None:
         print(f"folder of {n} JPEGs ready ({time.perf_counter() - t:.0f} s)", flush=True)
     mem = [_child(["--child", f"mem:{roots[n]}:{a.loader_workers}", "--images", str(a.images)]) for n in sizes]
     kd = [_child(["--child", f"kd:{roots[sizes[0]]}:{w}", "--distill-steps", str(a.distill_steps)])
-          for w in map(int, a.workers.split(","))]
+          for w in ints(a.workers)]
     ratio = mem[-1]["peak_rss_mb"] / mem[0]["peak_rss_mb"]
-    res = {"images_per_phase": a.images, "memory": mem, "distill": kd, "rss_ratio": round(ratio, 3),
+    res = {"images_per_phase": a.images, "loader_workers": a.loader_workers,
+           "load_average_at_end": [round(v, 1) for v in os.getloadavg()], "cpus": os.cpu_count(), "memory": mem, "distill": kd, "rss_ratio": round(ratio, 3),
            "target": "peak RSS at the largest size <= 1.2x the smallest", "target_met": ratio <= 1.2}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "data_scale.json").write_text(json.dumps(res, indent=2) + "\n")
-    lines = ["| files | setup s | RSS after setup MB | peak RSS MB | worker peak MB | train img/s | calib img/s | "
+    (RESULTS / f"{a.name}.json").write_text(json.dumps(res, indent=2) + "\n")
+    lines = [f"{a.images} images per phase, {a.loader_workers} loader worker(s); load average at the end "
+             f"{res['load_average_at_end']} on {res['cpus']} CPUs", "", "| files | setup s | RSS after setup MB | peak RSS MB | worker peak MB | train img/s | calib img/s | "
              "eval img/s |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['files']:,} | {r['setup_s']} | {r['rss_after_setup_mb']} | {r['peak_rss_mb']} | "
               f"{r['peak_rss_worker_mb']} | {r['train_images_per_s']} | {r['calib_images_per_s']} | "
@@ -175,7 +183,7 @@ def main() -> None:
     lines += ["", f"peak RSS ratio {ratio:.3f} (target <= 1.2: {'met' if ratio <= 1.2 else 'NOT met'})", "",
               "| loader workers | KD steps (ResNet-18, 128 px, batch 32) | images/s | s |", "|---:|---:|---:|---:|"]
     lines += [f"| {r['workers']} | {r['steps']} | {r['images_per_s']} | {r['seconds']} |" for r in kd]
-    (RESULTS / "data_scale.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{a.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
