@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgecompress.cli.common import names, shape
+from edgecompress.cli.common import floats, ints, names, shape
 from edgecompress.config import PruneConfig, RunConfig, Stage, load_recipe, merge
 from edgecompress.config.parse import enum_type
 from edgecompress.config.stages import DEFAULT_CALIB_SAMPLES
@@ -34,15 +34,35 @@ class Flag:
     default: str | None = None  # what --help says when the field's default is None
 
 
+DATA_FLAGS: tuple[Flag, ...] = (  # image folders: edgecompress.data.preprocess
+    Flag("--image-size", "data.image_size", "H,W of the model input for image files", parse=ints,
+         default="the model's input, else the first image's size"),
+    Flag("--resize", "data.resize", "how image files reach H,W: stretch, crop (shorter side to size/crop-fraction, "
+         "then the centre), letterbox (fit inside, zero padding)"),
+    Flag("--crop-fraction", "data.crop_fraction", "with --resize crop: the centre crop's fraction of the resized "
+         "shorter side (0.875 as for ImageNet)"),
+    Flag("--channels", "data.channels", "channel order of the model input (gray images are repeated to RGB, RGB "
+         "converted to gray by luma); auto = the model's channel count"),
+    Flag("--mean", "data.mean", "per-channel mean subtracted from pixels in [0,1]", parse=floats, default="0"),
+    Flag("--std", "data.std", "per-channel std dividing them", parse=floats, default="1"),
+    Flag("--layout", "data.layout", "memory layout of the model input"),
+    Flag("--bad-files", "data.bad_files", "an image that cannot be decoded: error (stop, naming it) or skip (decode "
+         "every file once up front, leave the bad ones out, count them in the manifest)"),
+    Flag("--workers", "data.workers", "DataLoader processes decoding images for training and evaluation"),
+    Flag("--device", "device", "device of the PyTorch stages (importance, sensitivity, distillation): auto, cpu, "
+         "cuda, cuda:N, mps; ONNX export and INT8 stay on the CPU"),
+)  # fmt: skip
+
 FLAGS: tuple[Flag, ...] = (
     Flag("--weights", "model.weights", "state_dict .pt for MODEL (loaded with weights_only=True)"),
     Flag("--trust-checkpoint", "model.trust_checkpoint",
          "allow full unpickling of --weights (can run code from the file: only for files you trust)"),
     Flag("--input-shape", "model.input_shape", "N,C,H,W", parse=shape, default="from the data or the zoo entry"),
-    Flag("--data", "data.data", "fashion-mnist, random, a directory of IDX files, or FILE.npz with x and y",
-         default="fashion-mnist"),
-    Flag("--eval-data", "data.eval_data", "evaluation set: FILE.npz or IDX directory",
+    Flag("--data", "data.data", "fashion-mnist, random, a directory of IDX files, FILE.npz with x and y, or a "
+         "folder of images (CLASS/IMAGE subfolders, or flat with labels.csv: file,label)", default="fashion-mnist"),
+    Flag("--eval-data", "data.eval_data", "evaluation set: FILE.npz, IDX directory or image folder",
          default="official test split / held-out part"),
+    *DATA_FLAGS,
     Flag("--max-train", "data.max_train", "use at most N training samples (quick runs)"),
     Flag("--max-eval", "data.max_eval", "evaluate on at most N samples (quick runs)"),
     Flag("--val-fraction", "data.val_fraction", "fraction of the training data held out for validation: early "
@@ -209,8 +229,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     resolve_data(cfg.data.data)  # a missing data set fails before any model is built
     if cfg.data.eval_data is not None and not Path(cfg.data.eval_data).exists():
-        raise BadInput(f"--eval-data {cfg.data.eval_data}: no such file or directory; pass an .npz file or IDX directory")
+        raise BadInput(f"--eval-data {cfg.data.eval_data}: no such file or directory; pass an .npz file, IDX "
+                       "directory or image folder")
     res = run_pipeline(cfg)
+    if not res.manifest:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     arts = res.manifest["artifacts"]
     base = arts["original"]
     for name, a in arts.items():

@@ -86,3 +86,28 @@ class Stage(StrEnum):
 
 
 QUANT_STAGES = (Stage.PTQ, Stage.DYNAMIC, Stage.QAT)
+
+
+class ResizeMode(StrEnum):
+    """How image files are brought to the model's size (edgecompress.runtime.imageprep)."""
+
+    STRETCH = "stretch"  # to H x W, aspect ratio not kept
+    CROP = "crop"  # shorter side to size / crop_fraction, then the centre H x W
+    LETTERBOX = "letterbox"  # fit inside H x W, aspect kept, zero padding
+
+
+class ChannelOrder(StrEnum):
+    AUTO = "auto"  # the model's channels: 1 -> gray, 3 -> rgb
+    GRAY = "gray"
+    RGB = "rgb"
+    BGR = "bgr"
+
+
+class Layout(StrEnum):
+    NCHW = "nchw"
+    NHWC = "nhwc"
+
+
+class BadFiles(StrEnum):
+    ERROR = "error"  # stop at the first image that cannot be decoded, naming it
+    SKIP = "skip"  # decode every file once up front; leave out (and count) those that fail

@@ -47,6 +47,7 @@ class RunConfig(EnumFields):
     overwrite: bool = False
     resume: bool = False  # continue KD from the checkpoint an interrupted run with the same --out left
     nproc: int = 1  # processes for KD (torch.distributed DDP, gloo); the other stages run in one
+    device: str = "cpu"  # PyTorch stages: auto | cpu | cuda[:N] | mps (ONNX export and INT8 stay on the CPU)
     seed: int = 0
 
     def validate(self) -> RunConfig:
@@ -58,6 +59,9 @@ class RunConfig(EnumFields):
             raise ConfigError(f"--seed {self.seed}: must be in 0..{2**32 - 1}")
         if self.resume and self.out is None:
             raise ConfigError("--resume needs --out DIR: the --out of the interrupted run")
+        if not (self.device in ("auto", "cpu", "mps", "cuda") or self.device.startswith("cuda:")
+                and self.device[5:].isdigit()):
+            raise ConfigError(f"--device {self.device}: use auto, cpu, cuda, cuda:N or mps")
         if self.nproc < 1:
             raise ConfigError(f"--nproc {self.nproc}: must be >= 1")
         if self.data.val_fraction == 0:  # no validation split: what needs one cannot run

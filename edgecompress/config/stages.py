@@ -8,14 +8,18 @@ from dataclasses import dataclass
 
 from edgecompress.config.enums import (
     Allocation,
+    BadFiles,
     CalibMethod,
+    ChannelOrder,
     Deliver,
     Exporter,
     Importance,
+    Layout,
     QType,
     QuantBackend,
     QuantMode,
     QuantTarget,
+    ResizeMode,
     WeightStorage,
 )
 from edgecompress.config.parse import EnumFields
@@ -54,8 +58,33 @@ class DataConfig(EnumFields):
     max_train: int | None = None  # use at most this many training samples (quick runs)
     max_eval: int | None = None  # evaluate on at most this many samples (quick runs)
     random_samples: int = 256  # with data=random
+    # image folders (edgecompress.data.folders): how files become samples, the same in training,
+    # calibration, evaluation and `edgecompress predict` (recorded in the ONNX metadata)
+    image_size: tuple[int, ...] | None = None  # H,W; None = the model's input, else the first image's
+    resize: ResizeMode = ResizeMode.STRETCH
+    crop_fraction: float = 1.0  # resize=crop: centre crop of this fraction of the resized shorter side
+    channels: ChannelOrder = ChannelOrder.AUTO
+    mean: tuple[float, ...] = ()  # subtracted per channel (after /255); () = 0
+    std: tuple[float, ...] = ()  # divided per channel; () = 1
+    layout: Layout = Layout.NCHW
+    bad_files: BadFiles = BadFiles.ERROR
+    workers: int = 0  # DataLoader worker processes that decode images for training and evaluation
 
     def validate(self) -> None:
+        _choice("--resize", self.resize, ResizeMode)
+        _choice("--channels", self.channels, ChannelOrder)
+        _choice("--layout", self.layout, Layout)
+        _choice("--bad-files", self.bad_files, BadFiles)
+        if self.layout != "nchw":
+            raise ConfigError("--layout nhwc: training, pruning and export take NCHW models; use --layout nchw")
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise ConfigError(f"--image-size {','.join(map(str, self.image_size))}: expected H,W (two positive integers)")
+        if not 0 < self.crop_fraction <= 1:
+            raise ConfigError(f"--crop-fraction {self.crop_fraction}: must be in (0, 1]")
+        if any(s == 0 for s in self.std):
+            raise ConfigError("--std has a 0: every value must be non-zero")
+        if self.workers < 0:
+            raise ConfigError(f"--workers {self.workers}: must be >= 0 (0 = decode in the training process)")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"--val-fraction {self.val_fraction}: must be in [0, 1), the fraction of the training "
                               "data held out for validation (0 = none)")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecompress.data.dataset import Dataset, as_float
+from edgecompress.data.folders import is_image_folder
 from edgecompress.errors import BadInput, one_line
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -130,7 +131,7 @@ def random_data(shape: tuple[int, int, int], n: int, seed: int) -> Dataset:
 
 
 def resolve_data(spec: str | None) -> tuple[str, Path | None]:
-    """Returns (kind, path) with kind in {fashion-mnist, npz, random}."""
+    """Returns (kind, path) with kind in {fashion-mnist, npz, images, random}."""
     if spec in (None, "fashion-mnist"):
         env = os.environ.get("EDGECOMPRESS_FASHION_MNIST")
         d = Path(env) if env else DEBIAN_FASHION_MNIST
@@ -145,7 +146,9 @@ def resolve_data(spec: str | None) -> tuple[str, Path | None]:
     if p.is_dir():
         if _idx_pair_exists(p):
             return "fashion-mnist", p
-        raise BadInput(f"--data {spec}: directory holds no IDX files; {_HINT}")
+        if is_image_folder(p):
+            return "images", p
+        raise BadInput(f"--data {spec}: directory holds no IDX files and no images in class subfolders (nor labels.csv); {_HINT}")
     if p.suffix == ".npz":
         return "npz", p
     raise BadInput(f"--data {spec}: unsupported file type {p.suffix!r}; {_HINT}")

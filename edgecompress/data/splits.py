@@ -6,7 +6,9 @@ returns disjoint train / val / eval parts and records where each came from.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,13 +26,17 @@ def load_splits(
     eval_fraction: float = 0.2,
     seed: int = 0,
     random_samples: int = 256,
+    images: Callable[[Path, Any], tuple[Dataset, dict]] | None = None,
 ) -> Splits:
     """Loads the training data and a disjoint evaluation set.
 
     Fashion-MNIST: eval is the official 10k test split. npz without --eval-data: a
     deterministic (seeded) ``eval_fraction`` of the samples is held out and recorded.
     ``val_fraction`` of the remaining training samples is kept for validation (none with 0: the
-    validation split is then empty).
+    validation split is then empty). Image folders (``images(path, prep) -> (data set, record)``,
+    the run's loader with its preprocessing) are split like npz, by a seeded permutation of their
+    sorted file list; an image folder given as ``eval_data`` is read with the training set's
+    preprocessing.
     """
     kind, path = resolve_data(data)
     desc: dict = {"kind": kind, "path": None if path is None else str(path)}
@@ -45,18 +51,27 @@ def load_splits(
         if eval_data is None:
             ev = load_fashion_mnist(path, "test")
             desc["eval_source"] = "official 10k test split"
+    elif kind == "images":
+        if images is None:
+            raise BadInput(f"--data {data}: an image folder needs the run's preprocessing; use edgecompress export")
+        full, desc["images"] = images(path, None)
+        ev = None
     else:
         full = load_npz(path)
         ev = None
     if eval_data is not None:
         if not Path(eval_data).exists():
-            raise BadInput(f"--eval-data {eval_data}: no such file or directory; pass an .npz file or IDX directory")
+            raise BadInput(f"--eval-data {eval_data}: no such file or directory; pass an .npz file, IDX directory "
+                           "or image folder")
         ev = load_npz(Path(eval_data)) if Path(eval_data).suffix == ".npz" else None
         if ev is None:
             k, p = resolve_data(eval_data)
-            if k != "fashion-mnist":
-                raise BadInput(f"--eval-data {eval_data}: expected an .npz file or IDX directory")
-            ev = load_fashion_mnist(p, "test")
+            if k == "images" and images is not None:
+                ev, desc["eval_images"] = images(p, getattr(full.x, "prep", None))
+            elif k != "fashion-mnist":
+                raise BadInput(f"--eval-data {eval_data}: expected an .npz file, IDX directory or image folder")
+            else:
+                ev = load_fashion_mnist(p, "test")
         desc["eval_source"] = f"--eval-data {eval_data}"
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(full))

@@ -37,6 +37,13 @@ class RunContext:
     warnings: list[str] = field(default_factory=list)
     fp32_parent: str = "original"  # the FP32 artifact the INT8 one is made from
     fp32_model: nn.Module | None = None  # its PyTorch model (INC and QAT start from it)
+    device: str = "cpu"  # the resolved device of the PyTorch stages (train.device)
+    launch: Any = None  # train.distributed.Launch under torchrun, else None
+
+    @property
+    def follower(self) -> bool:
+        """A torchrun rank other than 0: it trains its shard and writes nothing."""
+        return self.launch is not None and not self.launch.leader
 
     @property
     def labelled_eval(self) -> bool:

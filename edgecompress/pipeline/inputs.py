@@ -7,6 +7,7 @@ import json
 import random
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ import torch
 from edgecompress.config import RunConfig, Stage
 from edgecompress.config.stages import DEFAULT_CALIB_SAMPLES
 from edgecompress.data import limit, load_splits, resolve_data
+from edgecompress.data.folders import load_image_folder
+from edgecompress.data.preprocess import META_KEY, image_prep_for, is_default
 from edgecompress.errors import BadInput
 from edgecompress.models import LoadedModel, load_model
 from edgecompress.pipeline.context import RunContext
@@ -36,14 +39,20 @@ def load_inputs(cfg: RunConfig, d: Path, log: Callable[[str], None], t_start: fl
         splits = load_splits(cfg.data.data, cfg.data.eval_data, input_shape=lm.input_shape[1:], seed=cfg.seed,
                              random_samples=cfg.data.random_samples)
     else:
+        images = partial(_image_folder, cfg)
         splits = load_splits(cfg.data.data, cfg.data.eval_data, input_shape=None, seed=cfg.seed,
-                             val_fraction=cfg.data.val_fraction, eval_fraction=cfg.data.eval_fraction)
+                             val_fraction=cfg.data.val_fraction, eval_fraction=cfg.data.eval_fraction, images=images)
+        prep = getattr(splits.train.x, "prep", None)
+        if prep is None and not is_default(cfg.data):
+            raise BadInput("--image-size/--resize/--channels/--mean/--std apply to image folders; this --data is "
+                           "an array data set (IDX/npz): drop them or pass a folder of images")
         lm = load_model(cfg.model, data_shape=tuple(splits.train.x.shape[1:]))
         if tuple(lm.input_shape[1:]) != tuple(splits.train.x.shape[1:]):
             raise BadInput(f"--input-shape {','.join(map(str, lm.input_shape))} does not match the data's "
                            f"samples {tuple(splits.train.x.shape[1:])}; drop --input-shape or fix it")
     splits = limit(splits, seed=cfg.seed, max_train=cfg.data.max_train, max_eval=cfg.data.max_eval,
                    val_fraction=cfg.data.val_fraction)
+    _record_file_lists(splits)
     for part in (splits.train, splits.eval):
         if part is not None and part.y is not None and len(part.y) and part.y.max() >= lm.num_classes:
             raise BadInput(f"labels in {part.source} go up to {int(part.y.max())} but the model has "
@@ -62,7 +71,8 @@ def load_inputs(cfg: RunConfig, d: Path, log: Callable[[str], None], t_start: fl
         f"{0 if splits.eval is None else len(splits.eval)} eval")
     ctx = RunContext(cfg=cfg, d=d, log=log, t_start=t_start, lm=lm, splits=splits,
                      example=torch.zeros((1, *lm.input_shape[1:])), calib_idx=calib_idx,
-                     calib_source=calib_source, meta=onnx_metadata(lm, lm.classes or splits.train.classes))
+                     calib_source=calib_source,
+                     meta=onnx_metadata(lm, lm.classes or splits.train.classes, getattr(splits.train.x, "prep", None)))
     ctx.timings["load"] = time.time() - t
     return ctx
 
@@ -81,8 +91,23 @@ def calibration_count(requested: int | None, available: int) -> tuple[int, str]:
     return DEFAULT_CALIB_SAMPLES, f"default {DEFAULT_CALIB_SAMPLES}"
 
 
-def onnx_metadata(lm: LoadedModel, classes: tuple[str, ...] | list[str]) -> dict[str, str]:
-    return {
+def _image_folder(cfg: RunConfig, path: Path, prep):
+    """An image folder with the run's preprocessing (``prep``: the training set's, for --eval-data)."""
+    return load_image_folder(path, prep, image_prep_for(cfg.data, cfg.model.input_shape), bad_files=cfg.data.bad_files)
+
+
+def _record_file_lists(splits) -> None:
+    """Image folders: the count and sha256 of each split's file list, in the manifest's data record."""
+    parts = {"train": splits.train, "val": splits.val, "eval": splits.eval}
+    lists = {k: {"count": len(d), "sha256": d.x.file_list_sha256()} for k, d in parts.items()
+             if d is not None and hasattr(d.x, "file_list_sha256")}
+    if lists:
+        splits.description["file_lists"] = lists
+        splits.description["preprocess"] = json.loads(splits.train.x.prep.to_meta())
+
+
+def onnx_metadata(lm: LoadedModel, classes: tuple[str, ...] | list[str], prep=None) -> dict[str, str]:
+    meta = {
         "edgecompress.version": versions().get("edgecompress") or "dev",
         "input.layout": "NCHW",
         "input.shape": json.dumps(list(lm.input_shape)),
@@ -91,3 +116,8 @@ def onnx_metadata(lm: LoadedModel, classes: tuple[str, ...] | list[str]) -> dict
         "source.model": lm.spec.ref,
         "source.weights_sha256": lm.weights_sha256 or "",
     }
+    if prep is not None:  # image files: the recipe edgecompress predict applies to raw images
+        meta[META_KEY] = prep.to_meta()
+        meta["input.normalization"] = (f"image files: {prep.resize} to {prep.size[0]}x{prep.size[1]}, {prep.channels}, "
+                                       f"pixels / 255, mean {list(prep.mean) or 0}, std {list(prep.std) or 1}")
+    return meta

@@ -12,16 +12,20 @@ failed file renamed to ``<name>.failed.onnx`` (never under a deliverable name), 
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from edgecompress.config import RunConfig
+from edgecompress.errors import ConfigError
 from edgecompress.pipeline import rundir
 from edgecompress.pipeline.context import RunContext, RunResult, StopRun
 from edgecompress.pipeline.inputs import load_inputs
 from edgecompress.pipeline.stages import ExportOriginal, PruneDistill, Quantize
 from edgecompress.pipeline.verify import Benchmark, Evaluate, write_manifest
-from edgecompress.train import resume
+from edgecompress.train import device as devices
+from edgecompress.train import distributed, resume
 
 STAGES = (ExportOriginal(), PruneDistill(), Quantize())  # each may stop the run (StopRun)
 CLOSING = (Evaluate(), Benchmark())  # run on whatever the stages delivered
@@ -34,12 +38,30 @@ def _log(msg: str) -> None:
 def run(cfg: RunConfig, *, log: Callable[[str], None] = _log) -> RunResult:
     cfg.validate()
     t_start = time.time()
+    device, launch = devices.resolve(cfg.device), distributed.from_env()  # a missing GPU fails here, in one line
+    if launch is not None:
+        if cfg.nproc > 1:
+            raise ConfigError(f"--nproc {cfg.nproc} under torchrun: torchrun already started the processes; drop --nproc")
+        device = distributed.init(launch, device)
+        if not launch.leader:
+            return _follow(cfg, launch, str(device), t_start)
+        log(f"torchrun: rank 0 of {launch.world} ({'nccl' if device.type == 'cuda' else 'gloo'}); only this rank "
+            "writes artifacts")
+    try:
+        return _lead(cfg, log, str(device), launch, t_start)
+    finally:
+        if launch is not None:
+            distributed.shutdown()
+
+
+def _lead(cfg: RunConfig, log: Callable[[str], None], device: str, launch, t_start: float) -> RunResult:
     out = rundir.resolve_out(cfg.out, cfg.overwrite)
     stage_dir = rundir.staging_dir(out)
     if not cfg.resume:
         resume.clear(out)  # a fresh run: checkpoints of an interrupted one would only mislead
     try:
         ctx = load_inputs(cfg, stage_dir, log, t_start)
+        ctx.device, ctx.launch = device, launch
         log(f"stages: {' -> '.join(cfg.plan()) or 'export only'}")
         result = _run_stages(ctx)
         rundir.finalize(stage_dir, out)
@@ -50,6 +72,19 @@ def run(cfg: RunConfig, *, log: Callable[[str], None] = _log) -> RunResult:
     result.out_dir = out
     log(f"{result.manifest['status']}: wrote {out}/ (manifest.json, report.md) in {time.time() - t_start:.0f} s")
     return result
+
+
+def _follow(cfg: RunConfig, launch, device: str, t_start: float) -> RunResult:
+    """A torchrun rank > 0: the inputs, rank 0's pruned structure, its shard of distillation; no files."""
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"edgecompress-rank{launch.rank}-") as tmp:
+            ctx = load_inputs(cfg, Path(tmp), lambda m: None, t_start)
+            ctx.device, ctx.launch = device, launch
+            if PruneDistill().applies(ctx):
+                PruneDistill().run(ctx)
+    finally:
+        distributed.shutdown()
+    return RunResult(out_dir=Path(tmp), manifest={}, exit_code=0)
 
 
 def _run_stages(ctx: RunContext) -> RunResult:

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from edgecompress.config import PruneConfig, QuantMode, Stage
 from edgecompress.data import as_float
+from edgecompress.data.dataset import subset
 from edgecompress.errors import BadInput
 from edgecompress.export import check_onnx
 from edgecompress.files import atomic_write_text
@@ -29,6 +30,7 @@ from edgecompress.prune.sensitivity import SensitivityConfig, ratios_up_to, sens
 from edgecompress.quantize import registry
 from edgecompress.report import Artifact
 from edgecompress.runtime import COMPUTE_OPS, kernel_report
+from edgecompress.train import distributed
 from edgecompress.train.augment_policy import augment_policy
 from edgecompress.train.ddp import run_kd
 from edgecompress.train.loop import top1
@@ -71,8 +73,10 @@ class PruneDistill:
             now = count_macs_params(student, ctx.example)[0]
             pstep = p if step == 1 else replace(p, drop_blocks=0)  # blocks are dropped once, in the first step
             pr = prune_step(ctx, student, pstep, step, ratio=max(0.0, 1 - goal_macs / now), latency=_probe(ctx),
-                            **_calib(ctx))
+                            device=ctx.device, **_calib(ctx))
             student = pr.model
+            if ctx.launch is not None:  # torchrun: every rank trains rank 0's structure, not its own pruning's
+                student = distributed.broadcast_student(teacher, student, ctx.lm.spec)
             allocations.append(pr.allocation)
             if pr.allocation.get("groups_without_curve"):
                 w = missing_warning(pr.allocation["groups_without_curve"])
@@ -83,6 +87,8 @@ class PruneDistill:
                 dropped = pr.dropped_blocks
             if Stage.DISTILL in cfg.plan():
                 history.append(_distill_round(ctx, student, step, p.steps, pr.macs_after))
+        if ctx.follower:  # torchrun: rank 0 writes the pruned model and goes on; this rank is done
+            return
         # the record and the summary are relative to the original model, whatever the schedule
         pr.record = structural_record(teacher, student)
         pr.macs_before, pr.params_before = count_macs_params(teacher, ctx.example)
@@ -135,7 +141,7 @@ def _distill_round(ctx: RunContext, student: nn.Module, step: int, steps: int, m
     aug = augment_policy(ctx.splits.train.x.shape[1:], dcfg.augment_shift, dcfg.augment_flip)  # as distill() applies
     if (aug.shift, aug.flip) != (dcfg.augment_shift, dcfg.augment_flip):
         ctx.log(f"KD augmentation: {aug.reason}")
-    dr = run_kd(cfg, ctx.lm, ctx.splits, student, ctx.lm.model, dcfg, step, ctx.log)
+    dr = run_kd(cfg, ctx.lm, ctx.splits, student, ctx.lm.model, dcfg, step, ctx.log, device=ctx.device)
     after = top1(student, ev) if ctx.labelled_eval else None
     if ctx.labelled_eval:
         ctx.log(f"top-1 after pruning {after_prune:.4f}, after distillation {after:.4f}")
@@ -170,7 +176,7 @@ def _sensitivity_table(ctx: RunContext) -> Path:
     imp = ctx.cfg.prune.importance if ctx.cfg.prune.importance != "taylor" else "l2"  # no gradients in the sweep
     ctx.log(f"measuring pruning sensitivity per layer group on {len(val)} validation samples")
     scfg = SensitivityConfig(importance=imp, ratios=ratios_up_to(ctx.cfg.prune.max_layer_ratio))
-    res = sensitivity(ctx.lm.model, ctx.example, val, scfg, progress=ctx.log)
+    res = sensitivity(ctx.lm.model, ctx.example, val, scfg, progress=ctx.log, device=ctx.device)
     path = ctx.d / "sensitivity.json"
     atomic_write_text(path, json.dumps(res, indent=2) + "\n")
     return path
@@ -190,7 +196,7 @@ class Quantize:
         started = f"{parent} (distilled)" if Stage.DISTILL in ctx.stages else parent  # QAT continues from KD
         job = registry.QuantJob(
             src=ctx.d / f"{parent}.onnx", dst=ctx.d / "int8.onnx", cfg=cfg.quant,
-            calib_x=as_float(splits.train.x[ctx.calib_idx]), val_x=as_float(splits.val.x), val_y=splits.val.y,
+            calib_x=as_float(subset(splits.train.x, ctx.calib_idx)), val_x=as_float(splits.val.x), val_y=splits.val.y,
             max_accuracy_drop=cfg.verify.max_accuracy_drop, threads=cfg.bench.threads, batch=cfg.bench.batch,
             input_shape=tuple(ctx.lm.input_shape), model=ctx.fp32_model, teacher=ctx.lm.model, train=splits.train,
             example=ctx.example, parity_x=ctx.parity_samples(256), qat=cfg.qat, opset=cfg.onnx.opset,

@@ -12,10 +12,12 @@ import torch
 
 from edgecompress.config.enums import Deliver
 from edgecompress.data import as_float
+from edgecompress.data.loader import array_batches
 from edgecompress.files import atomic_write_text, sha256_file
 from edgecompress.pipeline.context import RunContext, RunResult
 from edgecompress.report import Gate, Manifest, command_line, render_report, versions
 from edgecompress.runtime import cpu_info, file_bytes, make_session, measure_latency, run_batched
+from edgecompress.train.progress import progress
 
 
 class Evaluate:
@@ -26,10 +28,8 @@ class Evaluate:
         preds: dict[str, np.ndarray] = {}
         if ev is not None:
             ctx.log(f"evaluating {len(ctx.arts)} artifact(s) on {len(ev)} samples with onnxruntime")
+            preds = _predict_all(ctx, ev.x)
             for name, a in ctx.arts.items():
-                sess = make_session(ctx.d / a.path, threads=torch.get_num_threads())
-                preds[name] = np.concatenate([run_batched(sess, as_float(ev.x[i : i + 4096])).argmax(1)
-                                              for i in range(0, len(ev), 4096)])  # uint8 samples: float per chunk
                 a.top1 = None if ev.y is None else float((preds[name] == ev.y).mean())
         parent = ctx.fp32_parent
         if "int8" in preds and parent in preds:
@@ -74,6 +74,24 @@ def _gate(ctx: RunContext, art: str, what: str, value: float, bound: float, pass
     ctx.gates.append(Gate(name=f"{art} {what}", value=value, bound=bound, passed=passed, artifact=art))
     if not passed:
         ctx.log(f"gate failed: {ctx.arts[art].path} {what}: {value:.4g} (bound {bound:.4g})")
+
+
+def _predict_all(ctx: RunContext, x) -> dict[str, np.ndarray]:
+    """Top-1 class of every artifact on ``x``, batch by batch: each batch is read (decoded, for
+    image files, by ``--workers`` processes) once for all artifacts, and only the class ids are
+    kept, so memory does not grow with the number of samples."""
+    sessions = {name: make_session(ctx.d / a.path, threads=torch.get_num_threads()) for name, a in ctx.arts.items()}
+    out: dict[str, list[np.ndarray]] = {name: [] for name in sessions}
+    bar = progress(len(x), "evaluate")
+    try:
+        for xb in array_batches(x, 256, workers=ctx.cfg.data.workers):
+            xb = as_float(xb)  # uint8 samples in memory: float per batch
+            for name, sess in sessions.items():
+                out[name].append(run_batched(sess, xb).argmax(1))
+            bar.update(len(xb))
+    finally:
+        bar.close()
+    return {name: np.concatenate(v) for name, v in out.items()}
 
 
 class Benchmark:

@@ -112,7 +112,7 @@ def table_curves_for(model: nn.Module, example: torch.Tensor, ignored: list[nn.M
 
 
 def prune_by_sensitivity(model: nn.Module, example: torch.Tensor, cfg, ignored: list[nn.Module], done, table,
-                         calib_x=None, calib_y=None) -> tuple[nn.Module, float, bool, dict[str, Any]]:
+                         calib_x=None, calib_y=None, device: str = "cpu") -> tuple[nn.Module, float, bool, dict[str, Any]]:
     """Returns (pruned copy, mean group ratio, True, allocation record), or BadInput when even the
     largest measured ratios miss the target. ``done`` is prune's MACs or params criterion."""
     names = {m: n for n, m in model.named_modules()}
@@ -137,7 +137,7 @@ def prune_by_sensitivity(model: nn.Module, example: torch.Tensor, cfg, ignored: 
             if k > 0:
                 ratios[g] = (k - 1e-6) / c
         if needs_gradients(cfg.importance):
-            accumulate_taylor_grads(m, calib_x, calib_y, cfg.taylor_batches)
+            accumulate_taylor_grads(m, calib_x, calib_y, cfg.taylor_batches, device)
         with tp_errors("prune", "leave the offending layer out with --ignore NAME"):
             pruner = group_aware_pruner(
                 m, example, importance=importance(cfg.importance), pruning_ratio=0.0,

@@ -100,7 +100,7 @@ def _resolve_ignored(model: nn.Module, example: torch.Tensor, names: tuple[str, 
     return ignored
 
 
-def _progressive(model, example, cfg, ignored, done: Criterion, calib_x, calib_y):
+def _progressive(model, example, cfg, ignored, done: Criterion, calib_x, calib_y, device: str = "cpu"):
     """Torch-Pruning's progressive schedule: the channel ratio grows by max/STEPS per step
     (importance re-estimated on what is left) until ``done`` says the target is met. One
     dependency graph is built; the overshoot is at most one step (0.9 % of a layer's channels)."""
@@ -120,7 +120,7 @@ def _progressive(model, example, cfg, ignored, done: Criterion, calib_x, calib_y
     ratio, met = 0.0, False
     for k in range(1, steps + 1):
         if needs_gradients(cfg.importance):
-            accumulate_taylor_grads(model, calib_x, calib_y, cfg.taylor_batches)
+            accumulate_taylor_grads(model, calib_x, calib_y, cfg.taylor_batches, device)
         with tp_errors("prune", "leave the offending layer out with --ignore NAME or lower --prune-ratio"):
             pruner.step()
         ratio = cfg.max_layer_ratio * k / steps
@@ -154,6 +154,7 @@ def prune(
     calib_y: np.ndarray | None = None,
     ratio: float | None = None,
     latency: LatencyCriterion | None = None,
+    device: str = "cpu",
 ) -> PruneResult:
     """Returns a pruned copy of ``model`` that meets the target: ``cfg.target_latency_ms``
     (measured by ``latency``, which the caller builds to time the file it ships), else ``ratio``
@@ -199,9 +200,9 @@ def prune(
             raise BadInput("--allocation sensitivity needs a table (--sensitivity FILE from `edgecompress "
                            "sensitivity`) and a --prune-ratio or --target-params target, not --target-latency-ms")
         pruned, r, met, allocation = prune_by_sensitivity(model, example, cfg, ignored, done,
-                                                          load_table(cfg.sensitivity), calib_x, calib_y)
+                                                          load_table(cfg.sensitivity), calib_x, calib_y, device)
     else:
-        pruned, r, met = _progressive(model, example, cfg, ignored, done, calib_x, calib_y)
+        pruned, r, met = _progressive(model, example, cfg, ignored, done, calib_x, calib_y, device)
     macs1 = count_macs_params(pruned, example)[0]
     if not met:
         raise _unreachable(cfg, ratio, 1 - macs1 / macs0, probe)

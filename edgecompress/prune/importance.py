@@ -39,16 +39,21 @@ def needs_gradients(name: Importance | str) -> bool:
     return Importance(name) == Importance.TAYLOR
 
 
-def accumulate_taylor_grads(model: nn.Module, x: np.ndarray, y: np.ndarray | None, batches: int) -> None:
-    """First-order Taylor importance needs gradients of the task loss on real batches."""
+def accumulate_taylor_grads(model: nn.Module, x: np.ndarray, y: np.ndarray | None, batches: int,
+                            device: str = "cpu") -> None:
+    """First-order Taylor importance needs gradients of the task loss on real batches; computed on
+    ``device``, the model (with its gradients) is back on the CPU afterwards."""
     model.eval()  # BN statistics stay frozen; gradients still flow
     model.zero_grad()
+    dev = torch.device(device)
+    model.to(dev)
     bs = max(1, math.ceil(len(x) / batches))
     for i in range(0, min(len(x), bs * batches), bs):
-        xb = torch.from_numpy(x[i : i + bs])
+        xb = torch.from_numpy(np.ascontiguousarray(x[i : i + bs])).to(dev)
         logits = model(xb)
         if y is not None:
-            loss = F.cross_entropy(logits, torch.from_numpy(y[i : i + bs]))
+            loss = F.cross_entropy(logits, torch.from_numpy(y[i : i + bs]).to(dev))
         else:  # unlabelled: self-distillation target = the model's own prediction
             loss = F.cross_entropy(logits, logits.argmax(1).detach())
         loss.backward()
+    model.cpu()

@@ -45,15 +45,25 @@ class SensitivityConfig:
     round_to: int = 1
 
 
+def _top1_on(model: nn.Module, val: Dataset, device: str) -> float:
+    if device == "cpu":
+        return top1(model, val)
+    try:
+        return top1(model.to(device), val)
+    finally:
+        model.cpu()
+
+
 def sensitivity(model: nn.Module, example: torch.Tensor, val: Dataset, cfg: SensitivityConfig,
-                *, progress=lambda msg: None) -> dict[str, Any]:
+                *, progress=lambda msg: None, device: str = "cpu") -> dict[str, Any]:
+    """Top-1 on ``val`` (computed on ``device``) after pruning each layer group alone at each ratio."""
     import torch_pruning as tp
 
     if val.y is None:
         raise BadInput("sensitivity needs labelled data (y) to measure accuracy")
     model = model.eval()
     macs0, _ = count_macs_params(model, example)
-    base = top1(model, val)
+    base = _top1_on(model, val, device)
     heads = output_layers(model, example)
     dg = tp.DependencyGraph().build_dependency(model, example)
     names = {m: n for n, m in model.named_modules()}
@@ -74,7 +84,7 @@ def sensitivity(model: nn.Module, example: torch.Tensor, val: Dataset, cfg: Sens
                                         round_to=cfg.round_to if cfg.round_to > 1 else None)
             pruner.step()
             macs, _ = count_macs_params(m, example)
-            acc = top1(m, val)
+            acc = _top1_on(m, val, device)
             rows.append({"group": root, "members": members, "ratio": r, "macs_removed": 1 - macs / macs0,
                          "top1": acc, "drop_points": 100 * (base - acc)})
         progress(f"[{i + 1}/{len(groups)}] {root}: drop at {cfg.ratios[-1]:.0%} = {rows[-1]['drop_points']:.2f} points")

@@ -366,7 +366,7 @@ def run(job: QuantJob) -> QuantOutcome:
     use_acc = job.max_accuracy_drop is not None and job.val_y is not None
 
     def val_top1(m: nn.Module) -> float:
-        xv, yv = torch.from_numpy(job.val_x), torch.from_numpy(job.val_y)
+        xv, yv = torch.from_numpy(np.asarray(job.val_x, dtype=np.float32)), torch.from_numpy(job.val_y)
         with torch.no_grad():
             hits = sum(int((m(xv[i : i + 500]).argmax(1) == yv[i : i + 500]).sum()) for i in range(0, len(xv), 500))
         return hits / len(xv)

@@ -28,6 +28,7 @@ from edgecompress.config import QuantConfig
 from edgecompress.files import atomic_write
 from edgecompress.quantize import target as _target
 from edgecompress.quantize.graph import gemm_to_matmul, keep_float
+from edgecompress.train.progress import progress
 
 
 class _DropOrtInfo(logging.Filter):
@@ -56,20 +57,67 @@ class QuantResult:
 
 
 class ArrayReader:
-    """onnxruntime's CalibrationDataReader protocol over a numpy array."""
+    """onnxruntime's CalibrationDataReader protocol, batch by batch, over a numpy array or an
+    array-like that decodes on demand (``data.folders.ImageFiles``: only the batch in hand is in
+    memory). ``len`` and ``set_range`` (in batches) let ``quantize_static`` calibrate a range at a
+    time (``CalibStridedMinMax``), see :func:`calib_options`."""
 
-    def __init__(self, input_name: str, x: np.ndarray, batch: int = 32) -> None:
-        self.input_name, self.x, self.batch, self.i = input_name, x, batch, 0
+    def __init__(self, input_name: str, x, batch: int = 32) -> None:
+        self.input_name, self.x, self.batch = input_name, x, batch
+        self.start, self.end, self.i = 0, self.batches, 0
+        self.bar = None  # a progress bar (train.progress) updated per batch
+
+    @property
+    def batches(self) -> int:
+        return -(-len(self.x) // self.batch)
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.start, self.end, self.i = start_index, end_index, start_index
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.i >= len(self.x):
+        if self.i >= min(self.end, self.batches):
             return None
-        b = self.x[self.i : self.i + self.batch]
-        self.i += self.batch
+        b = np.ascontiguousarray(self.x[self.i * self.batch : (self.i + 1) * self.batch], dtype=np.float32)
+        self.i += 1
+        if self.bar is not None:
+            self.bar.update(len(b))
         return {self.input_name: b}
 
     def rewind(self) -> None:
-        self.i = 0
+        self.i = self.start
+
+
+class BatchReader:
+    """The CalibrationDataReader protocol over an iterable of batches (numpy arrays), read once."""
+
+    def __init__(self, input_name: str, batches) -> None:
+        self.input_name, self.it, self.count = input_name, iter(batches), 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        b = next(self.it, None)
+        if b is None:
+            return None
+        self.count += len(b)
+        return {self.input_name: np.ascontiguousarray(b, dtype=np.float32)}
+
+
+def calib_options(method: str, reader) -> dict:
+    """Bounded memory while calibrating. MinMax: onnxruntime's augmented graph reduces every
+    calibrated tensor to its min and max per batch, so only two scalars per tensor and batch are
+    kept: nothing to do. Entropy and percentile keep every calibrated activation of every batch
+    until ``collect_data`` ends; with a reader that has ``len``/``set_range`` they are fed 4
+    batches at a time (``CalibStridedMinMax``: histograms merged per range, so the result can
+    differ slightly from one pass over everything). ``CalibMaxIntermediateOutputs`` is not used: in
+    onnxruntime 1.32 MinMaxCalibrater clears the outputs it collected at that count without merging
+    them into its range (calibrate.py ``collect_data``), which would drop data."""
+    if method == "minmax" or not hasattr(reader, "set_range"):
+        return {}
+    n = len(reader)
+    stride = max(d for d in range(1, min(4, n) + 1) if n % d == 0)
+    return {"CalibStridedMinMax": stride}
 
 
 def preprocess(fp32: Path, dst: Path) -> Path:
@@ -90,7 +138,8 @@ def preprocessed_model(fp32: Path):
         return onnx.load(str(preprocess(fp32, Path(d) / "pre.onnx")))
 
 
-def quantize_ptq(fp32: Path, out: Path, calib_x: np.ndarray, cfg: QuantConfig) -> QuantResult:
+def quantize_ptq(fp32: Path, out: Path, calib_x, cfg: QuantConfig) -> QuantResult:
+    """``calib_x``: an array, an array-like decoded on demand, or an iterable of batches."""
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -107,18 +156,23 @@ def quantize_ptq(fp32: Path, out: Path, calib_x: np.ndarray, cfg: QuantConfig) -
     with _quiet_ort_logging(), tempfile.TemporaryDirectory(prefix="edgecompress-q-") as d:
         pre = preprocess(fp32, Path(d) / "pre.onnx")
 
+        is_array = hasattr(calib_x, "shape") and hasattr(calib_x, "__getitem__")
+        reader = ArrayReader(input_name, calib_x) if is_array else BatchReader(input_name, calib_x)
+        if is_array:
+            reader.bar = progress(len(calib_x), "calibrate")
+
         def write(tmp: Path) -> None:
             # Entropy/percentile calibration keep histograms; the aug model lives in a temp dir.
             with contextlib.redirect_stdout(io.StringIO()):
                 quantize_static(
-                    str(pre), str(tmp), ArrayReader(input_name, calib_x),
+                    str(pre), str(tmp), reader,
                     quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
                     activation_type=qtype[eff["activation_type"]], weight_type=qtype[eff["weight_type"]],
                     reduce_range=eff["reduce_range"], calibrate_method=method,
                     op_types_to_quantize=list(cfg.op_types) or None,
                     nodes_to_exclude=list(cfg.exclude_nodes) or None,
                     extra_options={"CalibTensorRangeSymmetric": False, "ActivationSymmetric": False,
-                                   "WeightSymmetric": True},
+                                   "WeightSymmetric": True} | calib_options(cfg.method, reader),
                     calibration_providers=["CPUExecutionProvider"],
                 )
             if cfg.exclude_nodes:
@@ -128,8 +182,12 @@ def quantize_ptq(fp32: Path, out: Path, calib_x: np.ndarray, cfg: QuantConfig) -
                 settings["kept_float_inputs"] = keep_float(m, cfg.exclude_nodes)
                 onnx.save(m, str(tmp))
 
-        atomic_write(out, write)
-    return QuantResult(out, len(calib_x), settings)
+        try:
+            atomic_write(out, write)
+        finally:
+            if is_array:
+                reader.bar.close()
+    return QuantResult(out, len(calib_x) if is_array else reader.count, settings)
 
 
 _TARGET_KEYS = ("activation_type", "weight_type", "reduce_range")

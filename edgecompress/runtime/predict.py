@@ -8,7 +8,8 @@ The input size and scaling come from the file's metadata (``input.shape``,
 ``input.normalization``, ``classes``, written by ``edgecompress export``) or, for any other ONNX
 classifier, from the graph input. Images are decoded to [0, 1] (8-bit / 255, 16-bit / 65535),
 resized with an antialiased bilinear (triangle) filter in numpy (same result with or without
-Pillow) and laid out NCHW; .npz arrays ``x`` follow the training convention (uint8 / 255, float
+Pillow) and laid out NCHW (or, for a model that records it in ``input.preprocess``, by that
+recipe: edgecompress.runtime.imageprep); .npz arrays ``x`` follow the training convention (uint8 / 255, float
 as is) and must already have the model's sample shape.
 """
 
@@ -23,11 +24,13 @@ from typing import Any
 import numpy as np
 
 from edgecompress.errors import BadInput, one_line
+from edgecompress.runtime.imageprep import META_KEY, ImagePrep, read_image, read_pnm, resize
 from edgecompress.runtime.session import check_model_file, make_session
+
+__all__ = ["predict", "read_pnm", "resize", "format_table"]
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
              "tensor(uint8)": np.uint8}  # fmt: skip
-_PNM_MAGIC = {b"P2": (1, False), b"P5": (1, True), b"P3": (3, False), b"P6": (3, True)}
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class ModelInput:
     shape_from: str  # graph | metadata | --input-shape
     normalization: str
     classes: tuple[str, ...] | None
+    prep: ImagePrep | None = None  # the run's image preprocessing (metadata input.preprocess), if recorded
 
 
 def open_model(path: Path, threads: int = 1):
@@ -82,8 +86,9 @@ def model_input(sess, meta: dict[str, str], input_shape: list[int] | None = None
             classes = tuple(str(v) for v in c) if isinstance(c, list) and c else None
         except ValueError:
             classes = None
+    prep = ImagePrep.from_meta(meta[META_KEY]) if META_KEY in meta else None
     return ModelInput(inp.name, _NP_TYPES[inp.type], tuple(dims), graph[0], source,
-                      meta.get("input.normalization", "float32 in [0,1]: uint8 pixels / 255 (assumed)"), classes)
+                      meta.get("input.normalization", "float32 in [0,1]: uint8 pixels / 255 (assumed)"), classes, prep)
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -146,6 +151,8 @@ def _load_npz(p: Path, mi: ModelInput) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _load_image(p: Path, mi: ModelInput) -> np.ndarray:
+    if mi.prep is not None:  # the run's own preprocessing: the same sample as its evaluation
+        return mi.prep.load(p)
     if len(mi.dims) != 3:
         raise BadInput(f"{p}: images need a model with an N,C,H,W input; this one takes "
                        f"{_fmt_dims(mi.dims)} (pass an .npz with array x)")
@@ -154,86 +161,9 @@ def _load_image(p: Path, mi: ModelInput) -> np.ndarray:
         raise BadInput(f"{p}: the model takes {c} channels; images give 1 (gray) or 3 (RGB): pass an .npz")
     if h is None or w is None:
         raise BadInput(f"the model's input size is symbolic ({_fmt_dims(mi.dims)}); pass --input-shape N,C,H,W")
-    with open(p, "rb") as f:
-        head = f.read(2)
-    img = read_pnm(p) if head in _PNM_MAGIC else _read_pillow(p)  # H x W x channels, float in [0, 1]
+    img = read_image(p)  # H x W x channels, float in [0, 1]
     img = _match_channels(img, c, p)
     return resize(img, h, w).transpose(2, 0, 1)
-
-
-def read_pnm(p: Path) -> np.ndarray:
-    """PGM/PPM (P2, P3, P5, P6; 8 or 16 bit) -> H x W x {1,3} float32 in [0, 1], numpy only."""
-    raw = p.read_bytes()
-    chans, binary = _PNM_MAGIC[raw[:2]]
-    tokens: list[bytes] = []
-    i = 2
-    while len(tokens) < 3:
-        while i < len(raw) and raw[i : i + 1].isspace():
-            i += 1
-        if i < len(raw) and raw[i : i + 1] == b"#":
-            while i < len(raw) and raw[i : i + 1] not in (b"\n", b"\r"):
-                i += 1
-            continue
-        j = i
-        while j < len(raw) and not raw[j : j + 1].isspace() and raw[j : j + 1] != b"#":
-            j += 1
-        if j == i:
-            raise BadInput(f"{p}: truncated PGM/PPM header; re-save the image")
-        tokens.append(raw[i:j])
-        i = j
-    try:
-        w, h, maxval = (int(t) for t in tokens)
-    except ValueError:
-        raise BadInput(f"{p}: bad PGM/PPM header {b' '.join(tokens)!r}; re-save the image") from None
-    if w < 1 or h < 1 or not 0 < maxval < 65536:
-        raise BadInput(f"{p}: bad PGM/PPM header (width {w}, height {h}, maxval {maxval}); re-save the image")
-    n = w * h * chans
-    if binary:
-        dtype = np.dtype(">u2") if maxval > 255 else np.dtype(np.uint8)
-        data = raw[i + 1 :]  # exactly one whitespace byte after maxval
-        if len(data) < n * dtype.itemsize:
-            raise BadInput(f"{p}: truncated PGM/PPM data ({len(data)} bytes for {w}x{h}); re-save the image")
-        a = np.frombuffer(data, dtype=dtype, count=n)
-    else:
-        try:
-            a = np.array(raw[i:].split(), dtype=np.int64)
-        except ValueError:
-            raise BadInput(f"{p}: non-numeric PGM/PPM pixel data; re-save the image") from None
-        if len(a) < n:
-            raise BadInput(f"{p}: truncated PGM/PPM data ({len(a)} values for {w}x{h}); re-save the image")
-        a = a[:n]
-    return (a.astype(np.float32) / maxval).clip(0, 1).reshape(h, w, chans)
-
-
-def _read_pillow(p: Path) -> np.ndarray:
-    try:
-        from PIL import Image, ImageOps, UnidentifiedImageError
-    except ImportError:
-        raise BadInput(f"{p}: reading {p.suffix or 'this'} images needs Pillow (pip install pillow); or pass "
-                       "PGM/PPM images or an .npz with array x") from None
-    try:
-        with Image.open(p) as im:
-            im = ImageOps.exif_transpose(im)
-            im.load()
-    except UnidentifiedImageError:
-        raise BadInput(f"{p}: not an image (nor an .npz); pass PNG/JPEG/PGM files or an .npz with array x") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise BadInput(f"{p}: cannot decode the image ({one_line(e)}); re-save it as PNG") from None
-    mode = im.mode
-    try:
-        if mode in ("1", "L", "LA", "La"):
-            a = np.asarray(im.convert("L"), dtype=np.float32)[..., None] / 255.0
-        elif mode.startswith("I;16") or mode == "I":  # 16-bit gray (Pillow may widen it to I)
-            a = np.asarray(im, dtype=np.float32)[..., None]
-            a = a / (65535.0 if a.max() > 255 else 255.0)
-        elif mode == "F":
-            a = np.asarray(im, dtype=np.float32)[..., None]
-        else:  # RGB, RGBA (alpha dropped), palette, CMYK, YCbCr, ...
-            a = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except (ValueError, OSError) as e:
-        raise BadInput(f"{p}: unsupported image mode {mode} ({one_line(e)}); re-save it as 8-bit gray or "
-                       "RGB PNG") from None
-    return np.clip(a, 0, 1)
 
 
 def _match_channels(img: np.ndarray, c: int, p: Path) -> np.ndarray:
@@ -245,29 +175,6 @@ def _match_channels(img: np.ndarray, c: int, p: Path) -> np.ndarray:
     kind = {1: "gray (1 channel)", 3: "RGB (3 channels)"}
     raise BadInput(f"{p} is {kind.get(have, f'{have} channels')} but the model takes {kind.get(c, c)}; "
                    f"convert the image to {'grayscale' if c == 1 else 'RGB'} first")
-
-
-def _weights(n_in: int, n_out: int) -> np.ndarray:
-    """n_out x n_in matrix of an antialiased linear (triangle) filter, half-pixel centres."""
-    scale = n_in / n_out
-    support = max(scale, 1.0)
-    centres = (np.arange(n_out) + 0.5) * scale - 0.5
-    src = np.arange(n_in)
-    wts = np.clip(1.0 - np.abs(src[None, :] - centres[:, None]) / support, 0.0, None)
-    sums = wts.sum(1, keepdims=True)
-    empty = sums[:, 0] == 0
-    if empty.any():  # cannot happen with support >= 1, but stay safe: nearest pixel
-        wts[empty, np.clip(np.round(centres[empty]).astype(int), 0, n_in - 1)] = 1.0
-        sums = wts.sum(1, keepdims=True)
-    return (wts / sums).astype(np.float32)
-
-
-def resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    """H x W x C float image -> h x w x C (antialiased bilinear; identity when the size matches)."""
-    if img.shape[:2] == (h, w):
-        return img.astype(np.float32, copy=False)
-    wh, ww = _weights(img.shape[0], h), _weights(img.shape[1], w)
-    return np.einsum("ij,jkc,lk->ilc", wh, img.astype(np.float32), ww, optimize=True)
 
 
 # --- running ---------------------------------------------------------------------------------

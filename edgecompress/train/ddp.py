@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -25,26 +26,35 @@ from edgecompress.data.dataset import Dataset
 from edgecompress.errors import EdgeCompressError
 from edgecompress.models.loading import ModelSpec, build
 from edgecompress.models.pruned import apply_record, structural_record
-from edgecompress.train import resume
+from edgecompress.train import distributed, resume
 from edgecompress.train.distill import DistillResult, distill
 
 
 def run_kd(cfg: RunConfig, lm: Any, splits: Any, student: nn.Module, teacher: nn.Module, dcfg: DistillConfig,
-           step: int, log: Callable[[str], None]) -> DistillResult:  # fmt: skip
-    """Distils ``student`` in place; prune step ``step`` (1-based) of the schedule."""
+           step: int, log: Callable[[str], None], device: str = "cpu") -> DistillResult:  # fmt: skip
+    """Distils ``student`` in place on ``device``; prune step ``step`` (1-based) of the schedule. Under
+    torchrun (a process group is up) this rank trains its shard and every rank's weights are hashed."""
+    launch = distributed.from_env()
     ck = None
     if cfg.out is not None:  # without --out nobody could name the run to resume
         key = resume.run_key(cfg.to_dict(), lm.weights_sha256, structural_record(teacher, student), step)
         ck = resume.KdCheckpoint(resume.resume_dir(Path(cfg.out)) / f"kd-{step}.ckpt", key, resume=cfg.resume,
-                                 every=dcfg.checkpoint_every, log=log)  # fmt: skip
+                                 every=dcfg.checkpoint_every, log=log, enabled=launch is None or launch.leader)  # fmt: skip
     seed = cfg.seed + step - 1
     if cfg.nproc < 2:
-        return distill(student, teacher, splits.train, dcfg, val=splits.val, seed=seed, checkpoint=ck)
-    return _distill_ddp(cfg.nproc, lm, splits, student, teacher, dcfg, seed, ck, log)
+        desc = "distill" if launch is None else f"distill [rank {launch.rank}]"
+        dr = distill(student, teacher, splits.train, dcfg, val=splits.val, seed=seed, checkpoint=ck, desc=desc,
+                     device=device, workers=cfg.data.workers, log=log if launch is None or launch.leader else None)
+        if launch is not None:
+            hashes = distributed.state_hashes(student)
+            distributed.settle()
+            dr = dataclasses.replace(dr, nproc=launch.world, rank_state_sha256=hashes)
+        return dr
+    return _distill_ddp(cfg.nproc, lm, splits, student, teacher, dcfg, seed, ck, log, cfg.data.workers)
 
 
 def _distill_ddp(nproc: int, lm: Any, splits: Any, student: nn.Module, teacher: nn.Module, dcfg: DistillConfig,
-                 seed: int, ck: Any, log: Callable[[str], None]) -> DistillResult:  # fmt: skip
+                 seed: int, ck: Any, log: Callable[[str], None], workers: int = 0) -> DistillResult:  # fmt: skip
     """KD over ``nproc`` processes (torch.multiprocessing.spawn, gloo, DistributedDataParallel).
 
     The workers rebuild teacher and student from the model spec + pruning record + weights (as
@@ -56,15 +66,15 @@ def _distill_ddp(nproc: int, lm: Any, splits: Any, student: nn.Module, teacher: 
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
 
-    def shared(a):
-        return None if a is None else torch.from_numpy(a).share_memory_()
+    def shared(a):  # arrays in shared memory; image files (data.folders.ImageFiles) as they are: a file list
+        return a if a is None or not isinstance(a, np.ndarray) else torch.from_numpy(a).share_memory_()
 
     payload = {
         "spec": lm.spec.to_dict(), "record": structural_record(teacher, student),
         "student": {k: v.detach().clone() for k, v in student.state_dict().items()},
         "teacher": {k: v.detach().clone() for k, v in teacher.state_dict().items()},
         "data": {name: (shared(d.x), shared(d.y), d.source) for name, d in (("train", splits.train), ("val", splits.val))},
-        "cfg": dcfg, "seed": seed, "threads": max(1, torch.get_num_threads() // nproc),
+        "cfg": dcfg, "seed": seed, "workers": workers, "threads": max(1, torch.get_num_threads() // nproc),
         "ck": None if ck is None else (str(ck.path), ck.key, ck.resume, ck.every),
     }  # fmt: skip
     log(f"distilling on {nproc} processes (torch.distributed, gloo, DistributedDataParallel)")
@@ -94,14 +104,15 @@ def _worker(rank: int, world: int, port: int, payload: dict[str, Any], tmp: str)
         teacher = build(spec)
         teacher.load_state_dict(payload["teacher"])
         teacher.eval()
-        d = {k: Dataset(x.numpy(), None if y is None else y.numpy(), src) for k, (x, y, src) in payload["data"].items()}
+        d = {k: Dataset(x.numpy() if isinstance(x, torch.Tensor) else x, None if y is None else y.numpy(), src)
+             for k, (x, y, src) in payload["data"].items()}
         ck = None
         if payload["ck"] is not None:
             path, key, do_resume, every = payload["ck"]
             ck = resume.KdCheckpoint(Path(path), key, resume=do_resume, every=every, enabled=rank == 0,
                               log=(lambda m: print(f"edgecompress: {m}", flush=True)) if rank == 0 else None)  # fmt: skip
         dr = distill(student, teacher, d["train"], payload["cfg"], val=d["val"], seed=payload["seed"],
-                     checkpoint=ck, desc=f"distill [rank {rank}]")  # fmt: skip
+                     checkpoint=ck, desc=f"distill [rank {rank}]", workers=payload["workers"])  # fmt: skip
         buf = io.BytesIO()
         torch.save({k: v.contiguous() for k, v in sorted(student.state_dict().items())}, buf)
         hashes: list[Any] = [None] * world

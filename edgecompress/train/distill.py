@@ -18,6 +18,7 @@ Without labels the loss is pure KD (alpha = 1). Options (``DistillConfig``):
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,8 +76,26 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch
 
 def distill(student: nn.Module, teacher: nn.Module, train: Dataset, cfg: DistillConfig, *,
             val: Dataset | None = None, seed: int = 0, desc: str = "distill",
-            checkpoint: Checkpointer | None = None) -> DistillResult:
-    """Fine-tunes ``student`` in place with KD from ``teacher`` (which is left unchanged)."""
+            checkpoint: Checkpointer | None = None, device: str = "cpu", workers: int = 0,
+            log: Callable[[str], None] | None = None) -> DistillResult:
+    """Fine-tunes ``student`` in place with KD from ``teacher`` (which is left unchanged), on
+    ``device`` (both models are back on the CPU when it returns); ``workers`` decode image files."""
+    dev = torch.device(device)
+    if dev.type != "cpu":
+        student.to(dev)
+        teacher.to(dev)
+    try:
+        return _distill(student, teacher, train, cfg, val=val, seed=seed, desc=desc, checkpoint=checkpoint,
+                        device=device, workers=workers, log=log)
+    finally:
+        if dev.type != "cpu":
+            student.cpu()
+            teacher.cpu()
+
+
+def _distill(student: nn.Module, teacher: nn.Module, train: Dataset, cfg: DistillConfig, *, val: Dataset | None,
+             seed: int, desc: str, checkpoint: Checkpointer | None, device: str, workers: int,
+             log: Callable[[str], None] | None) -> DistillResult:
     labelled_val = val is not None and val.y is not None and len(val) > 0
     if cfg.patience > 0 and not labelled_val:
         raise BadInput("--kd-patience needs a labelled validation split of the training data; pass data with "
@@ -86,8 +105,8 @@ def distill(student: nn.Module, teacher: nn.Module, train: Dataset, cfg: Distill
         return DistillResult(0.0, 0, float("nan"), before, before)
     was_training = teacher.training
     teacher.eval()  # its forward runs under no_grad below; its parameters are left as they were
-    hints = FeatureHints(student, teacher, cfg.features, standard_layout(torch.from_numpy(as_float(train.x[:1])))) \
-        if cfg.features else None
+    hints = FeatureHints(student, teacher, cfg.features,
+                         standard_layout(torch.from_numpy(as_float(train.x[:1]))).to(device)) if cfg.features else None
     calls = [0]
     count = teacher.register_forward_hook(lambda m, i, o: calls.__setitem__(0, calls[0] + 1))
     feat_losses: list[float] = []
@@ -97,7 +116,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: Dataset, cfg: Distill
 
     def loss_fn(s_logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         if cached is not None:
-            t_logits = cached[batch_idx[0]]
+            t_logits = cached[batch_idx[0]].to(x.device)
         else:
             with torch.no_grad():
                 t_logits = teacher(x)
@@ -110,13 +129,14 @@ def distill(student: nn.Module, teacher: nn.Module, train: Dataset, cfg: Distill
 
     aug = augment_policy(train.x.shape[1:], cfg.augment_shift, cfg.augment_flip)  # image augmentation on images only
     tcfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
-                       augment_shift=aug.shift, augment_flip=aug.flip, mixup=cfg.mixup, seed=seed)  # fmt: skip
+                       augment_shift=aug.shift, augment_flip=aug.flip, mixup=cfg.mixup, seed=seed, device=device,
+                       workers=workers)  # fmt: skip
     try:
         validate = (lambda m: top1(m, val)) if cfg.patience > 0 else None
         with hints if hints is not None else contextlib.nullcontext():
             res = fit(student, train, tcfg, loss_fn, desc=desc, validate=validate, patience=cfg.patience,
                       extra=None if hints is None else hints.adapters, on_batch=lambda i: batch_idx.__setitem__(0, i),
-                      checkpoint=checkpoint)
+                      checkpoint=checkpoint, log=log)
     finally:
         count.remove()
         teacher.train(was_training)

@@ -14,7 +14,6 @@ training images too ("function matching", Beyer et al. 2022).
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -25,7 +24,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgecompress.data.dataset import Dataset, as_float
+from edgecompress.data.loader import batches
 from edgecompress.errors import BadInput
+from edgecompress.train import device as devices
+from edgecompress.train.progress import estimator, progress
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -42,6 +44,8 @@ class TrainConfig:
     warmup_steps: int = 0
     mixup: float = 0.0  # Beta(a, a) parameter of mixup; 0 = off
     seed: int = 0
+    device: str = "cpu"  # a resolved torch device (train.device.resolve); the model is already there
+    workers: int = 0  # DataLoader processes decoding image files (in-memory arrays need none)
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,9 @@ def total_steps(epochs: float, spe: int) -> int:
 def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     was = model.training
     model.eval()
-    out = [model(standard_layout(torch.from_numpy(as_float(x[i : i + batch_size])))).float().numpy()
+    dev = devices.model_device(model)
+    out = [model(standard_layout(torch.from_numpy(as_float(np.ascontiguousarray(x[i : i + batch_size])))).to(dev))
+           .float().cpu().numpy()
            for i in range(0, len(x), batch_size)]
     model.train(was)
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
@@ -128,15 +134,6 @@ def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np
 def top1(model: nn.Module, d: Dataset) -> float:
     assert d.y is not None
     return float((predict_logits(model, d.x).argmax(1) == d.y).mean())
-
-
-def progress(total: int, desc: str, disable: bool = False):
-    from tqdm import tqdm
-
-    # Off a terminal (CI, logs) a bar redraw is a new line: update rarely there.
-    tty = sys.stderr.isatty()
-    return tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True,
-                mininterval=0.2 if tty else 30.0, disable=disable)
 
 
 def fit(
@@ -152,6 +149,7 @@ def fit(
     extra: nn.Module | None = None,
     on_batch: Callable[[torch.Tensor], None] | None = None,
     checkpoint: Checkpointer | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Trains ``model`` in place for ``cfg.epochs`` passes over ``train``.
 
@@ -160,7 +158,8 @@ def fit(
     rounds without improvement. ``extra`` holds trainable modules that are not part of the
     model (feature-KD adapters): optimised alongside it, checkpointed with it. ``on_batch(idx)``
     sees the training indices of each batch before the loss. ``checkpoint`` saves the loop state
-    (weights, optimizer, step, position in the epoch, RNG) and resumes from it.
+    (weights, optimizer, step, position in the epoch, RNG) and resumes from it. ``log`` gets one
+    line with the measured speed and the time left, after the first steps.
     """
     n = len(train)
     if n < 2:
@@ -172,8 +171,8 @@ def fit(
     g = torch.Generator().manual_seed(cfg.seed if ddp is None else cfg.seed + 7919 * ddp.rank)
     opt = _optimizer(model, extra, cfg)
     lr_at = _cosine(cfg, total)
-    xs = torch.from_numpy(train.x)
-    ys = None if train.y is None else torch.from_numpy(train.y)
+    dev = torch.device(cfg.device)
+    feed = None  # the batches of the current pass (data.loader: in memory, or decoded by workers)
     # the whole loop state, so that a checkpoint can carry it
     st: dict[str, Any] = {"step": 0, "perm": None, "pos": 0, "loss": float("nan"), "val": [], "val_steps": [],
                           "best": None, "best_step": None, "best_state": None, "bad": 0, "stopped": False,
@@ -185,6 +184,7 @@ def fit(
             g.set_state(st["rng_ranks"][ddp.rank])
             st["perm"] = None if st["perm"] is None else ddp.perm(st["epoch"] - 1)
     resumed_from = st["step"]
+    eta = estimator(desc, log, warm=min(20, max(3, (total - resumed_from) // 20)))
 
     def save() -> None:
         if checkpoint is not None:
@@ -201,22 +201,29 @@ def fit(
             if st["perm"] is None:
                 perm = torch.randperm(n, generator=g) if ddp is None else ddp.perm(st["epoch"])
                 st["perm"], st["pos"], st["epoch"] = perm, 0, st["epoch"] + 1
+            feed = batches(train.x, train.y, [st["perm"][p : p + bs] for p in range(st["pos"], n_local, bs)],
+                           workers=cfg.workers, pin_memory=devices.pin(dev))
             while st["pos"] < n_local and st["step"] < total:
                 idx = st["perm"][st["pos"] : st["pos"] + bs]
                 st["pos"] += bs
+                xb, yb = next(feed)
                 if len(idx) < 2:  # BatchNorm cannot train on a single sample
                     continue
                 for group in opt.param_groups:
                     group["lr"] = lr_at(st["step"])
                 if on_batch is not None:
                     on_batch(idx)
-                st["loss"] = _step(net, opt, loss_fn, torch.from_numpy(as_float(xs[idx].numpy())), None if ys is None else ys[idx], g, cfg)
+                if xb.dtype == torch.uint8:  # uint8 samples in memory: float per batch (as_float)
+                    xb = torch.from_numpy(as_float(xb.numpy()))
+                st["loss"] = _step(net, opt, loss_fn, xb, yb, g, cfg, dev)
                 st["step"] += 1
+                if log is not None:
+                    eta(st["step"] - resumed_from, total - st["step"])
                 bar.update(1)
                 bar.set_postfix(loss=f"{st['loss']:.3f}", refresh=False)
                 if checkpoint is not None and checkpoint.every and st["step"] % checkpoint.every == 0:
                     save()
-            st["perm"] = None  # a pass over the data (or the training) ended
+            st["perm"], feed = None, None  # a pass over the data (or the training) ended
             if on_epoch is not None:
                 on_epoch(st["step"] // spe)
             if validate is not None:
@@ -275,17 +282,21 @@ def _cosine(cfg: TrainConfig, total: int) -> Callable[[int], float]:
 
 
 def _step(net: nn.Module, opt: torch.optim.Optimizer, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor | None,
-          g: torch.Generator, cfg: TrainConfig) -> float:
-    """One optimizer step on a batch (augmented, mixed up when asked); returns the loss."""
+          g: torch.Generator, cfg: TrainConfig, dev: torch.device) -> float:
+    """One optimizer step on a batch (augmented, mixed up when asked); returns the loss. The random
+    draws stay on the CPU generator ``g`` whatever the device, so a device does not change them."""
     x = augment(x, g, cfg.augment_shift, cfg.augment_flip)
     mix = None
     if cfg.mixup > 0:
         x, *mix = mixup(x, g, cfg.mixup)
-    x = standard_layout(x)  # whatever the data's or the augmentation's strides
-    logits = net(x)
-    if mix is not None and y is not None:
-        y = mixed_targets(y, mix[0], mix[1], logits.shape[1])
-    loss = loss_fn(logits, x, y)
+    x = standard_layout(x).to(dev, non_blocking=True)  # whatever the data's or the augmentation's strides
+    with devices.autocast(dev):
+        logits = net(x)
+        if mix is not None and y is not None:
+            y = mixed_targets(y, mix[0], mix[1], logits.shape[1])
+        if y is not None:
+            y = y.to(dev, non_blocking=True)
+        loss = loss_fn(logits, x, y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
