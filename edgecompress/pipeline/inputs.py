@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgecompress.config import RunConfig, Stage
+from edgecompress.config import RunConfig
 from edgecompress.data import limit, load_splits, resolve_data
 from edgecompress.errors import BadInput
 from edgecompress.models import LoadedModel, load_model
 from edgecompress.pipeline.context import RunContext
+from edgecompress.pipeline.int8 import calibration_indices
 from edgecompress.report import versions
 
 
@@ -47,20 +48,16 @@ def load_inputs(cfg: RunConfig, d: Path, log: Callable[[str], None], t_start: fl
         if part is not None and part.y is not None and len(part.y) and part.y.max() >= lm.num_classes:
             raise BadInput(f"labels in {part.source} go up to {int(part.y.max())} but the model has "
                            f"{lm.num_classes} outputs; labels must be 0..{lm.num_classes - 1}")
-    plan = cfg.plan()
-    calib_idx = np.zeros(0, int)
-    if Stage.PTQ in plan:
-        if cfg.quant.calib_samples > len(splits.train):
-            raise BadInput(f"--calib-samples {cfg.quant.calib_samples} exceeds the {len(splits.train)} training "
-                           "samples; lower --calib-samples or pass more data")
-        rng = np.random.default_rng(cfg.seed)
-        calib_idx = np.sort(rng.choice(len(splits.train), cfg.quant.calib_samples, replace=False))
+    calib_idx = calibration_indices(cfg, splits)
     log(f"model {lm.spec.ref} ({lm.num_classes} classes, input {list(lm.input_shape)}); data "
         f"{splits.description['kind']}: {len(splits.train)} train / {len(splits.val)} val / "
         f"{0 if splits.eval is None else len(splits.eval)} eval")
+    record = lm.spec.to_dict() | {"weights": lm.weights, "weights_sha256": lm.weights_sha256,
+                                  "input_shape": list(lm.input_shape), "num_classes": lm.num_classes}
     ctx = RunContext(cfg=cfg, d=d, log=log, t_start=t_start, lm=lm, splits=splits,
                      example=torch.zeros((1, *lm.input_shape[1:])), calib_idx=calib_idx,
-                     meta=onnx_metadata(lm, lm.classes or splits.train.classes))
+                     meta=onnx_metadata(lm, lm.classes or splits.train.classes), input_shape=tuple(lm.input_shape),
+                     model_record=record, eval_threads=torch.get_num_threads())
     ctx.timings["load"] = time.time() - t
     return ctx
 

@@ -8,10 +8,9 @@ import json
 import time
 
 import numpy as np
-import torch
 
 from edgecompress.files import atomic_write_text, sha256_file
-from edgecompress.pipeline.context import RunContext, RunResult
+from edgecompress.pipeline.context import RunRecord, RunResult
 from edgecompress.report import Gate, Manifest, command_line, render_report, versions
 from edgecompress.runtime import cpu_info, file_bytes, make_session, measure_latency, run_batched
 
@@ -19,13 +18,13 @@ from edgecompress.runtime import cpu_info, file_bytes, make_session, measure_lat
 class Evaluate:
     name = "evaluate"
 
-    def run(self, ctx: RunContext) -> None:
+    def run(self, ctx: RunRecord) -> None:
         ev, verify = ctx.splits.eval, ctx.cfg.verify
         preds: dict[str, np.ndarray] = {}
         if ctx.labelled_eval:
             ctx.log(f"evaluating {len(ctx.arts)} artifact(s) on {len(ev)} samples with onnxruntime")
             for name, a in ctx.arts.items():
-                sess = make_session(ctx.d / a.path, threads=torch.get_num_threads())
+                sess = make_session(ctx.d / a.path, threads=ctx.eval_threads)
                 preds[name] = run_batched(sess, ev.x).argmax(1)
                 a.top1 = float((preds[name] == ev.y).mean())
         parent = ctx.fp32_parent
@@ -43,18 +42,27 @@ class Evaluate:
 class Benchmark:
     name = "bench"
 
-    def run(self, ctx: RunContext) -> None:
+    def run(self, ctx: RunRecord) -> None:
         b = ctx.cfg.bench
         ctx.log(f"benchmarking ({b.threads} thread(s), batch {b.batch}, {b.runs} runs)")
         for a in ctx.arts.values():
             lat = measure_latency(ctx.d / a.path, threads=b.threads, batch=b.batch, warmup=b.warmup, runs=b.runs,
-                                  input_shape=ctx.lm.input_shape, seed=ctx.cfg.seed)
+                                  input_shape=ctx.input_shape, seed=ctx.cfg.seed)
             a.latency_ms_p50, a.latency_ms_p90, a.latency_ms_mean = lat.p50_ms, lat.p90_ms, lat.mean_ms
 
 
-def write_manifest(ctx: RunContext) -> RunResult:
+def close(ctx: RunRecord) -> RunResult:
+    """The end of every run, on whatever the stages delivered: evaluate, benchmark, manifest."""
+    for closing in (Evaluate(), Benchmark()):
+        t0 = time.time()
+        closing.run(ctx)
+        ctx.timings[closing.name] = time.time() - t0
+    return write_manifest(ctx)
+
+
+def write_manifest(ctx: RunRecord) -> RunResult:
     failures = [g.name for g in ctx.gates if not g.passed]
-    warnings_ = [*ctx.stage_results.get("prune", {}).get("warnings", []),
+    warnings_ = [*ctx.warnings, *ctx.stage_results.get("prune", {}).get("warnings", []),
                  *ctx.stage_results.get("quantize", {}).get("settings", {}).get("warnings", [])]
     int8 = ctx.arts.get("int8")
     if int8 is not None:
@@ -71,11 +79,10 @@ def write_manifest(ctx: RunContext) -> RunResult:
     for a in ctx.arts.values():
         p = ctx.d / a.path
         a.bytes, a.sha256 = file_bytes(p), sha256_file(p)
-    lm, b = ctx.lm, ctx.cfg.bench
+    b = ctx.cfg.bench
     manifest = Manifest(
         status="failed" if failures else "complete", command=command_line(),
-        model=lm.spec.to_dict() | {"weights": lm.weights, "weights_sha256": lm.weights_sha256,
-                                   "input_shape": list(lm.input_shape), "num_classes": lm.num_classes},
+        model=ctx.model_record,
         data=ctx.splits.description, stages=[str(s) for s in ctx.stages], artifacts=ctx.arts,
         stage_results=ctx.stage_results, gates=ctx.gates, warnings=warnings_,
         bench={"threads": b.threads, "batch": b.batch, "warmup": b.warmup, "runs": b.runs}, versions=versions(),

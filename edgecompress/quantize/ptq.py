@@ -28,6 +28,7 @@ from edgecompress.config import QuantConfig
 from edgecompress.files import atomic_write
 from edgecompress.quantize import target as _target
 from edgecompress.quantize.graph import gemm_to_matmul, keep_float
+from edgecompress.runtime.session import fixed_batch, pad_batch
 
 
 class _DropOrtInfo(logging.Filter):
@@ -56,17 +57,18 @@ class QuantResult:
 
 
 class ArrayReader:
-    """onnxruntime's CalibrationDataReader protocol over a numpy array."""
+    """onnxruntime's CalibrationDataReader protocol over a numpy array. ``fixed``: the batch size
+    the graph's input fixes; batches are then exactly that, the last padded with samples from the start."""
 
-    def __init__(self, input_name: str, x: np.ndarray, batch: int = 32) -> None:
-        self.input_name, self.x, self.batch, self.i = input_name, x, batch, 0
+    def __init__(self, input_name: str, x: np.ndarray, batch: int = 32, fixed: int | None = None) -> None:
+        self.input_name, self.x, self.batch, self.fixed, self.i = input_name, x, fixed or batch, fixed, 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self.i >= len(self.x):
             return None
         b = self.x[self.i : self.i + self.batch]
         self.i += self.batch
-        return {self.input_name: b}
+        return {self.input_name: b if self.fixed is None else pad_batch(b, self.fixed)}
 
     def rewind(self) -> None:
         self.i = 0
@@ -97,7 +99,8 @@ def quantize_ptq(fp32: Path, out: Path, calib_x: np.ndarray, cfg: QuantConfig) -
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[cfg.method]
-    input_name = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    sess = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    input_name, fixed = sess.get_inputs()[0].name, fixed_batch(sess)
     eff, tgt = resolve_target(cfg)
     settings = {
         "format": "QDQ", "per_channel": cfg.per_channel, "activation_type": eff["activation_type"],
@@ -111,7 +114,7 @@ def quantize_ptq(fp32: Path, out: Path, calib_x: np.ndarray, cfg: QuantConfig) -
             # Entropy/percentile calibration keep histograms; the aug model lives in a temp dir.
             with contextlib.redirect_stdout(io.StringIO()):
                 quantize_static(
-                    str(pre), str(tmp), ArrayReader(input_name, calib_x),
+                    str(pre), str(tmp), ArrayReader(input_name, calib_x, fixed=fixed),
                     quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
                     activation_type=qtype[eff["activation_type"]], weight_type=qtype[eff["weight_type"]],
                     reduce_range=eff["reduce_range"], calibrate_method=method,
