@@ -93,3 +93,39 @@ def ort_probs(path: Path, x: np.ndarray) -> np.ndarray:
     logits = sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})[0].astype(np.float64)
     e = np.exp(logits - logits.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
+
+
+def separable_data(n: int, *, seed: int, classes: int = 5, hw: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 N,H,W images of ``classes`` fixed random patterns (the same for every seed) plus noise,
+    and their labels: a task a small CNN solves almost perfectly, so top-1 and agreement mean something."""
+    protos = np.random.default_rng(1234).random((classes, hw, hw))
+    r = np.random.default_rng(seed)
+    y = r.integers(0, classes, n)
+    x = np.clip(protos[y] * 0.7 + r.normal(0, 0.15, (n, hw, hw)) + 0.15, 0, 1)
+    return (x * 255).round().astype(np.uint8), y
+
+
+def fitted_cnn(path: Path, x: np.ndarray, y: np.ndarray, *, batch: int | str = "N", filters: int = 16,
+               classes: int = 5, metadata: dict[str, str] | None = None) -> Path:
+    """Conv(random 3x3 filters, pad 1) + Relu + Flatten + Gemm, the Gemm fitted to (x, y) by ridge
+    regression on one-hot targets (numpy only: no torch, no training loop). ``x``: uint8 N,H,W."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.5, (filters, 1, 3, 3)).astype(np.float32)
+    b = rng.normal(0, 0.1, filters).astype(np.float32)
+    xp = np.pad(x.astype(np.float32) / 255, ((0, 0), (1, 1), (1, 1)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(1, 2))
+    feats = np.maximum(np.einsum("nhwij,fij->nfhw", win, w[:, 0]) + b[None, :, None, None], 0).reshape(len(x), -1)
+    a = np.hstack([feats, np.ones((len(x), 1))])
+    fit = np.linalg.solve(a.T @ a + np.eye(a.shape[1]), a.T @ np.eye(classes)[y])
+    hw = x.shape[1]
+    inits = [numpy_helper.from_array(w, "conv_w"), numpy_helper.from_array(b, "conv_b"),
+             numpy_helper.from_array(fit[:-1].T.astype(np.float32), "fc_w"),
+             numpy_helper.from_array(fit[-1].astype(np.float32), "fc_b")]
+    nodes = [helper.make_node("Conv", ["x", "conv_w", "conv_b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits"], transB=1, name="fc")]
+    graph = helper.make_graph(nodes, "fitted_cnn",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1, hw, hw])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])], inits)
+    return _save(graph, path, metadata)

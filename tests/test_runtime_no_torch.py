@@ -1,6 +1,6 @@
 """The runtime side (``edgecompress bench`` / ``predict``) works where torch is not installed.
 
-Each command runs in a subprocess whose PYTHONPATH starts with a directory of fake packages
+Each command runs in a subprocess whose PYTHONPATH starts with a directory of fake packages (tests/_no_torch.py)
 (torch, torch_pruning, onnxscript, neural_compressor, torchao) that raise ImportError and log
 which file tried to import them. For ``bench`` and ``predict``, a ``sitecustomize`` there also
 blocks ``onnxruntime.quantization`` (the compression side's) and records which edgecompress
@@ -11,7 +11,6 @@ not by edgecompress, and (b) the INT8 file edgecompress.quantize.quantize_ptq ma
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,42 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests._no_torch import ROOT, attempts_by_edgecompress, no_torch_env
 from tests._onnx_models import cnn, ort_probs
 
-ROOT = Path(__file__).resolve().parents[1]
-BLOCKED = ("torch", "torch_pruning", "onnxscript", "neural_compressor", "torchao")
 CLASSES = 5
 
-_FAKE = '''import os, sys
-f = sys._getframe(1)
-while f is not None and ("importlib" in f.f_code.co_filename or f.f_code.co_filename.startswith("<")):
-    f = f.f_back
-with open(os.environ["EDGECOMPRESS_TEST_IMPORT_LOG"], "a") as log:
-    log.write("{name} " + (f.f_code.co_filename if f is not None else "?") + "\\n")
-raise ImportError("{name} is not installed (blocked by the test)")
-'''
-
-
-# blocks onnxruntime.quantization when asked, and writes the edgecompress modules loaded at exit
-_SITECUSTOMIZE = '''import atexit, os, sys
-class _Block:
-    def find_spec(self, name, path=None, target=None):
-        if os.environ.get("EDGECOMPRESS_TEST_BLOCK_ORTQ") and name.startswith("onnxruntime.quantization"):
-            with open(os.environ["EDGECOMPRESS_TEST_IMPORT_LOG"], "a") as log:
-                f = sys._getframe(1)
-                while f is not None and ("importlib" in f.f_code.co_filename or f.f_code.co_filename.startswith("<")):
-                    f = f.f_back
-                log.write(name + " " + (f.f_code.co_filename if f is not None else "?") + "\\n")
-            raise ImportError(name + " is blocked by the test")
-        return None
-sys.meta_path.insert(0, _Block())
-@atexit.register
-def _loaded():
-    p = os.environ.get("EDGECOMPRESS_TEST_MODULES_LOG")
-    if p:
-        with open(p, "w") as f:
-            f.write("\\n".join(sorted(m for m in sys.modules if m == "edgecompress" or m.startswith("edgecompress."))))
-'''
 # what bench and predict may load of edgecompress: the runtime layer, the error module, and their CLI
 RUNTIME_SIDE = ("edgecompress", "edgecompress.__main__", "edgecompress.errors", "edgecompress.cli",
                 "edgecompress.cli.common", "edgecompress.cli.bench", "edgecompress.cli.predict")
@@ -62,18 +30,7 @@ RUNTIME_SIDE = ("edgecompress", "edgecompress.__main__", "edgecompress.errors", 
 
 @pytest.fixture(scope="module")
 def no_torch(tmp_path_factory):
-    d = tmp_path_factory.mktemp("no-torch")
-    fake = d / "fake"
-    for name in BLOCKED:
-        (fake / name).mkdir(parents=True)
-        (fake / name / "__init__.py").write_text(_FAKE.format(name=name))
-    (fake / "sitecustomize.py").write_text(_SITECUSTOMIZE)
-    log = d / "imports.log"
-    env = dict(os.environ)
-    env.update({"PYTHONPATH": os.pathsep.join([str(fake), str(ROOT)]), "HOME": str(d),
-                "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "EDGECOMPRESS_TEST_IMPORT_LOG": str(log)})
-    env.pop("EDGECOMPRESS_DEBUG", None)
-    return env, log
+    return no_torch_env(tmp_path_factory.mktemp("no-torch"))
 
 
 def _run(env, log: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -83,8 +40,7 @@ def _run(env, log: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = env | {"EDGECOMPRESS_TEST_BLOCK_ORTQ": "1", "EDGECOMPRESS_TEST_MODULES_LOG": str(loaded)}
     r = subprocess.run([sys.executable, "-m", "edgecompress", *args], cwd=cwd, env=env, capture_output=True,
                        text=True, timeout=300)
-    attempts = log.read_text().splitlines() if log.exists() else []
-    ours = [a for a in attempts if f"{os.sep}edgecompress{os.sep}" in a]
+    ours = attempts_by_edgecompress(log)
     assert not ours, f"edgecompress tried to import blocked packages: {ours}"
     mods = loaded.read_text().split() if loaded.exists() else []
     assert "edgecompress.runtime.session" in mods, mods  # the log was written: the check below means something
@@ -174,8 +130,7 @@ def test_latency_aware_int8_runs_on_the_device_without_torch(no_torch, models):
     log.unlink(missing_ok=True)
     r = subprocess.run([sys.executable, "-c", code], cwd=d, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    attempts = log.read_text().splitlines() if log.exists() else []
-    assert not [a for a in attempts if f"{os.sep}edgecompress{os.sep}" in a], attempts
+    assert not attempts_by_edgecompress(log)
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["nodes"] == ["conv", "fc"]  # both compute layers of the foreign model were timed
     assert out["stored"] == ["conv", "fc"]

@@ -72,7 +72,7 @@ def test_one_channel_view_model_qat():
 def test_calibration_count_defaults_to_what_the_data_holds():
     from edgecompress.config.stages import DEFAULT_CALIB_SAMPLES
     from edgecompress.errors import BadInput
-    from edgecompress.pipeline.inputs import calibration_count
+    from edgecompress.pipeline.int8 import calibration_count
 
     assert calibration_count(None, 256) == (256, f"default {DEFAULT_CALIB_SAMPLES} capped at the 256 training samples")
     assert calibration_count(None, 10_000) == (DEFAULT_CALIB_SAMPLES, f"default {DEFAULT_CALIB_SAMPLES}")

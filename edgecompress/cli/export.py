@@ -17,11 +17,12 @@ from typing import Any
 
 from edgecompress.cli.common import floats, ints, names, shape
 from edgecompress.config import PruneConfig, RunConfig, Stage, load_recipe, merge
+from edgecompress.config.onnx_input import explicit_pytorch_only, is_onnx_model, refusal
 from edgecompress.config.parse import enum_type
 from edgecompress.config.stages import DEFAULT_CALIB_SAMPLES
 from edgecompress.data.readers import resolve_data
-from edgecompress.errors import BadInput
-from edgecompress.pipeline.runner import run as run_pipeline
+from edgecompress.errors import BadInput, ConfigError
+from edgecompress.pipeline import run as run_pipeline
 
 
 @dataclass(frozen=True)
@@ -215,14 +216,30 @@ def build_run_config(args: argparse.Namespace) -> RunConfig:
             continue
         section, _, key = fl.field.rpartition(".")
         (flags.setdefault(section, {}) if section else flags)[key] = v
+    model = args.model or recipe.get("model", {}).get("name")
+    if is_onnx_model(model):  # a setting only a PyTorch model can honour, named as the user set it
+        hit = explicit_pytorch_only(flags) or explicit_pytorch_only(recipe)
+        if hit is not None:
+            section, key = hit
+            if key in flags.get(section, {}):
+                fl = next(f.flag for f in FLAGS if f.field == f"{section}.{key}")
+                setting = f"{fl} {_shown(flags[section][key])}".strip()
+            else:
+                setting = f"[{section}] {key} in --recipe {args.recipe}"
+            raise ConfigError(refusal(model, setting))
     return RunConfig.from_dict(merge(recipe, flags)).validate()
+
+
+def _shown(v: Any) -> str:
+    return ",".join(map(str, v)) if isinstance(v, list | tuple) else "" if v is True else str(v)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = build_run_config(args)
     if args.dry_run:
         plan = cfg.plan()
-        stages = ["export original", *(s for s in plan if s in (Stage.PRUNE, Stage.DISTILL)),
+        first = "original (the input file)" if is_onnx_model(cfg.model.name) else "export original"
+        stages = [first, *(s for s in plan if s in (Stage.PRUNE, Stage.DISTILL)),
                   *(["export pruned"] if Stage.PRUNE in plan else []),
                   *(s for s in plan if s not in (Stage.PRUNE, Stage.DISTILL)), "verify", "bench", "manifest"]
         print(json.dumps({"stages": [str(s) for s in stages], "config": cfg.to_dict()}, indent=2))

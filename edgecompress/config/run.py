@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecompress.config.enums import QUANT_STAGES, Allocation, QuantMode, Stage
+from edgecompress.config.onnx_input import is_onnx_model, pytorch_only_setting, refusal
 from edgecompress.config.parse import EnumFields, from_dict, read_toml, to_plain, to_toml
 from edgecompress.config.stages import (
     BenchConfig,
@@ -64,6 +65,8 @@ class RunConfig(EnumFields):
             raise ConfigError(f"--device {self.device}: use auto, cpu, cuda, cuda:N or mps")
         if self.nproc < 1:
             raise ConfigError(f"--nproc {self.nproc}: must be >= 1")
+        if is_onnx_model(self.model.name) and (setting := pytorch_only_setting(self)) is not None:
+            raise ConfigError(refusal(self.model.name, setting))
         if self.data.val_fraction == 0:  # no validation split: what needs one cannot run
             needs = [flag for flag, on in (
                 (f"--kd-patience {self.distill.patience}", self.distill.patience > 0),
@@ -92,6 +95,8 @@ class RunConfig(EnumFields):
         Explicit ``stages`` win; otherwise they follow from the settings: prune when a ratio or
         target is set, distill when distillation epochs > 0 (and something was pruned), the quant mode.
         """
+        if self.stages is None and is_onnx_model(self.model.name):  # an ONNX file: INT8 only
+            return () if self.quant.mode == QuantMode.NONE else (Stage(self.quant.mode.value),)
         if self.stages is None:
             # QAT also follows a KD stage: its low learning rate recovers a freshly pruned net
             # slowly (default run: prune,distill,qat 93.06% vs prune,qat 92.20%, docs/qat.md);

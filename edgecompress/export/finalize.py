@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecompress.errors import GateFailed, one_line
 from edgecompress.files import atomic_write_bytes
 
 
@@ -80,3 +81,13 @@ def compact_graph_names(graph, keep_node_names: frozenset[str] | set[str] = froz
                 node.name += "_"
         node.input[:] = [short(n) for n in node.input]
         node.output[:] = [short(n) for n in node.output]
+
+
+def check_onnx(path: Path) -> None:
+    """onnx.checker (full check, with shape inference) on a file the run writes; GateFailed names it."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:
+        raise GateFailed(f"{path.name} fails onnx.checker: {one_line(e)}") from None

@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 
 from edgecompress.config import Exporter, ExportOnnxConfig
-from edgecompress.errors import BadInput, GateFailed, one_line
+from edgecompress.errors import BadInput, one_line
+from edgecompress.export.finalize import check_onnx
 from edgecompress.files import atomic_write
 from edgecompress.runtime.session import make_session, run_batched
 
@@ -85,15 +86,6 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, cfg: Export
         ) from None
     check_onnx(path)
     return path
-
-
-def check_onnx(path: Path) -> None:
-    import onnx
-
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except Exception as e:
-        raise GateFailed(f"{path.name} fails onnx.checker: {one_line(e)}") from None
 
 
 def parity(model: nn.Module, onnx_path: Path, x: np.ndarray, tol: float) -> Parity:

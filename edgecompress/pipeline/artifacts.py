@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch.nn as nn
 
-from edgecompress.export import export_onnx, finalize_onnx, parity
+from edgecompress.export import export_onnx, parity
 from edgecompress.pipeline.context import RunContext, StopRun
+from edgecompress.pipeline.int8 import stamp
 from edgecompress.prune import count_macs_params
 from edgecompress.report import Artifact, Gate
-
-
-def stamp(ctx: RunContext, path: Path, name: str, keep_node_names: tuple[str, ...] = ()) -> None:
-    """Metadata on the file; with --compact-names short tensor names (``keep_node_names`` keep theirs)."""
-    finalize_onnx(path, ctx.meta | {"edgecompress.artifact": name}, compact_names=ctx.cfg.onnx.compact_names,
-                  keep_node_names=set(keep_node_names))
 
 
 def fp32_artifact(ctx: RunContext, name: str, model: nn.Module, parent: str | None) -> Artifact:

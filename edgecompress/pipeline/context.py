@@ -1,34 +1,42 @@
-"""What the stages of a run share: the inputs (config, model, data) and the records they add to."""
+"""What the stages of a run share: the inputs (config, model, data) and the records they add to.
+
+``RunRecord`` is what every run has, whatever its input: the quantization stage and the closing
+steps (evaluate, benchmark, manifest) read only it, and it needs no torch. ``RunContext`` adds the
+PyTorch model of a run that starts from one (the ONNX-input pipeline uses ``RunRecord`` alone)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn as nn
 
 from edgecompress.config import RunConfig, Stage
 from edgecompress.data import Splits, as_float
-from edgecompress.models import LoadedModel
 from edgecompress.report import Artifact, Gate
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn as nn
+
+    from edgecompress.models import LoadedModel
 
 
 @dataclass(kw_only=True)
-class RunContext:
+class RunRecord:
     cfg: RunConfig
     d: Path  # the staging directory the run writes into
     log: Callable[[str], None]
     t_start: float
-    lm: LoadedModel
     splits: Splits
-    example: torch.Tensor  # batch 1, zeros
     calib_idx: np.ndarray  # calibration samples (indices into the training split)
     calib_source: str = ""  # where their number comes from: --calib-samples, or the default (capped)
     meta: dict[str, str]  # ONNX metadata stamped on every file
+    input_shape: tuple[int, ...]  # N,C,H,W the files are benchmarked with (N: the model's batch, 1 if dynamic)
+    model_record: dict[str, Any]  # the manifest's "model"
+    eval_threads: int = 1  # onnxruntime threads of the batch evaluation
     arts: dict[str, Artifact] = field(default_factory=dict)
     gates: list[Gate] = field(default_factory=list)
     stage_results: dict[str, Any] = field(default_factory=dict)
@@ -36,14 +44,6 @@ class RunContext:
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     fp32_parent: str = "original"  # the FP32 artifact the INT8 one is made from
-    fp32_model: nn.Module | None = None  # its PyTorch model (INC and QAT start from it)
-    device: str = "cpu"  # the resolved device of the PyTorch stages (train.device)
-    launch: Any = None  # train.distributed.Launch under torchrun, else None
-
-    @property
-    def follower(self) -> bool:
-        """A torchrun rank other than 0: it trains its shard and writes nothing."""
-        return self.launch is not None and not self.launch.leader
 
     @property
     def labelled_eval(self) -> bool:
@@ -58,6 +58,28 @@ class RunContext:
         """A warning for the log and the manifest, once."""
         if w not in self.warnings:
             self.warnings.append(w)
+
+    def torch_inputs(self) -> dict[str, Any]:
+        """What the PyTorch-side quantizers (QAT, INC) take of the run: nothing without a PyTorch model."""
+        return {}
+
+
+@dataclass(kw_only=True)
+class RunContext(RunRecord):
+    lm: LoadedModel
+    example: torch.Tensor  # batch 1, zeros
+    fp32_model: nn.Module | None = None  # the PyTorch model of the FP32 parent (INC and QAT start from it)
+    device: str = "cpu"  # the resolved device of the PyTorch stages (train.device)
+    launch: Any = None  # train.distributed.Launch under torchrun, else None
+
+    @property
+    def follower(self) -> bool:
+        """A torchrun rank other than 0: it trains its shard and writes nothing."""
+        return self.launch is not None and not self.launch.leader
+
+    def torch_inputs(self) -> dict[str, Any]:
+        return {"model": self.fp32_model, "teacher": self.lm.model, "train": self.splits.train,
+                "example": self.example}
 
 
 class StopRun(Exception):

@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgecompress.config import RunConfig, Stage
-from edgecompress.config.stages import DEFAULT_CALIB_SAMPLES
+from edgecompress.config import RunConfig
 from edgecompress.data import limit, load_splits, resolve_data
 from edgecompress.data.folders import load_image_folder
 from edgecompress.data.preprocess import META_KEY, image_prep_for, is_default
 from edgecompress.errors import BadInput
 from edgecompress.models import LoadedModel, load_model
 from edgecompress.pipeline.context import RunContext
+from edgecompress.pipeline.int8 import calibration_indices
 from edgecompress.report import versions
 
 
@@ -57,38 +57,19 @@ def load_inputs(cfg: RunConfig, d: Path, log: Callable[[str], None], t_start: fl
         if part is not None and part.y is not None and len(part.y) and part.y.max() >= lm.num_classes:
             raise BadInput(f"labels in {part.source} go up to {int(part.y.max())} but the model has "
                            f"{lm.num_classes} outputs; labels must be 0..{lm.num_classes - 1}")
-    plan = cfg.plan()
-    calib_idx, calib_source = np.zeros(0, int), ""
-    if Stage.PTQ in plan:
-        n, calib_source = calibration_count(cfg.quant.calib_samples, len(splits.train))
-        if n < DEFAULT_CALIB_SAMPLES and cfg.quant.calib_samples is None:
-            log(f"calibrating INT8 on all {n} training samples (fewer than the default --calib-samples "
-                f"{DEFAULT_CALIB_SAMPLES})")
-        rng = np.random.default_rng(cfg.seed)
-        calib_idx = np.sort(rng.choice(len(splits.train), n, replace=False))
+    calib_idx, calib_source = calibration_indices(cfg, splits, log)
     log(f"model {lm.spec.ref} ({lm.num_classes} classes, input {list(lm.input_shape)}); data "
         f"{splits.description['kind']}: {len(splits.train)} train / {len(splits.val)} val / "
         f"{0 if splits.eval is None else len(splits.eval)} eval")
+    record = lm.spec.to_dict() | {"weights": lm.weights, "weights_sha256": lm.weights_sha256,
+                                  "input_shape": list(lm.input_shape), "num_classes": lm.num_classes}
     ctx = RunContext(cfg=cfg, d=d, log=log, t_start=t_start, lm=lm, splits=splits,
                      example=torch.zeros((1, *lm.input_shape[1:])), calib_idx=calib_idx,
-                     calib_source=calib_source,
-                     meta=onnx_metadata(lm, lm.classes or splits.train.classes, getattr(splits.train.x, "prep", None)))
+                     calib_source=calib_source, input_shape=tuple(lm.input_shape), model_record=record,
+                     meta=onnx_metadata(lm, lm.classes or splits.train.classes, getattr(splits.train.x, "prep", None)),
+                     eval_threads=torch.get_num_threads())
     ctx.timings["load"] = time.time() - t
     return ctx
-
-
-def calibration_count(requested: int | None, available: int) -> tuple[int, str]:
-    """How many training samples calibrate INT8, and where that number comes from (for the
-    manifest): the user's ``--calib-samples`` (more than the data holds is an error), else the
-    default, capped at what the data holds."""
-    if requested is not None:
-        if requested > available:
-            raise BadInput(f"--calib-samples {requested} exceeds the {available} training samples; lower "
-                           "--calib-samples or pass more data")
-        return requested, "--calib-samples"
-    if available < DEFAULT_CALIB_SAMPLES:
-        return available, f"default {DEFAULT_CALIB_SAMPLES} capped at the {available} training samples"
-    return DEFAULT_CALIB_SAMPLES, f"default {DEFAULT_CALIB_SAMPLES}"
 
 
 def _image_folder(cfg: RunConfig, path: Path, prep):

@@ -22,13 +22,13 @@ from edgecompress.errors import ConfigError
 from edgecompress.pipeline import rundir
 from edgecompress.pipeline.context import RunContext, RunResult, StopRun
 from edgecompress.pipeline.inputs import load_inputs
-from edgecompress.pipeline.stages import ExportOriginal, PruneDistill, Quantize
-from edgecompress.pipeline.verify import Benchmark, Evaluate, write_manifest
+from edgecompress.pipeline.int8 import Quantize
+from edgecompress.pipeline.stages import ExportOriginal, PruneDistill
+from edgecompress.pipeline.verify import close
 from edgecompress.train import device as devices
 from edgecompress.train import distributed, resume
 
-STAGES = (ExportOriginal(), PruneDistill(), Quantize())  # each may stop the run (StopRun)
-CLOSING = (Evaluate(), Benchmark())  # run on whatever the stages delivered
+STAGES = (ExportOriginal(), PruneDistill(), Quantize())  # each may stop the run (StopRun); then verify.close
 
 
 def _log(msg: str) -> None:
@@ -94,8 +94,4 @@ def _run_stages(ctx: RunContext) -> RunResult:
                 stage.run(ctx)
     except StopRun:
         pass
-    for closing in CLOSING:
-        t0 = time.time()
-        closing.run(ctx)
-        ctx.timings[closing.name] = time.time() - t0
-    return write_manifest(ctx)
+    return close(ctx)

@@ -13,23 +13,18 @@ from typing import Any
 import numpy as np
 import torch.nn as nn
 
-from edgecompress.config import PruneConfig, QuantMode, Stage
+from edgecompress.config import PruneConfig, Stage
 from edgecompress.data import as_float
-from edgecompress.data.dataset import subset
 from edgecompress.errors import BadInput
-from edgecompress.export import check_onnx
 from edgecompress.files import atomic_write_text
 from edgecompress.models import save_pruned, structural_record
-from edgecompress.pipeline.artifacts import fp32_artifact, stamp
+from edgecompress.pipeline.artifacts import fp32_artifact
 from edgecompress.pipeline.context import RunContext
 from edgecompress.pipeline.probe import latency_criterion
 from edgecompress.pipeline.prune_step import prune_step
 from edgecompress.prune import count_macs_params, layer_table
 from edgecompress.prune.allocation import missing_warning
 from edgecompress.prune.sensitivity import SensitivityConfig, ratios_up_to, sensitivity
-from edgecompress.quantize import registry
-from edgecompress.report import Artifact
-from edgecompress.runtime import COMPUTE_OPS, kernel_report
 from edgecompress.train import distributed
 from edgecompress.train.augment_policy import augment_policy
 from edgecompress.train.ddp import run_kd
@@ -180,60 +175,3 @@ def _sensitivity_table(ctx: RunContext) -> Path:
     path = ctx.d / "sensitivity.json"
     atomic_write_text(path, json.dumps(res, indent=2) + "\n")
     return path
-
-
-class Quantize:
-    """INT8 from the FP32 parent by the quantizer of (mode, backend) in ``quantize.registry``."""
-
-    name = "quantize"
-
-    def applies(self, ctx: RunContext) -> bool:
-        return ctx.cfg.quant_stage() is not None
-
-    def run(self, ctx: RunContext) -> None:
-        t0, cfg, stage = time.time(), ctx.cfg, ctx.cfg.quant_stage()
-        parent, splits = ctx.fp32_parent, ctx.splits
-        started = f"{parent} (distilled)" if Stage.DISTILL in ctx.stages else parent  # QAT continues from KD
-        job = registry.QuantJob(
-            src=ctx.d / f"{parent}.onnx", dst=ctx.d / "int8.onnx", cfg=cfg.quant,
-            calib_x=as_float(subset(splits.train.x, ctx.calib_idx)), val_x=as_float(splits.val.x), val_y=splits.val.y,
-            max_accuracy_drop=cfg.verify.max_accuracy_drop, threads=cfg.bench.threads, batch=cfg.bench.batch,
-            input_shape=tuple(ctx.lm.input_shape), model=ctx.fp32_model, teacher=ctx.lm.model, train=splits.train,
-            example=ctx.example, parity_x=ctx.parity_samples(256), qat=cfg.qat, opset=cfg.onnx.opset,
-            seed=cfg.seed, started_from=started, log=ctx.log)  # fmt: skip
-        out = registry.quantizer_for(QuantMode(stage.value), cfg.quant.backend)(job)
-        qr = out.result
-        ctx.stage_results.update(out.stage_results)
-        ctx.gates.extend(out.gates)
-        # the layers kept in FP32 keep their names, so the manifest's lists match the shipped file
-        stamp(ctx, qr.path, "int8", tuple(qr.settings.get("exclude_nodes") or ()))
-        check_onnx(qr.path)
-        kr = kernel_report(qr.path)
-        if out.check_float_layers:
-            _check_float_layers(qr.path, qr.settings, kr.float_islands)
-        ctx.stages.append(stage)
-        p = ctx.arts[parent]
-        ctx.arts["int8"] = Artifact(path=qr.path.name, macs=p.macs, params=p.params, parent=parent,
-                                    int8_op_fraction=kr.int8_op_fraction)
-        ctx.stage_results["quantize"] = {"settings": qr.settings, "calib_samples": qr.calib_samples,
-                                         "calib_samples_source": ctx.calib_source or None,
-                                         "kernels": kr.to_dict()} | out.quantize_record
-        ctx.timings[str(stage) if stage == Stage.QAT else "quantize"] = time.time() - t0
-
-
-def _check_float_layers(path: Path, settings: dict, float_islands: list[str]) -> None:
-    """The compute layers asked to stay FP32 must run as float kernels after onnxruntime's
-    optimiser (``float_islands`` of the kernel report; they keep their names under
-    --compact-names); any that do not are named in a warning (and the manifest)."""
-    import onnx
-
-    wanted = set(settings.get("exclude_nodes") or ())
-    if not wanted:
-        return
-    layers = [n.name for n in onnx.load(str(path), load_external_data=False).graph.node
-              if n.name in wanted and n.op_type in COMPUTE_OPS]
-    islands = set(float_islands)
-    settings["fp32_layers_run_as_int8"] = ran = [n for n in layers if n not in islands]
-    if ran:
-        settings.setdefault("warnings", []).append(
-            f"{len(ran)} layer(s) kept in FP32 run as INT8 kernels after onnxruntime's optimiser: {', '.join(ran[:8])}")

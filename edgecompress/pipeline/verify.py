@@ -8,13 +8,12 @@ import json
 import time
 
 import numpy as np
-import torch
 
 from edgecompress.config.enums import Deliver
 from edgecompress.data import as_float
 from edgecompress.data.loader import array_batches
 from edgecompress.files import atomic_write_text, sha256_file
-from edgecompress.pipeline.context import RunContext, RunResult
+from edgecompress.pipeline.context import RunRecord, RunResult
 from edgecompress.report import Gate, Manifest, command_line, render_report, versions
 from edgecompress.runtime import cpu_info, file_bytes, make_session, measure_latency, run_batched
 from edgecompress.train.progress import progress
@@ -23,7 +22,7 @@ from edgecompress.train.progress import progress
 class Evaluate:
     name = "evaluate"
 
-    def run(self, ctx: RunContext) -> None:
+    def run(self, ctx: RunRecord) -> None:
         ev, verify = ctx.splits.eval, ctx.cfg.verify
         preds: dict[str, np.ndarray] = {}
         if ev is not None:
@@ -44,7 +43,7 @@ class Evaluate:
         original_gates(ctx, preds)
 
 
-def original_gates(ctx: RunContext, preds: dict[str, np.ndarray]) -> None:
+def original_gates(ctx: RunRecord, preds: dict[str, np.ndarray]) -> None:
     """Every artifact against the ORIGINAL model on the eval set, whatever its parent: labelled, the
     top-1 drop in points, bounded by ``max_drop_vs_original`` or, if larger, by two standard errors
     of the paired difference (what the eval set can resolve); unlabelled, top-1 agreement. The
@@ -70,17 +69,17 @@ def original_gates(ctx: RunContext, preds: dict[str, np.ndarray]) -> None:
     ctx.stage_results["vs_original"] = rec
 
 
-def _gate(ctx: RunContext, art: str, what: str, value: float, bound: float, passed: bool) -> None:
+def _gate(ctx: RunRecord, art: str, what: str, value: float, bound: float, passed: bool) -> None:
     ctx.gates.append(Gate(name=f"{art} {what}", value=value, bound=bound, passed=passed, artifact=art))
     if not passed:
         ctx.log(f"gate failed: {ctx.arts[art].path} {what}: {value:.4g} (bound {bound:.4g})")
 
 
-def _predict_all(ctx: RunContext, x) -> dict[str, np.ndarray]:
+def _predict_all(ctx: RunRecord, x) -> dict[str, np.ndarray]:
     """Top-1 class of every artifact on ``x``, batch by batch: each batch is read (decoded, for
     image files, by ``--workers`` processes) once for all artifacts, and only the class ids are
     kept, so memory does not grow with the number of samples."""
-    sessions = {name: make_session(ctx.d / a.path, threads=torch.get_num_threads()) for name, a in ctx.arts.items()}
+    sessions = {name: make_session(ctx.d / a.path, threads=ctx.eval_threads) for name, a in ctx.arts.items()}
     out: dict[str, list[np.ndarray]] = {name: [] for name in sessions}
     bar = progress(len(x), "evaluate")
     try:
@@ -97,16 +96,16 @@ def _predict_all(ctx: RunContext, x) -> dict[str, np.ndarray]:
 class Benchmark:
     name = "bench"
 
-    def run(self, ctx: RunContext) -> None:
+    def run(self, ctx: RunRecord) -> None:
         b = ctx.cfg.bench
         ctx.log(f"benchmarking ({b.threads} thread(s), batch {b.batch}, {b.runs} runs)")
         for a in ctx.arts.values():
             lat = measure_latency(ctx.d / a.path, threads=b.threads, batch=b.batch, warmup=b.warmup, runs=b.runs,
-                                  input_shape=ctx.lm.input_shape, seed=ctx.cfg.seed)
+                                  input_shape=ctx.input_shape, seed=ctx.cfg.seed)
             a.latency_ms_p50, a.latency_ms_p90, a.latency_ms_mean = lat.p50_ms, lat.p90_ms, lat.mean_ms
 
 
-def delivery(ctx: RunContext, *, failed: bool) -> tuple[str | None, str | None]:
+def delivery(ctx: RunRecord, *, failed: bool) -> tuple[str | None, str | None]:
     """(the faster of the INT8 file and its FP32 parent, the file the run delivers).
 
     ``--deliver int8`` (default) delivers the INT8 file even when it is slower here: latency is
@@ -124,9 +123,18 @@ def delivery(ctx: RunContext, *, failed: bool) -> tuple[str | None, str | None]:
     return fastest, (fastest or "int8") if ctx.cfg.verify.deliver == Deliver.FASTEST else "int8"
 
 
-def write_manifest(ctx: RunContext) -> RunResult:
+def close(ctx: RunRecord) -> RunResult:
+    """The end of every run, on whatever the stages delivered: evaluate, benchmark, manifest."""
+    for closing in (Evaluate(), Benchmark()):
+        t0 = time.time()
+        closing.run(ctx)
+        ctx.timings[closing.name] = time.time() - t0
+    return write_manifest(ctx)
+
+
+def write_manifest(ctx: RunRecord) -> RunResult:
     failures = [g.name for g in ctx.gates if not g.passed]
-    warnings_ = [*ctx.stage_results.get("prune", {}).get("warnings", []),
+    warnings_ = [*ctx.warnings, *ctx.stage_results.get("prune", {}).get("warnings", []),
                  *ctx.stage_results.get("quantize", {}).get("settings", {}).get("warnings", [])]
     _mark_failed(ctx, {g.artifact for g in ctx.gates if not g.passed and g.artifact})
     int8 = ctx.arts.get("int8")
@@ -145,11 +153,10 @@ def write_manifest(ctx: RunContext) -> RunResult:
         p = ctx.d / a.path
         a.bytes, a.sha256 = file_bytes(p), sha256_file(p)
     fastest, delivered = delivery(ctx, failed=bool(failures))
-    lm, b = ctx.lm, ctx.cfg.bench
+    b = ctx.cfg.bench
     manifest = Manifest(
         status="failed" if failures else "complete", command=command_line(),
-        model=lm.spec.to_dict() | {"weights": lm.weights, "weights_sha256": lm.weights_sha256,
-                                   "input_shape": list(lm.input_shape), "num_classes": lm.num_classes},
+        model=ctx.model_record,
         data=ctx.splits.description, stages=[str(s) for s in ctx.stages], artifacts=ctx.arts,
         stage_results=ctx.stage_results, gates=ctx.gates, warnings=warnings_,
         bench={"threads": b.threads, "batch": b.batch, "warmup": b.warmup, "runs": b.runs}, versions=versions(),
@@ -164,7 +171,7 @@ def write_manifest(ctx: RunContext) -> RunResult:
     return RunResult(ctx.d, manifest, 1 if failures else 0, failures)
 
 
-def _mark_failed(ctx: RunContext, names: set[str]) -> None:
+def _mark_failed(ctx: RunRecord, names: set[str]) -> None:
     """The FP32 artifacts a gate failed on (and their checkpoints) leave their deliverable names."""
     for name in names - {"int8"}:  # INT8 is renamed on any failure, below
         a = ctx.arts[name]

@@ -28,6 +28,7 @@ from edgecompress.config import QuantConfig
 from edgecompress.files import atomic_write
 from edgecompress.quantize import target as _target
 from edgecompress.quantize.graph import gemm_to_matmul, keep_float
+from edgecompress.runtime.session import fixed_batch, pad_batch
 from edgecompress.train.progress import progress
 
 
@@ -60,10 +61,11 @@ class ArrayReader:
     """onnxruntime's CalibrationDataReader protocol, batch by batch, over a numpy array or an
     array-like that decodes on demand (``data.folders.ImageFiles``: only the batch in hand is in
     memory). ``len`` and ``set_range`` (in batches) let ``quantize_static`` calibrate a range at a
-    time (``CalibStridedMinMax``), see :func:`calib_options`."""
+    time (``CalibStridedMinMax``), see :func:`calib_options`. ``fixed``: the batch size the graph's
+    input fixes; batches are then exactly that, the last padded with samples from the start."""
 
-    def __init__(self, input_name: str, x, batch: int = 32) -> None:
-        self.input_name, self.x, self.batch = input_name, x, batch
+    def __init__(self, input_name: str, x, batch: int = 32, fixed: int | None = None) -> None:
+        self.input_name, self.x, self.batch, self.fixed = input_name, x, fixed or batch, fixed
         self.start, self.end, self.i = 0, self.batches, 0
         self.bar = None  # a progress bar (train.progress) updated per batch
 
@@ -84,7 +86,7 @@ class ArrayReader:
         self.i += 1
         if self.bar is not None:
             self.bar.update(len(b))
-        return {self.input_name: b}
+        return {self.input_name: b if self.fixed is None else pad_batch(b, self.fixed)}
 
     def rewind(self) -> None:
         self.i = self.start
@@ -146,7 +148,8 @@ def quantize_ptq(fp32: Path, out: Path, calib_x, cfg: QuantConfig) -> QuantResul
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[cfg.method]
-    input_name = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    sess = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    input_name, fixed = sess.get_inputs()[0].name, fixed_batch(sess)
     eff, tgt = resolve_target(cfg)
     settings = {
         "format": "QDQ", "per_channel": cfg.per_channel, "activation_type": eff["activation_type"],
@@ -157,7 +160,7 @@ def quantize_ptq(fp32: Path, out: Path, calib_x, cfg: QuantConfig) -> QuantResul
         pre = preprocess(fp32, Path(d) / "pre.onnx")
 
         is_array = hasattr(calib_x, "shape") and hasattr(calib_x, "__getitem__")
-        reader = ArrayReader(input_name, calib_x) if is_array else BatchReader(input_name, calib_x)
+        reader = ArrayReader(input_name, calib_x, fixed=fixed) if is_array else BatchReader(input_name, calib_x)
         if is_array:
             reader.bar = progress(len(calib_x), "calibrate")
 

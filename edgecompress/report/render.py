@@ -134,6 +134,7 @@ def _stage_lines(m: dict[str, Any]) -> list[str]:
         k = q.get("kernels", {})
         stg = m.get("stages", [])
         kind = "dynamic quantization" if "dynamic" in stg else "QAT" if "qat" in stg else "static PTQ"
+        lines += [""] if not lines else []  # a paragraph of its own after the table
         lines += [f"**INT8**: onnxruntime {kind} ({q['settings'].get('format', 'QOperator')}, per-channel "
                   f"{q['settings']['per_channel']}, {q['settings']['method']} calibration on {q['calib_samples']} "
                   f"training samples); int8 compute kernels after optimisation: "

@@ -30,3 +30,15 @@ def cpu_info() -> dict[str, Any]:
         "isa": {f: f in flags for f in INT8_FLAGS},
     }
 
+
+
+def default_threads() -> int:
+    """The threads a batch evaluation may use: OMP_NUM_THREADS when set (as torch does), else the cores
+    this process may run on."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

@@ -35,9 +35,26 @@ def make_session(path: Path | str, threads: int = 1, optimized_out: Path | None 
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
+def fixed_batch(sess) -> int | None:
+    """The batch size the graph's input fixes (its first dimension), None when it is dynamic."""
+    shape = sess.get_inputs()[0].shape
+    return shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
+
+
+def pad_batch(x: np.ndarray, n: int) -> np.ndarray:
+    """``x`` padded to ``n`` samples with copies of its own samples from the start (a fixed-batch graph)."""
+    return x if len(x) >= n else x[np.arange(n) % len(x)]
+
+
 def run_batched(sess, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """The first output of ``sess`` on ``x``, ``batch`` samples per run, or the graph's own batch size
+    when its input fixes one (the last chunk padded, the padding's outputs dropped)."""
     name = sess.get_inputs()[0].name
-    outs = [sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)]
+    fixed = fixed_batch(sess)
+    outs = []
+    for i in range(0, len(x), fixed or batch):
+        chunk = x[i : i + (fixed or batch)]
+        outs.append(sess.run(None, {name: pad_batch(chunk, fixed) if fixed else chunk})[0][: len(chunk)])
     return np.concatenate(outs)
 
 
