@@ -16,7 +16,7 @@ from edgecompress.files import atomic_write_text, sha256_file
 from edgecompress.pipeline.context import RunRecord, RunResult
 from edgecompress.report import Gate, Manifest, command_line, render_report, versions
 from edgecompress.runtime import cpu_info, file_bytes, make_session, measure_latency, run_batched
-from edgecompress.train.progress import progress
+from edgecompress.runtime.progress import progress
 
 
 class Evaluate:

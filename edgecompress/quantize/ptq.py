@@ -28,8 +28,8 @@ from edgecompress.config import QuantConfig
 from edgecompress.files import atomic_write
 from edgecompress.quantize import target as _target
 from edgecompress.quantize.graph import gemm_to_matmul, keep_float
+from edgecompress.runtime.progress import progress
 from edgecompress.runtime.session import fixed_batch, pad_batch
-from edgecompress.train.progress import progress
 
 
 class _DropOrtInfo(logging.Filter):

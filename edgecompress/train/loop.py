@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from edgecompress.data.dataset import Dataset, as_float
 from edgecompress.data.loader import batches
 from edgecompress.errors import BadInput
+from edgecompress.runtime.progress import estimator, progress
 from edgecompress.train import device as devices
-from edgecompress.train.progress import estimator, progress
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
