@@ -58,7 +58,7 @@ def load_onnx_inputs(cfg: RunConfig, d: Path, log: Callable[[str], None], t_star
     sess, src_meta = open_model(src)
     mi = _model_input(sess, src_meta, cfg, src)
     splits, dims = _data(cfg, mi)
-    num_classes = _num_classes(sess, mi, dims)
+    num_classes = _num_classes(sess, dims)
     for part in (splits.train, splits.eval):
         if part is not None and part.y is not None and len(part.y) and part.y.max() >= num_classes:
             raise BadInput(f"labels in {part.source} go up to {int(part.y.max())} but {src} has {num_classes} "
@@ -79,8 +79,8 @@ def load_onnx_inputs(cfg: RunConfig, d: Path, log: Callable[[str], None], t_star
         f"{f', fixed batch {mi.batch}' if mi.batch else ', dynamic batch'}); data {splits.description['kind']}: "
         f"{len(splits.train)} train / {len(splits.val)} val / {0 if splits.eval is None else len(splits.eval)} eval")
     record = {"kind": "onnx", "ref": str(src), "sha256": sha, "input_name": mi.name, "input_shape": list(input_shape),
-              "batch": mi.batch or "dynamic", "shape_from": mi.shape_from, "num_classes": num_classes,
-              "metadata": src_meta}  # fmt: skip
+              "batch": mi.batch or "dynamic", "shape_from": mi.shape_from if None not in mi.dims else "data",
+              "num_classes": num_classes, "metadata": src_meta}  # fmt: skip
     ctx = RunRecord(cfg=cfg, d=d, log=log, t_start=t_start, splits=splits, calib_idx=calibration_indices(cfg, splits),
                     meta=meta, input_shape=input_shape, model_record=record, eval_threads=cpu.default_threads(),
                     warnings=warnings)
@@ -124,13 +124,14 @@ def _data(cfg: RunConfig, mi: ModelInput) -> tuple[Splits, tuple[int, ...]]:
         dims = tuple(splits.train.x.shape[1:])
         if len(dims) != len(mi.dims) or any(m is not None and m != v for m, v in zip(mi.dims, dims, strict=False)):
             want = ",".join("?" if v is None else str(v) for v in mi.dims)
+            where = "the graph" if mi.shape_from == "graph" else mi.shape_from
             raise BadInput(f"the data's samples have shape {dims} but the model input {mi.name!r} takes N,{want} "
-                           f"(from {'the graph' if mi.shape_from == 'graph' else mi.shape_from}); pass --data with samples of that shape")
+                           f"(from {where}); pass --data with samples of that shape")
     splits = limit(splits, seed=cfg.seed, max_train=dc.max_train, max_eval=dc.max_eval, val_fraction=dc.val_fraction)
     return splits, dims
 
 
-def _num_classes(sess, mi: ModelInput, dims: tuple[int, ...]) -> int:
+def _num_classes(sess, dims: tuple[int, ...]) -> int:
     """The output's class count: from the graph when fixed, else from one forward pass on zeros."""
     k = sess.get_outputs()[0].shape[-1]
     if isinstance(k, int) and k > 0:
