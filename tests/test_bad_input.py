@@ -616,6 +616,32 @@ def test_no_command(tmp_path):
     assert r.returncode == 2 and "usage: edgecompress" in r.stdout
 
 
+# --- an ONNX file as MODEL --------------------------------------------------------------------
+
+
+def test_onnx_model_missing(tmp_path):
+    bad(tmp_path, "export", tmp_path / "model.onnx", needles=["model.onnx", "no such file"])
+
+
+def test_onnx_model_not_onnx(tmp_path):
+    (tmp_path / "model.onnx").write_text("this is not a protobuf\n" * 20)
+    bad(tmp_path, "export", tmp_path / "model.onnx", needles=["model.onnx", "not a valid ONNX model"])
+
+
+@pytest.mark.parametrize("flags", [("--prune-ratio", "0.5"), ("--distill-epochs", "2"), ("--quant", "qat"),
+                                   ("--quant-backend", "inc"), ("--stages", "prune,ptq")])
+def test_onnx_model_with_pytorch_only_stage(tmp_path, flags):
+    onnx_file = tmp_path / "fixed.onnx"
+    _fixed_onnx(onnx_file)
+    bad(tmp_path, "export", onnx_file, *flags, needles=[" ".join(flags), "needs the PyTorch model", "ONNX file"])
+
+
+def test_onnx_model_data_does_not_fit(tmp_path):
+    onnx_file = tmp_path / "fixed.onnx"
+    _fixed_onnx(onnx_file)
+    bad(tmp_path, "export", onnx_file, "--data", npz(tmp_path), needles=["(1, 28, 28)", "N,1,8,8", "--data"])
+
+
 # --- disk full (in-process, so the write can be made to fail) -------------------------------
 
 

@@ -205,3 +205,25 @@ def test_macs_params_of_an_onnx_file(tmp_path):
     # Conv 8x1x3x3 on 8x8 (pad 1): 8*9*64; Gemm 8 -> 5: 40; params 72 + 8 + 40 + 5
     assert macs_params(path, (1, 1, 8, 8)) == (8 * 9 * 64 + 40, 125)
     assert macs_params(cnn(tmp_path / "b2.onnx", batch=2), (2, 1, 8, 8))[0] == 8 * 9 * 64 + 40  # per sample
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags,key,value", [(("--target", "arm64"), "target", "arm64"),
+                                             (("--quant", "dynamic"), "format", "dynamic (integer ops)")])
+def test_target_and_dynamic_quantization_on_an_onnx_input(case, flags, key, value):
+    r, m = _export(case, "dynamic", *flags, "--max-eval", "100", "--min-agreement", "0", out=f"q-{flags[1]}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert m["stage_results"]["quantize"]["settings"][key] == value
+    assert m["stages"] == (["dynamic"] if value.startswith("dynamic") else ["ptq"])
+
+
+def test_python_api_takes_an_onnx_file_and_refuses_pruning_it(case, tmp_path):
+    from edgecompress import ConfigError, DataConfig, ModelConfig, PruneConfig, QuantConfig, RunConfig, compress
+
+    d, models, *_ = case
+    cfg = RunConfig(model=ModelConfig(name=str(models["dynamic"])), data=DataConfig(data=str(d / "train.npz")),
+                    quant=QuantConfig(calib_samples=32), out=str(tmp_path / "api"))
+    res = compress(cfg, log=lambda m: None)
+    assert res.exit_code == 0 and set(res.manifest["artifacts"]) == {"original", "int8"}
+    with pytest.raises(ConfigError, match="--prune-ratio 0.5 needs the PyTorch model"):
+        compress(cfg.replace(prune=PruneConfig(ratio=0.5)))

@@ -197,9 +197,10 @@ def _add(p: argparse.ArgumentParser, fl: Flag) -> None:
 def add_arguments(sub, name: str, help_: str) -> None:
     p = sub.add_parser(name, help=help_, description="Compress MODEL into an INT8 ONNX file and prove it: parity, "
                        "top-1 of every artifact under onnxruntime, latency and size. With no MODEL, compresses the "
-                       "shipped resnet20 teacher on Fashion-MNIST. MODEL may be a zoo name (edgecompress models), or "
-                       "path/to/file.py:factory / package.module:factory, which runs that code.")
-    p.add_argument("model", nargs="?", help="zoo name, path/to/file.py:factory or package.module:factory")
+                       "shipped resnet20 teacher on Fashion-MNIST. MODEL may be a zoo name (edgecompress models), "
+                       "path/to/file.py:factory / package.module:factory, which runs that code, or FILE.onnx, which "
+                       "gets INT8, verification and benchmark (no pruning or distillation; no torch needed).")
+    p.add_argument("model", nargs="?", help="zoo name, path/to/file.py:factory, package.module:factory or FILE.onnx")
     p.add_argument("--recipe", help="TOML file with [model] [data] [prune] [distill] [quant] [qat] [verify] [bench] "
                    "[onnx] tables; flags override it")
     for fl in FLAGS:
@@ -231,7 +232,10 @@ def build_run_config(args: argparse.Namespace) -> RunConfig:
 
 
 def _shown(v: Any) -> str:
-    return ",".join(map(str, v)) if isinstance(v, list | tuple) else "" if v is True else str(v)
+    """A flag's value as the user typed it (more or less): 2 not 2.0, a,b for a list, nothing for a switch."""
+    if isinstance(v, list | tuple):
+        return ",".join(map(str, v))
+    return "" if v is True else f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def run(args: argparse.Namespace) -> int:

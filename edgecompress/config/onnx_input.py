@@ -28,7 +28,8 @@ def refusal(name: str, setting: str) -> str:
 
 
 def pytorch_only_setting(cfg: Any) -> str | None:
-    """The first setting of ``cfg`` (a RunConfig, which imports this module; as its flag) that an ONNX input cannot honour; None if none."""
+    """The first setting of ``cfg`` (a RunConfig, which imports this module), as its flag, that an ONNX
+    input cannot honour; None if there is none."""
     p, q = cfg.prune, cfg.quant
     found = [
         (f"--prune-ratio {p.ratio}", p.ratio is not None and p.ratio > 0),

@@ -6,6 +6,7 @@ PyTorch model of a run that starts from one (the ONNX-input pipeline uses ``RunR
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,11 @@ class RunContext(RunRecord):
     def torch_inputs(self) -> dict[str, Any]:
         return {"model": self.fp32_model, "teacher": self.lm.model, "train": self.splits.train,
                 "example": self.example}
+
+
+def stderr_log(msg: str) -> None:
+    """The default log of a run: one line on stderr per event (numbers go to the manifest)."""
+    print(f"edgecompress: {msg}", file=sys.stderr, flush=True)
 
 
 class StopRun(Exception):

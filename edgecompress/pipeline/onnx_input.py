@@ -13,7 +13,6 @@ of exactly that size, and the latency is measured at it."""
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +25,7 @@ from edgecompress.errors import BadInput
 from edgecompress.export import check_onnx, metadata
 from edgecompress.files import atomic_write_bytes, sha256_file
 from edgecompress.pipeline import rundir
-from edgecompress.pipeline.context import RunRecord, RunResult
+from edgecompress.pipeline.context import RunRecord, RunResult, stderr_log
 from edgecompress.pipeline.int8 import Quantize, calibration_indices, stamp
 from edgecompress.pipeline.verify import close
 from edgecompress.report import Artifact, versions
@@ -36,29 +35,19 @@ from edgecompress.runtime.predict import ModelInput, model_input, open_model
 from edgecompress.runtime.session import run_batched
 
 
-def _log(msg: str) -> None:
-    print(f"edgecompress: {msg}", file=sys.stderr, flush=True)
-
-
-def run(cfg: RunConfig, *, log: Callable[[str], None] = _log) -> RunResult:
+def run(cfg: RunConfig, *, log: Callable[[str], None] = stderr_log) -> RunResult:
     cfg.validate()
     t_start = time.time()
     out = rundir.resolve_out(cfg.out, cfg.overwrite)
-    stage_dir = rundir.staging_dir(out)
-    try:
-        ctx = load_onnx_inputs(cfg, stage_dir, log, t_start)
-        log(f"stages: {' -> '.join(ctx.cfg.plan()) or 'verify only'}")
-        quantize = Quantize()
-        if quantize.applies(ctx):
-            quantize.run(ctx)
-        result = close(ctx)
-        rundir.finalize(stage_dir, out)
-    except BaseException:
-        rundir.discard(stage_dir)
-        raise
-    result.out_dir = out
-    log(f"{result.manifest['status']}: wrote {out}/ (manifest.json, report.md) in {time.time() - t_start:.0f} s")
-    return result
+    return rundir.deliver(out, lambda d: _run(load_onnx_inputs(cfg, d, log, t_start)), log=log, t_start=t_start)
+
+
+def _run(ctx: RunRecord) -> RunResult:
+    ctx.log(f"stages: {' -> '.join(ctx.cfg.plan()) or 'verify only'}")
+    quantize = Quantize()
+    if quantize.applies(ctx):
+        quantize.run(ctx)
+    return close(ctx)
 
 
 def load_onnx_inputs(cfg: RunConfig, d: Path, log: Callable[[str], None], t_start: float) -> RunRecord:
@@ -69,7 +58,7 @@ def load_onnx_inputs(cfg: RunConfig, d: Path, log: Callable[[str], None], t_star
     sess, src_meta = open_model(src)
     mi = _model_input(sess, src_meta, cfg, src)
     splits, dims = _data(cfg, mi)
-    num_classes = _num_classes(sess, mi, dims)
+    num_classes = _num_classes(sess, dims)
     for part in (splits.train, splits.eval):
         if part is not None and part.y is not None and len(part.y) and part.y.max() >= num_classes:
             raise BadInput(f"labels in {part.source} go up to {int(part.y.max())} but {src} has {num_classes} "
@@ -90,11 +79,12 @@ def load_onnx_inputs(cfg: RunConfig, d: Path, log: Callable[[str], None], t_star
         f"{f', fixed batch {mi.batch}' if mi.batch else ', dynamic batch'}); data {splits.description['kind']}: "
         f"{len(splits.train)} train / {len(splits.val)} val / {0 if splits.eval is None else len(splits.eval)} eval")
     record = {"kind": "onnx", "ref": str(src), "sha256": sha, "input_name": mi.name, "input_shape": list(input_shape),
-              "batch": mi.batch or "dynamic", "shape_from": mi.shape_from, "num_classes": num_classes,
-              "metadata": src_meta}  # fmt: skip
+              "batch": mi.batch or "dynamic", "shape_from": mi.shape_from if None not in mi.dims else "data",
+              "num_classes": num_classes, "metadata": src_meta}  # fmt: skip
     calib_idx, calib_source = calibration_indices(cfg, splits, log)
     ctx = RunRecord(cfg=cfg, d=d, log=log, t_start=t_start, splits=splits, calib_idx=calib_idx,
-                    calib_source=calib_source, meta=meta, input_shape=input_shape, model_record=record, eval_threads=cpu.default_threads(),
+                    calib_source=calib_source, meta=meta, input_shape=input_shape, model_record=record,
+                    eval_threads=cpu.default_threads(),
                     warnings=warnings)
     _original(ctx, src)
     ctx.timings["load"] = time.time() - t
@@ -136,13 +126,14 @@ def _data(cfg: RunConfig, mi: ModelInput) -> tuple[Splits, tuple[int, ...]]:
         dims = tuple(splits.train.x.shape[1:])
         if len(dims) != len(mi.dims) or any(m is not None and m != v for m, v in zip(mi.dims, dims, strict=False)):
             want = ",".join("?" if v is None else str(v) for v in mi.dims)
+            where = "the graph" if mi.shape_from == "graph" else mi.shape_from
             raise BadInput(f"the data's samples have shape {dims} but the model input {mi.name!r} takes N,{want} "
-                           f"({mi.shape_from}); pass --data with samples of that shape")
+                           f"(from {where}); pass --data with samples of that shape")
     splits = limit(splits, seed=cfg.seed, max_train=dc.max_train, max_eval=dc.max_eval, val_fraction=dc.val_fraction)
     return splits, dims
 
 
-def _num_classes(sess, mi: ModelInput, dims: tuple[int, ...]) -> int:
+def _num_classes(sess, dims: tuple[int, ...]) -> int:
     """The output's class count: from the graph when fixed, else from one forward pass on zeros."""
     k = sess.get_outputs()[0].shape[-1]
     if isinstance(k, int) and k > 0:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from edgecompress.errors import BadInput
+from edgecompress.pipeline.context import RunResult
 
 MARKER = "manifest.json"
 
@@ -109,3 +111,18 @@ def clean_stale(out: Path) -> list[Path]:
 
 def discard(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def deliver(out: Path, work: Callable[[Path], RunResult], *, log: Callable[[str], None], t_start: float) -> RunResult:
+    """Runs ``work`` in a staging directory and moves it onto ``out`` when ``work`` returns; removes
+    it when ``work`` raises (or is interrupted), so ``out`` only ever holds a complete run."""
+    stage_dir = staging_dir(out)
+    try:
+        result = work(stage_dir)
+        finalize(stage_dir, out)
+    except BaseException:
+        discard(stage_dir)
+        raise
+    result.out_dir = out
+    log(f"{result.manifest['status']}: wrote {out}/ (manifest.json, report.md) in {time.time() - t_start:.0f} s")
+    return result

@@ -11,7 +11,6 @@ failed file renamed to ``<name>.failed.onnx`` (never under a deliverable name), 
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from pathlib import Path
 from edgecompress.config import RunConfig
 from edgecompress.errors import ConfigError
 from edgecompress.pipeline import rundir
-from edgecompress.pipeline.context import RunContext, RunResult, StopRun
+from edgecompress.pipeline.context import RunContext, RunResult, StopRun, stderr_log
 from edgecompress.pipeline.inputs import load_inputs
 from edgecompress.pipeline.int8 import Quantize
 from edgecompress.pipeline.stages import ExportOriginal, PruneDistill
@@ -31,11 +30,7 @@ from edgecompress.train import distributed, resume
 STAGES = (ExportOriginal(), PruneDistill(), Quantize())  # each may stop the run (StopRun); then verify.close
 
 
-def _log(msg: str) -> None:
-    print(f"edgecompress: {msg}", file=sys.stderr, flush=True)
-
-
-def run(cfg: RunConfig, *, log: Callable[[str], None] = _log) -> RunResult:
+def run(cfg: RunConfig, *, log: Callable[[str], None] = stderr_log) -> RunResult:
     cfg.validate()
     t_start = time.time()
     device, launch = devices.resolve(cfg.device), distributed.from_env()  # a missing GPU fails here, in one line
@@ -56,21 +51,16 @@ def run(cfg: RunConfig, *, log: Callable[[str], None] = _log) -> RunResult:
 
 def _lead(cfg: RunConfig, log: Callable[[str], None], device: str, launch, t_start: float) -> RunResult:
     out = rundir.resolve_out(cfg.out, cfg.overwrite)
-    stage_dir = rundir.staging_dir(out)
     if not cfg.resume:
         resume.clear(out)  # a fresh run: checkpoints of an interrupted one would only mislead
-    try:
-        ctx = load_inputs(cfg, stage_dir, log, t_start)
+    def work(d: Path) -> RunResult:
+        ctx = load_inputs(cfg, d, log, t_start)
         ctx.device, ctx.launch = device, launch
-        log(f"stages: {' -> '.join(cfg.plan()) or 'export only'}")
-        result = _run_stages(ctx)
-        rundir.finalize(stage_dir, out)
-    except BaseException:
-        rundir.discard(stage_dir)  # the KD checkpoints (train.resume) stay for --resume
-        raise
+        return _run_stages(ctx)
+
+    # a failed run leaves the KD checkpoints (train.resume) for --resume; a delivered one clears them
+    result = rundir.deliver(out, work, log=log, t_start=t_start)
     resume.clear(out)
-    result.out_dir = out
-    log(f"{result.manifest['status']}: wrote {out}/ (manifest.json, report.md) in {time.time() - t_start:.0f} s")
     return result
 
 
@@ -88,6 +78,7 @@ def _follow(cfg: RunConfig, launch, device: str, t_start: float) -> RunResult:
 
 
 def _run_stages(ctx: RunContext) -> RunResult:
+    ctx.log(f"stages: {' -> '.join(ctx.cfg.plan()) or 'export only'}")
     try:
         for stage in STAGES:
             if stage.applies(ctx):
