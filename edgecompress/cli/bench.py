@@ -11,8 +11,8 @@ from typing import Any
 
 from edgecompress.cli.common import ints, shape
 from edgecompress.errors import BadInput
-from edgecompress.runtime.device import device_info
 from edgecompress.runtime.latency import PROTOCOL, bench_file, compare_files
+from edgecompress.runtime.meter import LOCAL
 from edgecompress.runtime.remote import Device
 from edgecompress.runtime.session import check_model_file
 
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         if args.ssh_config or args.remote_python != "python3":
             raise BadInput("--ssh-config and --remote-python go with --remote DEST")
         out = (compare_files(paths, **kw) if len(paths) > 1 else bench_file(paths[0], **kw)) | \
-            {"device": device_info() | {"dest": "local"}}
+            {"device": LOCAL.info}
     if args.json:
         print(json.dumps(out, indent=2))
     else:

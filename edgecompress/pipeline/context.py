@@ -15,6 +15,7 @@ from edgecompress.config import RunConfig, Stage
 from edgecompress.data import Splits
 from edgecompress.models import LoadedModel
 from edgecompress.report import Artifact, Gate
+from edgecompress.runtime.meter import LOCAL, Meter
 
 
 @dataclass(kw_only=True)
@@ -36,6 +37,7 @@ class RunContext:
     warnings: list[str] = field(default_factory=list)
     fp32_parent: str = "original"  # the FP32 artifact the INT8 one is made from
     fp32_model: nn.Module | None = None  # its PyTorch model (INC and QAT start from it)
+    meter: Meter = LOCAL  # where latency is measured: here, or the --bench-on device (pipeline.device)
 
     @property
     def labelled_eval(self) -> bool:

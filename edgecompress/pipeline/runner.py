@@ -18,6 +18,7 @@ from collections.abc import Callable
 from edgecompress.config import RunConfig
 from edgecompress.pipeline import rundir
 from edgecompress.pipeline.context import RunContext, RunResult, StopRun
+from edgecompress.pipeline.device import run_meter
 from edgecompress.pipeline.inputs import load_inputs
 from edgecompress.pipeline.stages import ExportOriginal, PruneDistill, Quantize
 from edgecompress.pipeline.verify import Benchmark, Evaluate, write_manifest
@@ -39,9 +40,11 @@ def run(cfg: RunConfig, *, log: Callable[[str], None] = _log) -> RunResult:
     if not cfg.resume:
         resume.clear(out)  # a fresh run: checkpoints of an interrupted one would only mislead
     try:
-        ctx = load_inputs(cfg, stage_dir, log, t_start)
-        log(f"stages: {' -> '.join(cfg.plan()) or 'export only'}")
-        result = _run_stages(ctx)
+        with run_meter(cfg, log) as (cfg, meter):
+            ctx = load_inputs(cfg, stage_dir, log, t_start)
+            ctx.meter = meter
+            log(f"stages: {' -> '.join(cfg.plan()) or 'export only'}")
+            result = _run_stages(ctx)
         rundir.finalize(stage_dir, out)
     except BaseException:
         rundir.discard(stage_dir)  # the KD checkpoints (train.resume) stay for --resume

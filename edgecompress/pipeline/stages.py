@@ -113,7 +113,7 @@ def _probe(ctx: RunContext):
     if ctx.cfg.prune.target_latency_ms is None:
         return None
     quant = ctx.cfg.quant if ctx.cfg.quant_stage() is not None else None
-    return latency_criterion(ctx.example, _calib(ctx)["calib_x"], onnx=ctx.cfg.onnx, quant=quant)
+    return latency_criterion(ctx.example, _calib(ctx)["calib_x"], onnx=ctx.cfg.onnx, quant=quant, meter=ctx.meter)
 
 
 def _prune_settings(p: PruneConfig) -> dict[str, Any]:
@@ -185,7 +185,7 @@ class Quantize:
             src=ctx.d / f"{parent}.onnx", dst=ctx.d / "int8.onnx", cfg=cfg.quant,
             calib_x=splits.train.x[ctx.calib_idx], val_x=splits.val.x, val_y=splits.val.y,
             max_accuracy_drop=cfg.verify.max_accuracy_drop, threads=cfg.bench.threads, batch=cfg.bench.batch,
-            input_shape=tuple(ctx.lm.input_shape), model=ctx.fp32_model, teacher=ctx.lm.model, train=splits.train,
+            input_shape=tuple(ctx.lm.input_shape), meter=ctx.meter, model=ctx.fp32_model, teacher=ctx.lm.model, train=splits.train,
             example=ctx.example, parity_x=ctx.parity_samples(256), qat=cfg.qat, opset=cfg.onnx.opset,
             seed=cfg.seed, started_from=started, log=ctx.log)  # fmt: skip
         out = registry.quantizer_for(QuantMode(stage.value), cfg.quant.backend)(job)

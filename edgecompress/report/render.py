@@ -42,6 +42,7 @@ def render_report(m: dict[str, Any]) -> str:
             f"{a['bytes']:,} | {_fmt(top1, '.2f')} | {_fmt(a.get('latency_ms_p50'), '.3f')} | "
             f"{_fmt(a.get('latency_ms_p90'), '.3f')} | {_fmt(speed, '.2f')}× | {_fmt(size, '.1f')}× |"
         )
+    lines += _device_lines(m)
     lines += _stage_lines(m)
     gates = m.get("gates", [])
     if gates:
@@ -53,6 +54,24 @@ def render_report(m: dict[str, Any]) -> str:
     lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items() if v)}.",
               f"Wall time: {m.get('wall_seconds', 0):.0f} s.", ""]
     return "\n".join(lines)
+
+
+def _device_lines(m: dict[str, Any]) -> list[str]:
+    """With --bench-on: where the latencies above were measured, and the build host's beside them."""
+    dev = m.get("bench", {}).get("measured_on")
+    if not dev:
+        return []
+    arts = [(n, a) for n, a in m["artifacts"].items() if a.get("latency_by_device")]
+    keys = list(dict.fromkeys(k for _, a in arts for k in a["latency_by_device"]))
+    lines = ["", f"Latency above measured on the device **{dev['key']}** (`{dev['dest']}` over ssh; onnxruntime "
+             f"{dev.get('onnxruntime')}, python {dev.get('python')}); every latency of the run (latency-aware INT8, "
+             "--target-latency-ms, this table) was measured there. p50 ms by machine:", "",
+             "| artifact | " + " | ".join(f"{k} ({arts[0][1]['latency_by_device'][k]['role']})" for k in keys) + " |",
+             "|---|" + "---:|" * len(keys)]
+    for name, a in arts:
+        lines.append(f"| {name} | " + " | ".join(_fmt(a["latency_by_device"].get(k, {}).get("p50_ms"), ".3f")
+                                                 for k in keys) + " |")
+    return lines
 
 
 def _stage_lines(m: dict[str, Any]) -> list[str]:
@@ -99,7 +118,10 @@ def _stage_lines(m: dict[str, Any]) -> list[str]:
             elif kept:
                 lines.append(f"Latency-aware INT8: kept in FP32 because faster here: {', '.join(kept)}; p50 "
                              f"{la['p50_ms_all_int8']:.4f} ms all-INT8 → {la['p50_ms_final']:.4f} ms "
-                             f"({la['threads']} thread(s), batch {la['batch']})"
+                             f"({la['threads']} thread(s), batch {la['batch']}"
+                             + (f", on {la['measured_on']}" if la.get("measured_on") else "")
+                             + (f"; build host {la['build_host']['p50_ms_all_int8']:.4f} → "
+                                f"{la['build_host']['p50_ms_final']:.4f} ms" if la.get("build_host") else "") + ")"
                              + ("; their weights are stored as int8 (folded to float at load)."
                                 if la.get("fp32_node_weights") == "int8" else "."))
             else:
