@@ -56,24 +56,26 @@ def export(model: str, variant: str, runs_dir: Path) -> Path:
     return out
 
 
-def sitting(files: list[Path], rounds: int, runs: int, device: Any) -> list[dict[str, float]]:
+def sitting(files: list[Path], rounds: int, runs: int, device: Any, clock: str) -> list[dict[str, float]]:
     if device is None:
-        per_file = round_robin(files, rounds=rounds, runs=runs, warmup=10)
+        per_file = round_robin(files, rounds=rounds, runs=runs, warmup=10, clock=clock)
         return [{"p50_ms": statistics.median(r.p50_ms for r in rs), "min_ms": min(r.min_ms for r in rs)}
                 for rs in per_file]
-    res = device.bench(files, threads=[1], batch=[1], warmup=10, runs=rounds * runs, rounds=rounds)
+    res = device.bench(files, threads=[1], batch=[1], warmup=10, runs=rounds * runs, rounds=rounds, clock=clock)
     return [{"p50_ms": f["p50_ms"], "min_ms": f["min_ms"]} for f in res["results"][0]["files"]]
 
 
-def measure_model(model: str, runs_dir: Path, rounds: int, runs: int, device: Any) -> dict[str, Any]:
-    dirs = {v: export(model, v, runs_dir) for v in MODELS[model]}
+def measure_model(model: str, runs_dir: Path, rounds: int, runs: int, device: Any, *,
+                  no_export: bool = False, clock: str = "wall") -> dict[str, Any]:
+    done = [v for v in MODELS[model] if (runs_dir / f"{model}-{v}" / "manifest.json").exists()]
+    dirs = {v: export(model, v, runs_dir) for v in (done if no_export else MODELS[model])}
     files = [dirs["default"] / "original.onnx"]
     names = ["original (FP32)"]
     for v, d in dirs.items():
         files += [d / "pruned.onnx", d / "int8.onnx"]
         names += [f"{v} pruned (FP32)", f"{v} INT8"]
     print(f"{model}: timing {len(files)} files side by side ({rounds} rounds x {runs} runs)", flush=True)
-    times = sitting(files, rounds, runs, device)
+    times = sitting(files, rounds, runs, device, clock)
     base_b, base = file_bytes(files[0]), times[0]
     rows = []
     for name, f, t in zip(names, files, times, strict=True):
@@ -102,6 +104,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--remote", help="time on this ssh destination (edgecompress bench --remote)")
+    ap.add_argument("--no-export", action="store_true", help="time only the variants already exported")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: the process's CPU time, which "
+                    "leaves out the waits for a core on a loaded, shared machine (edgecompress bench --clock)")
     args = ap.parse_args()
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     device = None
@@ -111,17 +116,19 @@ def main() -> None:
         device = Device(args.remote).open()
     try:
         where = (device or LOCAL).info
-        results = [measure_model(m, args.runs_dir, args.rounds, args.runs, device) for m in args.models.split(",")]
+        results = [measure_model(m, args.runs_dir, args.rounds, args.runs, device, no_export=args.no_export,
+                                 clock=args.clock) for m in args.models.split(",")]
     finally:
         if device is not None:
             device.close()
-    out = {"device": where, "rounds": args.rounds, "runs": args.runs, "flags": COMMON, "variants": VARIANTS,
+    out = {"device": where, "rounds": args.rounds, "runs": args.runs, "clock": args.clock, "flags": COMMON, "variants": VARIANTS,
            "results": results}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(RESULTS / "headline.json", json.dumps(out, indent=2) + "\n")
+    name = "headline" + ("" if args.models == ",".join(MODELS) else "-" + args.models.replace(",", "-"))
+    atomic_write_text(RESULTS / f"{name}.json", json.dumps(out, indent=2) + "\n")
     md = "\n\n".join([f"Measured on {where['key']}: 1 thread, batch 1, {args.rounds} shuffled rounds of "
-                      f"{args.runs} runs per file.", *(table(r) for r in results)])
-    atomic_write_text(RESULTS / "headline.md", md + "\n")
+                      f"{args.runs} runs per file, {args.clock} clock.", *(table(r) for r in results)])
+    atomic_write_text(RESULTS / f"{name}.md", md + "\n")
     print(md)
 
 
