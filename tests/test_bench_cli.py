@@ -208,3 +208,15 @@ def test_compare_mode_names_a_file_onnxruntime_cannot_run_before_timing(tmp_path
     good, symbolic = cnn(tmp_path / "good.onnx"), cnn(tmp_path / "sym.onnx", hw="H")
     rc, out, err = _bench(capsys, str(good), str(symbolic), "--runs", "2", "--rounds", "1")
     assert rc == 2 and "sym.onnx" in err and out == ""
+
+
+def test_cpu_clock_is_recorded_and_needs_one_thread(model, capsys):
+    rc, out, err = _bench(capsys, str(model), str(model), "--json", "--clock", "cpu", "--rounds", "2", *QUICK)
+    assert rc == 0, err
+    (row,) = json.loads(out)["results"]
+    assert row["clock"] == "cpu"
+    assert all(0 < f["min_ms"] <= f["p50_ms"] for f in row["files"])
+    rc, out, err = _bench(capsys, str(model), "--json", "--clock", "cpu", *QUICK)
+    assert rc == 0 and json.loads(out)["results"][0]["clock"] == "cpu", err
+    rc, out, err = _bench(capsys, str(model), "--clock", "cpu", "--threads", "1,2", *QUICK)
+    assert rc == 2 and "--threads 1" in err

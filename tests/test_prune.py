@@ -10,6 +10,7 @@ from edgecompress.errors import BadInput
 from edgecompress.export import export_onnx, parity
 from edgecompress.models.zoo import create_model
 from edgecompress.prune import count_macs_params, output_layers, prune
+from edgecompress.runtime.meter import LOCAL
 
 from .conftest import ROOT
 
@@ -185,7 +186,7 @@ def test_latency_probe_times_the_latency_aware_file_when_asked(monkeypatch):
     assert plain(model) > 0 and calls == []
     aware = probe.latency_criterion(x, calib, onnx=onnx, quant=QuantConfig(latency_aware=True), runs=20)
     assert aware(model) > 0
-    assert calls == [(True, {"rounds": 3, "profile_rounds": 1})]
+    assert calls == [(True, {"rounds": 3, "profile_rounds": 1, "meter": LOCAL})]
     fp32 = probe.latency_criterion(x, None, onnx=onnx, quant=None, runs=20)
     fp32(model)  # --quant none: nothing to quantize, the flag does not apply
     assert len(calls) == 1

@@ -11,8 +11,8 @@ from typing import Any
 
 from edgecompress.cli.common import ints, shape
 from edgecompress.errors import BadInput
-from edgecompress.runtime.device import device_info
 from edgecompress.runtime.latency import PROTOCOL, bench_file, compare_files
+from edgecompress.runtime.meter import LOCAL
 from edgecompress.runtime.remote import Device
 from edgecompress.runtime.session import check_model_file
 
@@ -33,6 +33,9 @@ def add_arguments(sub, name: str, help_: str) -> None:
     b.add_argument("--input-shape", type=shape, help="N,C,H,W when the model's input has symbolic dims")
     b.add_argument("--profile", action="store_true", help="also show where the time goes per operator type "
                    "(onnxruntime's profiler; depthwise convs apart), for every threads x batch")
+    b.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall: elapsed time (default); cpu: the "
+                   "process's CPU time, which leaves out the waits for a core on a loaded, shared machine (with "
+                   "--threads 1 only; sharing caches and cores still counts)")
     b.add_argument("--remote", metavar="DEST", help="measure on this device over ssh (user@host, "
                    "ssh://user@host:port or a Host alias of ~/.ssh/config): the files are copied to a temporary "
                    "directory there and timed by the device's python and onnxruntime with the same protocol")
@@ -51,9 +54,11 @@ def run(args: argparse.Namespace) -> int:
         raise BadInput("--runs, --threads and --batch must be >= 1 and --warmup >= 0")
     if args.rounds < 1:
         raise BadInput(f"--rounds {args.rounds}: must be >= 1")
+    if args.clock == "cpu" and max(args.threads) > 1:
+        raise BadInput("--clock cpu counts the CPU time of all threads: use it with --threads 1")
     kw: dict[str, Any] = {"threads": args.threads, "batch": args.batch, "warmup": args.warmup, "runs": args.runs,
                           "input_shape": tuple(args.input_shape) if args.input_shape else None,
-                          "profile": args.profile}
+                          "profile": args.profile, "clock": args.clock}
     if len(paths) > 1:
         kw["rounds"] = args.rounds
     if args.remote:
@@ -63,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         if args.ssh_config or args.remote_python != "python3":
             raise BadInput("--ssh-config and --remote-python go with --remote DEST")
         out = (compare_files(paths, **kw) if len(paths) > 1 else bench_file(paths[0], **kw)) | \
-            {"device": device_info() | {"dest": "local"}}
+            {"device": LOCAL.info}
     if args.json:
         print(json.dumps(out, indent=2))
     else:
@@ -85,8 +90,9 @@ def format_one(out: dict[str, Any]) -> str:
 
 def format_compare(out: dict[str, Any], paths: list[Path], rounds: int) -> str:
     per_visit = out["results"][0]["runs_per_round"] if out["results"] else 0
+    clock = out["results"][0].get("clock", "wall") if out["results"] else "wall"
     lines = [f"{len(paths)} files side by side on {out['device']['key']}: {rounds} round(s) of {per_visit} runs each, "
-             f"in a shuffled order; ratios to {paths[0]}"]
+             f"in a shuffled order, {clock} clock; ratios to {paths[0]}"]
     width = max(len(str(p)) for p in paths)
     for r in out["results"]:
         lines += ["", f"threads {r['threads']}, batch {r['batch']}",

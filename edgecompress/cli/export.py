@@ -135,6 +135,13 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--parity-tol", "verify.parity_tol", "gate: FP32 ONNX vs PyTorch max-abs <= F * max(1,|logit|)"),
     Flag("--threads", "bench.threads", "onnxruntime intra-op threads for latency"),
     Flag("--runs", "bench.runs", "timed runs per artifact"),
+    Flag("--bench-on", "bench.on", "measure every latency of the run (latency-aware INT8, --target-latency-ms, the "
+         "benchmark) on this device over ssh: user@host, ssh://user@host:port or a Host alias; the build host's "
+         "figures are recorded beside", default="this machine"),
+    Flag("--bench-on-python", "bench.on_python", "the python on the --bench-on device that has numpy, onnx and "
+         "onnxruntime"),
+    Flag("--ssh-config", "bench.ssh_config", "ssh client configuration file for --bench-on (ssh -F)",
+         default="ssh's own, ~/.ssh/config"),
     Flag("--exporter", "onnx.exporter", "torch.onnx exporter: dynamo (maintained, torch.export based) or "
          "torchscript (legacy, faster to run)"),
     Flag("--compact-names", "onnx.compact_names", "rename the ONNX files' internal tensors and nodes to short ids "

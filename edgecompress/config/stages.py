@@ -349,12 +349,22 @@ class BenchConfig(EnumFields):
     batch: int = PROTOCOL.batch
     warmup: int = PROTOCOL.warmup
     runs: int = PROTOCOL.runs
+    # an ssh destination: every latency of the run (latency-aware INT8, --target-latency-ms, the
+    # benchmark) is measured there (edgecompress.runtime.remote); the build host's figures beside
+    on: str | None = None
+    on_python: str = "python3"  # the device's python with numpy, onnx and onnxruntime
+    ssh_config: str | None = None  # ssh -F FILE (default: ssh's own ~/.ssh/config)
 
     def validate(self) -> None:
         if self.threads < 1 or self.batch < 1:
             raise ConfigError("--threads and batch must be >= 1")
         if self.warmup < 0 or self.runs < 1:
             raise ConfigError(f"warmup={self.warmup} runs={self.runs}: need warmup >= 0, runs >= 1")
+        if self.on is None and (self.on_python != "python3" or self.ssh_config is not None):
+            raise ConfigError("--bench-on-python and --ssh-config go with --bench-on DEST")
+        if self.on is not None and (not self.on.strip() or self.on.startswith("-")):
+            raise ConfigError(f"--bench-on {self.on!r}: give an ssh destination (user@host, ssh://user@host:port "
+                              "or a Host alias)")
 
 
 @dataclass(frozen=True, kw_only=True)

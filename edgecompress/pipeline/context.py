@@ -17,6 +17,7 @@ import numpy as np
 from edgecompress.config import RunConfig, Stage
 from edgecompress.data import Splits, as_float
 from edgecompress.report import Artifact, Gate
+from edgecompress.runtime.meter import LOCAL, Meter
 
 if TYPE_CHECKING:
     import torch
@@ -45,6 +46,7 @@ class RunRecord:
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     fp32_parent: str = "original"  # the FP32 artifact the INT8 one is made from
+    meter: Meter = LOCAL  # where latency is measured: here, or the --bench-on device (pipeline.device)
 
     @property
     def labelled_eval(self) -> bool:

@@ -20,6 +20,7 @@ from edgecompress.config import RunConfig
 from edgecompress.errors import ConfigError
 from edgecompress.pipeline import rundir
 from edgecompress.pipeline.context import RunContext, RunResult, StopRun, stderr_log
+from edgecompress.pipeline.device import run_meter
 from edgecompress.pipeline.inputs import load_inputs
 from edgecompress.pipeline.int8 import Quantize
 from edgecompress.pipeline.stages import ExportOriginal, PruneDistill
@@ -54,9 +55,10 @@ def _lead(cfg: RunConfig, log: Callable[[str], None], device: str, launch, t_sta
     if not cfg.resume:
         resume.clear(out)  # a fresh run: checkpoints of an interrupted one would only mislead
     def work(d: Path) -> RunResult:
-        ctx = load_inputs(cfg, d, log, t_start)
-        ctx.device, ctx.launch = device, launch
-        return _run_stages(ctx)
+        with run_meter(cfg, log) as (run_cfg, meter):
+            ctx = load_inputs(run_cfg, d, log, t_start)
+            ctx.device, ctx.launch, ctx.meter = device, launch, meter
+            return _run_stages(ctx)
 
     # a failed run leaves the KD checkpoints (train.resume) for --resume; a delivered one clears them
     result = rundir.deliver(out, work, log=log, t_start=t_start)

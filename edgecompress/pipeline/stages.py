@@ -117,7 +117,7 @@ def _probe(ctx: RunContext):
     if ctx.cfg.prune.target_latency_ms is None:
         return None
     quant = ctx.cfg.quant if ctx.cfg.quant_stage() is not None else None
-    return latency_criterion(ctx.example, _calib(ctx)["calib_x"], onnx=ctx.cfg.onnx, quant=quant)
+    return latency_criterion(ctx.example, _calib(ctx)["calib_x"], onnx=ctx.cfg.onnx, quant=quant, meter=ctx.meter)
 
 
 def _prune_settings(p: PruneConfig) -> dict[str, Any]:

@@ -15,7 +15,8 @@ from edgecompress.data.loader import array_batches
 from edgecompress.files import atomic_write_text, sha256_file
 from edgecompress.pipeline.context import RunRecord, RunResult
 from edgecompress.report import Gate, Manifest, command_line, render_report, versions
-from edgecompress.runtime import cpu_info, file_bytes, make_session, measure_latency, run_batched
+from edgecompress.runtime import cpu_info, file_bytes, make_session, run_batched
+from edgecompress.runtime.meter import LOCAL, is_local
 from edgecompress.runtime.progress import progress
 
 
@@ -98,11 +99,22 @@ class Benchmark:
 
     def run(self, ctx: RunRecord) -> None:
         b = ctx.cfg.bench
-        ctx.log(f"benchmarking ({b.threads} thread(s), batch {b.batch}, {b.runs} runs)")
-        for a in ctx.arts.values():
-            lat = measure_latency(ctx.d / a.path, threads=b.threads, batch=b.batch, warmup=b.warmup, runs=b.runs,
-                                  input_shape=ctx.input_shape, seed=ctx.cfg.seed)
-            a.latency_ms_p50, a.latency_ms_p90, a.latency_ms_mean = lat.p50_ms, lat.p90_ms, lat.mean_ms
+        # the --bench-on device first (its figures are the artifacts' latency), then the build host beside
+        meters = [ctx.meter] if is_local(ctx.meter) else [ctx.meter, LOCAL]
+        for meter in meters:
+            where = "" if is_local(ctx.meter) else f" on {meter.info['key']}"
+            ctx.log(f"benchmarking{where} ({b.threads} thread(s), batch {b.batch}, {b.runs} runs)")
+            for a in ctx.arts.values():
+                lat = meter.measure_latency(ctx.d / a.path, threads=b.threads, batch=b.batch, warmup=b.warmup,
+                                            runs=b.runs, input_shape=ctx.input_shape, seed=ctx.cfg.seed)
+                if meter is ctx.meter:
+                    a.latency_ms_p50, a.latency_ms_p90, a.latency_ms_mean = lat.p50_ms, lat.p90_ms, lat.mean_ms
+                if len(meters) > 1:
+                    role = "device" if meter is ctx.meter else "build host"
+                    key = meter.info["key"] + ("" if meter is ctx.meter or meter.info["key"] != ctx.meter.info["key"]
+                                               else " (build host)")  # the same machine, reached over ssh
+                    a.latency_by_device = (a.latency_by_device or {}) | {key: {
+                        "p50_ms": lat.p50_ms, "p90_ms": lat.p90_ms, "mean_ms": lat.mean_ms, "role": role}}
 
 
 def delivery(ctx: RunRecord, *, failed: bool) -> tuple[str | None, str | None]:
@@ -147,8 +159,9 @@ def write_manifest(ctx: RunRecord) -> RunResult:
             q = ctx.cfg.quant
             hint = ("" if q.latency_aware or q.backend != "ort" or "ptq" not in ctx.stages else
                     "; --latency-aware-int8 keeps in FP32 the layers whose INT8 kernel is the slower one")
+            where = "this CPU" if is_local(ctx.meter) else ctx.meter.info["key"]
             warnings_.append(f"INT8 p50 {int8.latency_ms_p50:.3f} ms is not below {ctx.fp32_parent} "
-                             f"{base.latency_ms_p50:.3f} ms on this CPU{hint}")
+                             f"{base.latency_ms_p50:.3f} ms on {where}{hint}")
     for a in ctx.arts.values():
         p = ctx.d / a.path
         a.bytes, a.sha256 = file_bytes(p), sha256_file(p)
@@ -159,7 +172,9 @@ def write_manifest(ctx: RunRecord) -> RunResult:
         model=ctx.model_record,
         data=ctx.splits.description, stages=[str(s) for s in ctx.stages], artifacts=ctx.arts,
         stage_results=ctx.stage_results, gates=ctx.gates, warnings=warnings_,
-        bench={"threads": b.threads, "batch": b.batch, "warmup": b.warmup, "runs": b.runs}, versions=versions(),
+        bench={"threads": b.threads, "batch": b.batch, "warmup": b.warmup, "runs": b.runs}
+        | ({} if is_local(ctx.meter) else {"measured_on": ctx.meter.info, "build_host": LOCAL.info["key"]}),
+        versions=versions(),
         cpu=cpu_info(), config=ctx.cfg.to_dict(), seed=ctx.cfg.seed,
         timings_s={k: round(v, 2) for k, v in ctx.timings.items()}, wall_seconds=round(time.time() - ctx.t_start, 1),
         fastest_artifact=fastest, delivered_artifact=delivered,

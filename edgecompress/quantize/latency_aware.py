@@ -31,8 +31,10 @@ conv behind it ran 23% slower.) An FP32 layer between two INT8 layers reads its 
 ``DequantizeLinear`` (:func:`edgecompress.quantize.graph.keep_float`, applied by ``quantize_ptq``), since
 onnxruntime would otherwise re-quantize it when the session is created.
 
-Every measurement is recorded, for the manifest. The decisions are measured on *this* machine,
-so the pass is for the machine the file will run on (or one of its CPU class).
+Every measurement is recorded, for the manifest. The decisions are measured by ``meter``: this
+machine, or with ``export --bench-on DEST`` the device itself over ssh
+(:mod:`edgecompress.runtime.remote`; the build host's end-to-end figures are then recorded beside
+the device's), so the pass is for the machine the file will run on (or one of its CPU class).
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ from edgecompress.config import QuantConfig, WeightStorage
 from edgecompress.files import atomic_write
 from edgecompress.quantize.graph import store_weights_int8
 from edgecompress.quantize.ptq import QuantResult, preprocessed_model, quantize_ptq
-from edgecompress.runtime.kernels import layer_times, origin_keys
-from edgecompress.runtime.latency import measure_latency, round_robin_p50
+from edgecompress.runtime.kernels import origin_keys
+from edgecompress.runtime.meter import LOCAL, Meter, is_local
 
 LayerTimes = Callable[[Path], dict[str, float]]  # file -> compute node (pre-processed graph) -> ms per run
 Compare = Callable[[list[Path]], list[float]]  # files -> p50 ms each, measured side by side
@@ -78,28 +80,33 @@ def latency_aware_ptq(
     log: Callable[[str], None] = lambda m: None,
     times: LayerTimes | None = None,
     compare: Compare | None = None,
+    meter: Meter = LOCAL,
 ) -> tuple[QuantResult, dict[str, Any]]:
     """INT8 PTQ of ``fp32`` to ``out`` with the layers that are faster in FP32 left in FP32 (see
-    the module doc). ``cfg.exclude_nodes`` stay FP32 whatever is measured. ``times`` and
-    ``compare`` replace the measurements (tests)."""
+    the module doc). ``cfg.exclude_nodes`` stay FP32 whatever is measured. Every time is measured
+    by ``meter`` (here, or the device over ssh: ``--bench-on``); ``times`` and ``compare`` replace
+    the measurements (tests)."""
     import onnx
 
     keys = origin_keys(preprocessed_model(fp32))
     if times is None:
 
         def times(p: Path) -> dict[str, float]:
-            return layer_times(p, keys, threads=threads, batch=batch, runs=100, input_shape=input_shape)
+            return meter.layer_times(p, keys, threads=threads, batch=batch, runs=100, input_shape=input_shape)
 
+    # enough timed runs per visit for ~50 ms of work, so a 0.1 ms model is not timed 20 times
+    per_visit = 0
     if compare is None:
-        # enough timed runs per visit for ~50 ms of work, so a 0.1 ms model is not timed 20 times
-        est = measure_latency(fp32, threads=threads, batch=batch, warmup=5, runs=20, input_shape=input_shape).p50_ms
+        est = meter.measure_latency(fp32, threads=threads, batch=batch, warmup=5, runs=20,
+                                    input_shape=input_shape).p50_ms
         per_visit = int(min(500, max(20, 50.0 / max(est, 1e-3))))
 
         def compare(paths: list[Path]) -> list[float]:
-            return round_robin_p50(paths, threads=threads, batch=batch, rounds=rounds, runs=per_visit,
-                                   input_shape=input_shape)
+            return meter.round_robin_p50(paths, threads=threads, batch=batch, rounds=rounds, runs=per_visit,
+                                         input_shape=input_shape)
 
     record: dict[str, Any] = {"threads": threads, "batch": batch, "min_gain": min_gain, "rounds": rounds,
+                              "measured_on": meter.info["key"],
                               "fp32_node_weights": cfg.latency_aware_weights,
                               "profile_rounds": profile_rounds, "candidates": {},
                               "trials": [], "fp32_nodes": [], "kept": False}  # fmt: skip
@@ -139,6 +146,10 @@ def latency_aware_ptq(
                 chosen, best_res, best = found
         record["fp32_nodes"] = chosen
         record["kept"] = bool(chosen)
+        if chosen and not is_local(meter) and per_visit:  # the build host's figures beside the device's
+            p_int8, p_final = LOCAL.round_robin_p50([tmp / "all-int8.onnx", best], threads=threads, batch=batch,
+                                                    rounds=rounds, runs=per_visit, input_shape=input_shape)
+            record["build_host"] = {"key": LOCAL.info["key"], "p50_ms_all_int8": p_int8, "p50_ms_final": p_final}
         atomic_write(out, lambda t: shutil.copyfile(best, t))
     settings = best_res.settings | {"latency_aware": {"fp32_nodes": chosen, "fp32_node_weights": cfg.latency_aware_weights}}
     return QuantResult(out, best_res.calib_samples, settings), record

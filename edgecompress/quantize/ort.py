@@ -10,6 +10,7 @@ from edgecompress.quantize.accuracy_aware import accuracy_aware_ptq
 from edgecompress.quantize.latency_aware import latency_aware_ptq
 from edgecompress.quantize.ptq import QuantResult, quantize_dynamic_onnx, quantize_ptq, resolve_target
 from edgecompress.quantize.registry import QuantJob, QuantOutcome
+from edgecompress.quantize.target import detect_target
 
 
 def run_static(job: QuantJob) -> QuantOutcome:
@@ -35,19 +36,23 @@ def run_dynamic(job: QuantJob) -> QuantOutcome:
 
 
 def _latency_aware(job: QuantJob, keep_fp32: list[str], records: dict[str, Any]) -> QuantResult:
-    """--latency-aware-int8: the layers faster in FP32 on this CPU stay FP32 (after any the
-    accuracy fallback already keeps in FP32); skipped, with a warning, when quantizing for another
-    CPU class, since what is measured here would not hold there."""
+    """--latency-aware-int8: the layers faster in FP32 on the measuring CPU (this one, or the
+    --bench-on device) stay FP32 (after any the accuracy fallback already keeps in FP32); skipped,
+    with a warning, when quantizing for another CPU class, since what is measured would not hold
+    there."""
     qcfg = dataclasses.replace(job.cfg, exclude_nodes=tuple(job.cfg.exclude_nodes) + tuple(keep_fp32))
     _, tgt = resolve_target(qcfg)
-    if tgt["target"] != tgt["build_machine_target"]:
+    measuring = detect_target(job.meter.info["cpu"])
+    if tgt["target"] != measuring:
         qr = quantize_ptq(job.src, job.dst, job.calib_x, qcfg)
         qr.settings.setdefault("warnings", []).append(
-            f"--latency-aware-int8 skipped: it measures on this {tgt['build_machine_target']} machine, and the file "
-            f"is for {tgt['target']}; run it on a {tgt['target']} machine")
+            f"--latency-aware-int8 skipped: it measures on a {measuring} machine ({job.meter.dest}), and the file "
+            f"is for {tgt['target']}; run it on (or --bench-on) a {tgt['target']} machine")
         return qr
-    job.log(f"latency-aware INT8: timing every layer as INT8 and as FP32 ({job.threads} thread(s), batch {job.batch})")
+    where = "" if job.meter.dest == "local" else f" on {job.meter.info['key']}"
+    job.log(f"latency-aware INT8: timing every layer as INT8 and as FP32{where} ({job.threads} thread(s), "
+            f"batch {job.batch})")
     qr, rec = latency_aware_ptq(job.src, job.dst, job.calib_x, qcfg, threads=job.threads, batch=job.batch,
-                                input_shape=job.input_shape, log=job.log)
+                                input_shape=job.input_shape, log=job.log, meter=job.meter)
     records["latency_aware"] = rec
     return qr

@@ -19,6 +19,7 @@ from edgecompress.config import QatConfig, QuantBackend, QuantConfig, QuantMode
 from edgecompress.errors import ConfigError
 from edgecompress.quantize.ptq import QuantResult
 from edgecompress.report.manifest import Gate
+from edgecompress.runtime.meter import LOCAL, Meter
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +36,7 @@ class QuantJob:
     threads: int = 1  # the deployment's onnxruntime threads and batch (latency-aware pass)
     batch: int = 1
     input_shape: tuple[int, ...] | None = None
+    meter: Meter = LOCAL  # where the latency-aware pass measures: here, or the --bench-on device
     # PyTorch-side backends (INC, QAT): the parent's model, the original (teacher), training data
     model: Any = None
     teacher: Any = None

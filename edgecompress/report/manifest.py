@@ -53,17 +53,21 @@ class Artifact:
     latency_ms_p50: float | None = None
     latency_ms_p90: float | None = None
     latency_ms_mean: float | None = None
+    # with --bench-on: device key (host name / CPU) -> {"p50_ms", "p90_ms", "mean_ms", "role"}, the
+    # --bench-on device ("device", the latency_ms_* above) and the build host ("build host")
+    latency_by_device: dict[str, dict[str, Any]] | None = None
     bytes: int | None = None
     sha256: str | None = None
 
-    _OPTIONAL = ("parity", "checkpoint", "int8_op_fraction", "top1")  # left out of the JSON when unset
+    _OPTIONAL = ("parity", "checkpoint", "int8_op_fraction", "top1", "latency_by_device")  # left out when unset
 
     def to_dict(self) -> dict[str, Any]:
         d = {"path": self.path, "macs": self.macs, "params": self.params, "parent": self.parent,
              "parity": self.parity, "status": self.status, "checkpoint": self.checkpoint,
              "int8_op_fraction": self.int8_op_fraction, "top1": self.top1,
              "latency_ms_p50": self.latency_ms_p50, "latency_ms_p90": self.latency_ms_p90,
-             "latency_ms_mean": self.latency_ms_mean, "bytes": self.bytes, "sha256": self.sha256}
+             "latency_ms_mean": self.latency_ms_mean, "latency_by_device": self.latency_by_device,
+             "bytes": self.bytes, "sha256": self.sha256}
         return {k: v for k, v in d.items() if not (k in self._OPTIONAL and v is None)}
 
 

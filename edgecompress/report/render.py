@@ -44,6 +44,7 @@ def render_report(m: dict[str, Any]) -> str:
             f"{a['bytes']:,} | {_fmt(top1, '.2f')} | {_fmt(a.get('latency_ms_p50'), '.3f')} | "
             f"{_fmt(a.get('latency_ms_p90'), '.3f')} | {_fmt(speed, '.2f')}× | {_fmt(size, '.1f')}× |"
         )
+    lines += _device_lines(m)
     lines += _stage_lines(m)
     gates = m.get("gates", [])
     if gates:
@@ -79,6 +80,8 @@ def delivery_lines(m: dict[str, Any]) -> list[str]:
                 f" (`--deliver fastest` delivers `{arts[fastest]['path']}`)")
         lines.append(f"Delivered: `{arts[delivered]['path']}`{note}.")
     return [*lines, ""]
+
+
 def _failure_lines(m: dict[str, Any]) -> list[str]:
     """First in the report: which artifact lost what (the failed gates, in words where we can)."""
     arts, vs = m["artifacts"], m.get("stage_results", {}).get("vs_original", {})
@@ -98,6 +101,24 @@ def _failure_lines(m: dict[str, Any]) -> list[str]:
         else:
             lines.append(f"**FAILED: {g['name']}**: {g['value']:.4g} against a bound of {g['bound']:.4g}.")
     return [*lines, ""] if lines else []
+
+
+def _device_lines(m: dict[str, Any]) -> list[str]:
+    """With --bench-on: where the latencies above were measured, and the build host's beside them."""
+    dev = m.get("bench", {}).get("measured_on")
+    if not dev:
+        return []
+    arts = [(n, a) for n, a in m["artifacts"].items() if a.get("latency_by_device")]
+    keys = list(dict.fromkeys(k for _, a in arts for k in a["latency_by_device"]))
+    lines = ["", f"Latency above measured on the device **{dev['key']}** (`{dev['dest']}` over ssh; onnxruntime "
+             f"{dev.get('onnxruntime')}, python {dev.get('python')}); every latency of the run (latency-aware INT8, "
+             "--target-latency-ms, this table) was measured there. p50 ms by machine:", "",
+             "| artifact | " + " | ".join(f"{k} ({arts[0][1]['latency_by_device'][k]['role']})" for k in keys) + " |",
+             "|---|" + "---:|" * len(keys)]
+    for name, a in arts:
+        lines.append(f"| {name} | " + " | ".join(_fmt(a["latency_by_device"].get(k, {}).get("p50_ms"), ".3f")
+                                                 for k in keys) + " |")
+    return lines
 
 
 def _stage_lines(m: dict[str, Any]) -> list[str]:
@@ -158,7 +179,10 @@ def _stage_lines(m: dict[str, Any]) -> list[str]:
             elif kept:
                 lines.append(f"Latency-aware INT8: kept in FP32 because faster here: {', '.join(kept)}; p50 "
                              f"{la['p50_ms_all_int8']:.4f} ms all-INT8 → {la['p50_ms_final']:.4f} ms "
-                             f"({la['threads']} thread(s), batch {la['batch']})"
+                             f"({la['threads']} thread(s), batch {la['batch']}"
+                             + (f", on {la['measured_on']}" if la.get("measured_on") else "")
+                             + (f"; build host {la['build_host']['p50_ms_all_int8']:.4f} → "
+                                f"{la['build_host']['p50_ms_final']:.4f} ms" if la.get("build_host") else "") + ")"
                              + ("; their weights are stored as int8 (folded to float at load)."
                                 if la.get("fp32_node_weights") == "int8" else "."))
             else:

@@ -1,18 +1,22 @@
 """The device side of a remote measurement (:mod:`edgecompress.runtime.remote`): run on the device as
-``python -m edgecompress.runtime.device JOB.json`` (``-``: the job on stdin) from the runtime code
-shipped there (a zip on PYTHONPATH), it calls one measurement of this package on the job's files and prints its result
-as JSON after a marker line, with what the device is (host name, CPU, python, onnxruntime).
+``python -m edgecompress.runtime.device`` from the runtime code shipped there (a zip on
+PYTHONPATH), it reads jobs, one JSON line each, from stdin, and for each calls one measurement of
+this package on the job's files and prints its result as JSON after a marker line, with what the
+device is (host name, CPU, python, onnxruntime). One process serves all the calls of a run, so
+python and onnxruntime are imported once.
 
-The job names a call of :data:`CALLS` and its keyword arguments; the files are the job's
-``files`` (paths on the device). An error the user can act on (:class:`BadInput`) comes back as
-``{"error": ...}`` with exit code 2."""
+A job names a call of :data:`CALLS` and its keyword arguments; the files are the job's ``files``
+(paths on the device). An error the user can act on (:class:`BadInput`) comes back as
+``{"error": ...}``."""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +58,19 @@ def _layer_times(files: list[Path], **kw: Any) -> dict[str, Any]:
     return {"ms": layer_times(files[0], **kw)}
 
 
+def _dirs(files: list[Path], *, remove: Sequence[str] = (), make: Sequence[str] = ()) -> dict[str, Any]:
+    """Removes and makes directories under the working directory (the job's temporary one)."""
+    here = Path.cwd().resolve()
+    for d in [*remove, *make]:
+        if not Path(d).resolve().is_relative_to(here):
+            raise BadInput(f"{d}: outside the device's working directory {here}")
+    for d in remove:
+        shutil.rmtree(d, ignore_errors=True)
+    for d in make:
+        os.makedirs(d, exist_ok=True)
+    return {}
+
+
 # call name -> function(files, **kwargs) -> JSON-able dict
 CALLS: dict[str, Callable[..., dict[str, Any]]] = {
     "bench": _bench,  # edgecompress bench's protocol: one file, or several side by side
@@ -61,6 +78,7 @@ CALLS: dict[str, Callable[..., dict[str, Any]]] = {
     "p50s": _p50s,  # round_robin_p50 of several files
     "layer_times": _layer_times,  # kernel ms per compute node
     "info": lambda files: {},
+    "dirs": _dirs,  # the directories the files are copied into
 }
 
 
@@ -72,16 +90,21 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     return {"result": result, "device": device_info()}
 
 
-def main(argv: list[str]) -> int:
-    job = json.loads(sys.stdin.read() if argv[0] == "-" else Path(argv[0]).read_text())
-    try:
-        out, code = run_job(job), 0
-    except BadInput as e:
-        out, code = {"error": str(e)}, 2
-    print(MARKER)
-    print(json.dumps(out))
-    return code
+def serve(lines: Any, out: Any) -> None:
+    """Answers the jobs of ``lines`` (JSON, one a line; ``{"call": "exit"}`` ends) on ``out``."""
+    for line in lines:
+        if not line.strip():
+            continue
+        job = json.loads(line)
+        if job.get("call") == "exit":
+            return
+        try:
+            res = run_job(job)
+        except BadInput as e:
+            res = {"error": str(e)}
+        out.write(f"{MARKER}\n{json.dumps(res)}\n")
+        out.flush()
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    serve(sys.stdin, sys.stdout)

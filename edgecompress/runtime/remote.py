@@ -6,11 +6,11 @@
 onnxruntime (or names the one install line), makes a temporary directory there and copies this
 runtime package into it as a zip (edgecompress/runtime + errors.py: the device needs nothing of
 edgecompress installed). Each measurement copies its ONNX files (with their external data) and
-runs the same torch-free code as a local one (:mod:`edgecompress.runtime.device`), so the
-protocol (warm-up, shuffled rounds, p50/p90, profiles, CPU flags) is the same; the result comes
-back as JSON with the device's identity. ``close()`` removes the directory. One ssh connection is
-shared by all the calls of a Device (ControlMaster), so a measurement costs a round trip, not a
-log-in.
+runs the same torch-free code as a local one (:mod:`edgecompress.runtime.device`, one process on
+the device for all the calls of a Device, fed one JSON job a line over ssh), so the protocol
+(warm-up, shuffled rounds, p50/p90, profiles, CPU flags) is the same; the result comes back as
+JSON with the device's identity. ``close()`` removes the directory. One ssh connection is shared
+by all the copies and calls (ControlMaster), so a measurement costs a round trip, not a log-in.
 
 The methods mirror the local functions (``measure_latency``, ``round_robin_p50``,
 ``layer_times``), so a pass that takes measurement callables can run them on the device."""
@@ -18,6 +18,8 @@ The methods mirror the local functions (``measure_latency``, ``round_robin_p50``
 from __future__ import annotations
 
 import json
+import os
+import select
 import shlex
 import shutil
 import subprocess
@@ -76,6 +78,8 @@ class Device:
         self._local: Path | None = None
         self._uploaded: dict[tuple[str, int, int], str] = {}  # (local path, size, mtime) -> device path
         self._count = 0
+        self._proc: subprocess.Popen | None = None  # the device's measurement process (device.serve)
+        self._buf = b""
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -111,6 +115,11 @@ class Device:
             self._preflight()
             zip_path = runtime_zip(self._local / "edgecompress-runtime.zip")
             self._scp(zip_path, f"{self.dir}/runtime.zip")
+            d, py = shlex.quote(self.dir or ""), shlex.quote(self.python)
+            self._proc = subprocess.Popen(
+                ["ssh", *self._opts(), self.dest, f"cd {d} && exec env PYTHONPATH={d}/runtime.zip {py} -u -m "
+                 "edgecompress.runtime.device"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=open(self._local / "device.stderr", "wb"), bufsize=0)  # noqa: SIM115 - the child holds it
             self.info = self.call("info", [])["device"] | {"dest": self.dest}
         except BaseException:
             self.close()
@@ -134,17 +143,27 @@ class Device:
         self.dir = pre["dir"]
 
     def close(self) -> None:
-        """Removes the device's temporary directory and ends the shared ssh connection."""
+        """Ends the device's measurement process, removes its temporary directory and ends the
+        shared ssh connection."""
         if self._local is None:
             return
         try:
+            if self._proc is not None:
+                try:
+                    assert self._proc.stdin is not None
+                    self._proc.stdin.write(b'{"call": "exit"}\n')
+                    self._proc.stdin.close()
+                    self._proc.wait(timeout=30)
+                except (OSError, subprocess.TimeoutExpired):
+                    self._proc.kill()
+                    self._proc.wait()
             if self.dir is not None:
                 self._ssh(f"rm -rf {shlex.quote(self.dir)}", check=False)
             subprocess.run(["ssh", *self._opts(), "-O", "exit", self.dest], capture_output=True, timeout=30,
                            stdin=subprocess.DEVNULL)
         finally:
             shutil.rmtree(self._local, ignore_errors=True)
-            self._local, self.dir, self._uploaded = None, None, {}
+            self._local, self.dir, self._uploaded, self._proc = None, None, {}, None
 
     def __enter__(self) -> Device:
         return self.open()
@@ -166,8 +185,7 @@ class Device:
                 new[k] = f"{self.dir}/f{self._count}"
                 self._count += 1
         if stale or new:
-            cmd = " ; ".join([*(f"rm -rf {shlex.quote(d)}" for d in stale), *(f"mkdir -p {shlex.quote(d)}" for d in new.values())])
-            self._ssh(cmd)
+            self._request({"call": "dirs", "kwargs": {"remove": stale, "make": list(new.values())}})
         for k, p in zip(keys, paths, strict=True):
             if k in new:
                 for f in model_files(p):
@@ -183,19 +201,40 @@ class Device:
             raise RuntimeError("Device.call before open()")
         paths = [Path(p) for p in paths]
         remote = self._upload(paths)
-        job = json.dumps({"call": name, "files": remote, "kwargs": kwargs})
-        d, py = shlex.quote(self.dir), shlex.quote(self.python)
-        r = self._ssh(f"cd {d} && exec env PYTHONPATH={d}/runtime.zip {py} -m edgecompress.runtime.device -", stdin=job)
-        lines = r.stdout.splitlines()
-        if MARKER not in lines or lines.index(MARKER) + 1 >= len(lines):
-            raise BadInput(f"{self.dest}: the measurement failed on the device ({_last_line(r.stderr)})")
-        text = lines[lines.index(MARKER) + 1]
+        text = self._request({"call": name, "files": remote, "kwargs": kwargs})
         for rp, p in zip(remote, paths, strict=True):
             text = text.replace(json.dumps(rp)[1:-1], json.dumps(str(p))[1:-1])
         out = json.loads(text)
         if "error" in out:
             raise BadInput(f"on {self.dest}: {out['error']}")
         return out
+
+    def _request(self, job: dict[str, Any]) -> str:
+        """Sends ``job`` to the device's process; its answer (a JSON line, text)."""
+        assert self._proc is not None and self._proc.stdin is not None and self._local is not None
+        try:
+            self._proc.stdin.write((json.dumps(job) + "\n").encode())
+            self._proc.stdin.flush()
+            while True:
+                if self._readline() == MARKER:
+                    return self._readline()
+        except (OSError, EOFError):
+            err = (self._local / "device.stderr").read_text(errors="replace")
+            raise BadInput(f"{self.dest}: the measurement failed on the device ({_last_line(err)})") from None
+
+    def _readline(self) -> str:
+        """One line of the device's process (``EOFError`` when it ended; ``BadInput`` after ``timeout``)."""
+        assert self._proc is not None and self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        while b"\n" not in self._buf:
+            if not select.select([fd], [], [], self.timeout)[0]:
+                raise BadInput(f"{self.dest}: no answer from the device within {self.timeout:.0f} s")
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise EOFError
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode()
 
     # --- the local functions' counterparts --------------------------------------------------------
 
