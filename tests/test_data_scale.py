@@ -132,6 +132,7 @@ def test_device_cuda_without_a_gpu_is_one_line_exit_2(tmp_path):
 def test_image_folder_exports_and_predict_reproduces_the_evaluation(tmp_path):
     """Mixed PNG/JPEG gray training images; PNG eval images, whose top-1 under onnxruntime equals that of
     the same images read from IDX, and predict on the raw files reproduces the manifest's INT8 top-1."""
+    import onnx
     import onnxruntime as ort
 
     xt, yt, classes = _fm("train", 400)
@@ -144,9 +145,12 @@ def test_image_folder_exports_and_predict_reproduces_the_evaluation(tmp_path):
                  "--min-agreement", "0", "--exporter", "torchscript", "--workers", "1", "--out", str(out)], tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     m = json.loads((out / "manifest.json").read_text())
-    data = m["data"] if "data" in m else m["config"]
-    files = json.dumps(m)
-    assert '"file_lists"' in files and '"file_list_sha256"' in files, list(m)
+    data = m["data"]
+    assert data["kind"] == "images" and data["file_lists"]["eval"]["count"] == 200
+    assert data["images"]["files"] == 400 and len(data["file_lists"]["train"]["sha256"]) == 64
+    assert data["preprocess"]["channels"] == "gray" and data["preprocess"]["size"] == [28, 28]
+    meta = {p.key: p.value for p in onnx.load(str(out / "int8.onnx")).metadata_props}
+    assert json.loads(meta["input.preprocess"]) == data["preprocess"]
     top1 = m["artifacts"]["int8"]["top1"]
     # the same 200 images from IDX, through onnxruntime
     sess = ort.InferenceSession(str(out / "int8.onnx"), providers=["CPUExecutionProvider"])
@@ -158,7 +162,6 @@ def test_image_folder_exports_and_predict_reproduces_the_evaluation(tmp_path):
     preds = json.loads(pr.stdout)["predictions"]
     hits = [int(Path(q["source"]).parent.name.split("-")[0]) == q["top"][0]["class"] for q in preds]
     assert len(hits) == 200 and float(np.mean(hits)) == pytest.approx(top1, abs=1e-12)
-    assert data is not None
 
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
