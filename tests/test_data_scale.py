@@ -219,3 +219,35 @@ def test_streamed_training_gives_the_in_memory_weights(tmp_path, workers):
 
     a, b = train(eager), train(lazy)
     assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["0.weight"], b["0.weight"] * 0)
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy"])
+def test_ptq_calibrates_from_image_files_batch_by_batch(tmp_path, method):
+    """quantize_ptq takes lazily decoded images (entropy: a range of batches at a time through
+    CalibStridedMinMax) and an iterable of batches; minmax gives the file the array gives."""
+    from edgecompress.config import QuantConfig
+    from edgecompress.quantize.ptq import quantize_ptq
+
+    from ._onnx_models import cnn
+
+    x = np.random.default_rng(0).integers(0, 255, (96, 8, 8), np.uint8)
+    write_folder(tmp_path / "f", x, np.zeros(96, int), ["c"])
+    ds, _ = _loader()(tmp_path / "f", None)
+    fp32 = cnn(tmp_path / "m.onnx", channels=1, hw=8)
+    cfg = QuantConfig(method=method, calib_samples=96)
+    lazy = quantize_ptq(fp32, tmp_path / "lazy.onnx", ds.x, cfg)
+    arr = ds.x[np.arange(96)]
+    eager = quantize_ptq(fp32, tmp_path / "eager.onnx", arr, cfg)
+    batches = quantize_ptq(fp32, tmp_path / "iter.onnx", (arr[i : i + 32] for i in range(0, 96, 32)), cfg)
+    assert lazy.calib_samples == eager.calib_samples == batches.calib_samples == 96
+    if method == "minmax":  # min/max merge exactly: the same file whatever feeds the batches
+        assert (tmp_path / "lazy.onnx").read_bytes() == (tmp_path / "eager.onnx").read_bytes()
+        assert (tmp_path / "iter.onnx").read_bytes() == (tmp_path / "eager.onnx").read_bytes()
+    else:
+        assert (tmp_path / "lazy.onnx").stat().st_size > 0
+
+
+def test_preprocessing_flags_on_array_data_are_a_one_line_error(tmp_path):
+    p = run_cli(["export", "resnet8-tiny", "--data", "random", "--input-shape", "1,1,8,8", "--mean", "0.5", "--out",
+                 str(tmp_path / "o")], tmp_path)
+    assert p.returncode == 2 and "apply to image folders" in p.stderr and len(p.stderr.strip().splitlines()) == 1
