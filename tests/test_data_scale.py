@@ -251,3 +251,18 @@ def test_preprocessing_flags_on_array_data_are_a_one_line_error(tmp_path):
     p = run_cli(["export", "resnet8-tiny", "--data", "random", "--input-shape", "1,1,8,8", "--mean", "0.5", "--out",
                  str(tmp_path / "o")], tmp_path)
     assert p.returncode == 2 and "apply to image folders" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_training_logs_one_time_estimate_after_the_first_steps():
+    import torch.nn as nn
+
+    from edgecompress.data.dataset import Dataset
+    from edgecompress.train.loop import TrainConfig, cross_entropy, fit
+
+    rng = np.random.default_rng(0)
+    d = Dataset(rng.random((64, 1, 4, 4), dtype=np.float32), rng.integers(0, 2, 64), "mem")
+    lines: list[str] = []
+    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    fit(m, d, TrainConfig(epochs=2, batch_size=8), cross_entropy, desc="kd", log=lines.append)
+    assert len(lines) == 1 and lines[0].startswith("kd: ") and "steps/s over the first 3 steps" in lines[0]
+    assert "for the remaining 13" in lines[0]
