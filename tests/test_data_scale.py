@@ -132,6 +132,7 @@ def test_device_cuda_without_a_gpu_is_one_line_exit_2(tmp_path):
 def test_image_folder_exports_and_predict_reproduces_the_evaluation(tmp_path):
     """Mixed PNG/JPEG gray training images; PNG eval images, whose top-1 under onnxruntime equals that of
     the same images read from IDX, and predict on the raw files reproduces the manifest's INT8 top-1."""
+    import onnx
     import onnxruntime as ort
 
     xt, yt, classes = _fm("train", 400)
@@ -144,9 +145,12 @@ def test_image_folder_exports_and_predict_reproduces_the_evaluation(tmp_path):
                  "--min-agreement", "0", "--exporter", "torchscript", "--workers", "1", "--out", str(out)], tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     m = json.loads((out / "manifest.json").read_text())
-    data = m["data"] if "data" in m else m["config"]
-    files = json.dumps(m)
-    assert '"file_lists"' in files and '"file_list_sha256"' in files, list(m)
+    data = m["data"]
+    assert data["kind"] == "images" and data["file_lists"]["eval"]["count"] == 200
+    assert data["images"]["files"] == 400 and len(data["file_lists"]["train"]["sha256"]) == 64
+    assert data["preprocess"]["channels"] == "gray" and data["preprocess"]["size"] == [28, 28]
+    meta = {p.key: p.value for p in onnx.load(str(out / "int8.onnx")).metadata_props}
+    assert json.loads(meta["input.preprocess"]) == data["preprocess"]
     top1 = m["artifacts"]["int8"]["top1"]
     # the same 200 images from IDX, through onnxruntime
     sess = ort.InferenceSession(str(out / "int8.onnx"), providers=["CPUExecutionProvider"])
@@ -158,7 +162,6 @@ def test_image_folder_exports_and_predict_reproduces_the_evaluation(tmp_path):
     preds = json.loads(pr.stdout)["predictions"]
     hits = [int(Path(q["source"]).parent.name.split("-")[0]) == q["top"][0]["class"] for q in preds]
     assert len(hits) == 200 and float(np.mean(hits)) == pytest.approx(top1, abs=1e-12)
-    assert data is not None
 
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -216,3 +219,50 @@ def test_streamed_training_gives_the_in_memory_weights(tmp_path, workers):
 
     a, b = train(eager), train(lazy)
     assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["0.weight"], b["0.weight"] * 0)
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy"])
+def test_ptq_calibrates_from_image_files_batch_by_batch(tmp_path, method):
+    """quantize_ptq takes lazily decoded images (entropy: a range of batches at a time through
+    CalibStridedMinMax) and an iterable of batches; minmax gives the file the array gives."""
+    from edgecompress.config import QuantConfig
+    from edgecompress.quantize.ptq import quantize_ptq
+
+    from ._onnx_models import cnn
+
+    x = np.random.default_rng(0).integers(0, 255, (96, 8, 8), np.uint8)
+    write_folder(tmp_path / "f", x, np.zeros(96, int), ["c"])
+    ds, _ = _loader()(tmp_path / "f", None)
+    fp32 = cnn(tmp_path / "m.onnx", channels=1, hw=8)
+    cfg = QuantConfig(method=method, calib_samples=96)
+    lazy = quantize_ptq(fp32, tmp_path / "lazy.onnx", ds.x, cfg)
+    arr = ds.x[np.arange(96)]
+    eager = quantize_ptq(fp32, tmp_path / "eager.onnx", arr, cfg)
+    batches = quantize_ptq(fp32, tmp_path / "iter.onnx", (arr[i : i + 32] for i in range(0, 96, 32)), cfg)
+    assert lazy.calib_samples == eager.calib_samples == batches.calib_samples == 96
+    if method == "minmax":  # min/max merge exactly: the same file whatever feeds the batches
+        assert (tmp_path / "lazy.onnx").read_bytes() == (tmp_path / "eager.onnx").read_bytes()
+        assert (tmp_path / "iter.onnx").read_bytes() == (tmp_path / "eager.onnx").read_bytes()
+    else:
+        assert (tmp_path / "lazy.onnx").stat().st_size > 0
+
+
+def test_preprocessing_flags_on_array_data_are_a_one_line_error(tmp_path):
+    p = run_cli(["export", "resnet8-tiny", "--data", "random", "--input-shape", "1,1,8,8", "--mean", "0.5", "--out",
+                 str(tmp_path / "o")], tmp_path)
+    assert p.returncode == 2 and "apply to image folders" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_training_logs_one_time_estimate_after_the_first_steps():
+    import torch.nn as nn
+
+    from edgecompress.data.dataset import Dataset
+    from edgecompress.train.loop import TrainConfig, cross_entropy, fit
+
+    rng = np.random.default_rng(0)
+    d = Dataset(rng.random((64, 1, 4, 4), dtype=np.float32), rng.integers(0, 2, 64), "mem")
+    lines: list[str] = []
+    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    fit(m, d, TrainConfig(epochs=2, batch_size=8), cross_entropy, desc="kd", log=lines.append)
+    assert len(lines) == 1 and lines[0].startswith("kd: ") and "steps/s over the first 3 steps" in lines[0]
+    assert "for the remaining 13" in lines[0]

@@ -42,14 +42,13 @@ def load_inputs(cfg: RunConfig, d: Path, log: Callable[[str], None], t_start: fl
         images = partial(_image_folder, cfg)
         splits = load_splits(cfg.data.data, cfg.data.eval_data, input_shape=None, seed=cfg.seed,
                              val_fraction=cfg.data.val_fraction, eval_fraction=cfg.data.eval_fraction, images=images)
-        prep = getattr(splits.train.x, "prep", None)
-        if prep is None and not is_default(cfg.data):
-            raise BadInput("--image-size/--resize/--channels/--mean/--std apply to image folders; this --data is "
-                           "an array data set (IDX/npz): drop them or pass a folder of images")
         lm = load_model(cfg.model, data_shape=tuple(splits.train.x.shape[1:]))
         if tuple(lm.input_shape[1:]) != tuple(splits.train.x.shape[1:]):
             raise BadInput(f"--input-shape {','.join(map(str, lm.input_shape))} does not match the data's "
                            f"samples {tuple(splits.train.x.shape[1:])}; drop --input-shape or fix it")
+    if getattr(splits.train.x, "prep", None) is None and not is_default(cfg.data):
+        raise BadInput("--image-size/--resize/--crop-fraction/--channels/--mean/--std apply to image folders; this "
+                       f"--data is {kind} (arrays, used as stored): drop them or pass a folder of images")
     splits = limit(splits, seed=cfg.seed, max_train=cfg.data.max_train, max_eval=cfg.data.max_eval,
                    val_fraction=cfg.data.val_fraction)
     _record_file_lists(splits)

@@ -17,14 +17,20 @@ def progress(total: int, desc: str, disable: bool = False):
                 mininterval=0.2 if tty else 30.0, disable=disable)
 
 
-def estimator(desc: str, log: Callable[[str], None] | None, warm: int) -> Callable[[int, int], None]:
-    """After ``warm`` steps: one log line with steps/s and the estimated time left (the bar shows it live)."""
+def estimator(desc: str, log: Callable[[str], None] | None, warm: int, bar=None) -> Callable[[int, int], None]:
+    """After ``warm`` steps: one log line with steps/s and the estimated time left (the bar shows it
+    live); the bar is cleared around the line so they do not share a line."""
     t0 = time.perf_counter()
 
     def eta(done: int, left: int) -> None:
         if log is not None and done == warm:
             rate = done / max(1e-9, time.perf_counter() - t0)
-            log(f"{desc}: {rate:.2f} steps/s over the first {done} steps; about {left / rate / 60:.1f} min for "
-                f"the remaining {left}")
+            secs = left / rate
+            when = f"{secs:.0f} s" if secs < 120 else f"{secs / 60:.1f} min"
+            if bar is not None:
+                bar.clear()
+            log(f"{desc}: {rate:.2f} steps/s over the first {done} steps; about {when} for the remaining {left}")
+            if bar is not None:
+                bar.refresh()
 
     return eta

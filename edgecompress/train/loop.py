@@ -184,7 +184,6 @@ def fit(
             g.set_state(st["rng_ranks"][ddp.rank])
             st["perm"] = None if st["perm"] is None else ddp.perm(st["epoch"] - 1)
     resumed_from = st["step"]
-    eta = estimator(desc, log, warm=min(20, max(3, (total - resumed_from) // 20)))
 
     def save() -> None:
         if checkpoint is not None:
@@ -196,6 +195,7 @@ def fit(
     net = model if ddp is None else ddp.wrap(model, extra)
     bar = progress(total, desc, disable=ddp is not None and ddp.rank != 0)
     bar.update(st["step"])
+    eta = estimator(desc, log, warm=min(20, max(3, (total - resumed_from) // 20)), bar=bar)
     try:
         while st["step"] < total and not st["stopped"]:
             if st["perm"] is None:
