@@ -38,6 +38,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--trust-checkpoint", "model.trust_checkpoint",
          "allow full unpickling of --weights (can run code from the file: only for files you trust)"),
     Flag("--input-shape", "model.input_shape", "N,C,H,W", parse=shape, default="from the data or the zoo entry"),
+    Flag("--output-kind", "model.output_kinds", "NAME=KIND: the kind of a model output (logits, sigmoid, softmax, "
+         "dense, regression) instead of the one inferred from its values; decides its distillation loss and its "
+         "fidelity figures (repeatable; KIND alone for a one-output model)", append=True),
     Flag("--data", "data.data", "fashion-mnist, random, a directory of IDX files, or FILE.npz with x and y",
          default="fashion-mnist"),
     Flag("--eval-data", "data.eval_data", "evaluation set: FILE.npz or IDX directory",
@@ -80,6 +83,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--kd-augment-flip", "distill.augment_flip", "random horizontal flip of the KD training images"),
     Flag("--kd-mixup", "distill.mixup", "mixup of the KD training images, Beta(A, A): teacher and student see the "
          "same blend (0 = off; 1 = a uniform blend weight)"),
+    Flag("--kd-output-weight", "distill.output_weights", "NAME=W: weight of that output's distillation loss, for "
+         "models with several outputs (default 1 each; repeatable)", append=True),
     Flag("--quant", "quant.mode", "ptq: static, calibrated; qat: quantization-aware training with KD (torchao "
          "pt2e); dynamic: int8 weights, for MatMul/Gemm-heavy models; none"),
     Flag("--qat-epochs", "qat.epochs", "epochs of quantization-aware training with --quant qat"),
@@ -97,6 +102,8 @@ FLAGS: tuple[Flag, ...] = (
          "at INT8 size)"),
     Flag("--min-agreement", "verify.min_int8_agreement", "gate: INT8 vs FP32 top-1 agreement on the eval set >= F "
          "(0 = report only)"),
+    Flag("--min-snr-db", "verify.min_snr_db", "gate: worst-channel SNR of INT8 vs FP32 for regression outputs "
+         "(boxes, embeddings), in dB"),
     Flag("--max-accuracy-drop", "verify.max_accuracy_drop", "gate: INT8 top-1 at most F points below the original",
          default="report only"),
     Flag("--parity-tol", "verify.parity_tol", "gate: FP32 ONNX vs PyTorch max-abs <= F * max(1,|logit|)"),

@@ -21,6 +21,7 @@ from edgecompress.config.parse import EnumFields
 from edgecompress.config.parse import choice as _choice
 from edgecompress.errors import ConfigError
 from edgecompress.runtime.latency import PROTOCOL
+from edgecompress.runtime.outputs import OutputKind
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,8 +31,13 @@ class ModelConfig(EnumFields):
     input_shape: tuple[int, ...] | None = None  # N,C,H,W; None = from the data or the zoo entry
     num_classes: int | None = None  # zoo models only; None = 10
     trust_checkpoint: bool = False  # allow full unpickling of --weights (runs code in the file)
+    # the kind of an output, NAME=KIND (KIND alone for a one-output model), instead of the inferred one;
+    # kinds: edgecompress.runtime.outputs.OutputKind (logits, sigmoid, softmax, dense, regression)
+    output_kinds: tuple[str, ...] = ()
 
     def validate(self) -> None:
+        for e in self.output_kinds:
+            _choice(f"--output-kind {e}", e.rpartition("=")[2], OutputKind)
         if self.input_shape is not None:
             if len(self.input_shape) != 4 or any(d <= 0 for d in self.input_shape):
                 raise ConfigError(
@@ -157,8 +163,18 @@ class DistillConfig(EnumFields):
     # cross-entropy term gets the blended labels (edgecompress.train.mixup). 0 = off
     mixup: float = 0.0
     checkpoint_every: int = 100  # steps between resume checkpoints (also at the end of every epoch)
+    # models with several outputs or non-logit outputs: NAME=W weighs that output's loss (default 1; 0 = off)
+    output_weights: tuple[str, ...] = ()
 
     def validate(self) -> None:
+        for e in self.output_weights:
+            name, sep, w = e.rpartition("=")
+            try:
+                ok = bool(sep and name) and float(w) >= 0 and math.isfinite(float(w))
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(f"--kd-output-weight {e}: expected NAME=W with W >= 0, e.g. boxes=2")
         if self.checkpoint_every < 1:
             raise ConfigError(f"checkpoint_every={self.checkpoint_every}: must be >= 1 (steps)")
         if self.patience < 0:
@@ -274,6 +290,9 @@ class VerifyConfig(EnumFields):
     parity_tol: float = 1e-4  # FP32 ONNX vs PyTorch: max-abs <= tol * max(1, max|logit|)
     min_int8_agreement: float = 0.99  # gate: INT8 vs FP32 top-1 agreement on the eval set (0 = report only)
     max_accuracy_drop: float | None = None  # points of top-1, INT8 vs teacher; None = report only
+    # gate for regression outputs (boxes, embeddings): the worst channel's SNR of INT8 vs its FP32 parent
+    # (runtime.fidelity); class, multi-label and dense outputs are gated on min_int8_agreement
+    min_snr_db: float = 20.0
 
     def validate(self) -> None:
         if self.parity_tol <= 0:

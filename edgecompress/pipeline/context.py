@@ -15,6 +15,7 @@ from edgecompress.config import RunConfig, Stage
 from edgecompress.data import Splits
 from edgecompress.models import LoadedModel
 from edgecompress.report import Artifact, Gate
+from edgecompress.runtime.outputs import is_classifier
 
 
 @dataclass(kw_only=True)
@@ -38,8 +39,13 @@ class RunContext:
     fp32_model: nn.Module | None = None  # its PyTorch model (INC and QAT start from it)
 
     @property
+    def classifier(self) -> bool:
+        """One output of class scores: top-1 against integer labels applies."""
+        return is_classifier(self.lm.outputs)
+
+    @property
     def labelled_eval(self) -> bool:
-        return self.splits.eval is not None and self.splits.eval.y is not None
+        return self.splits.eval is not None and self.splits.eval.y is not None and self.classifier
 
     def parity_samples(self, n: int) -> np.ndarray:
         """The first ``n`` samples of the eval set (the training set without one), for parity checks."""

@@ -16,8 +16,10 @@ from edgecompress.config import RunConfig, Stage
 from edgecompress.data import limit, load_splits, resolve_data
 from edgecompress.errors import BadInput
 from edgecompress.models import LoadedModel, load_model
+from edgecompress.models.outputs import predict_outputs
 from edgecompress.pipeline.context import RunContext
 from edgecompress.report import versions
+from edgecompress.runtime.outputs import OutputInfo, describe_outputs, is_classifier, parse_kind_overrides
 
 
 def seed_everything(seed: int) -> None:
@@ -43,7 +45,12 @@ def load_inputs(cfg: RunConfig, d: Path, log: Callable[[str], None], t_start: fl
                            f"samples {tuple(splits.train.x.shape[1:])}; drop --input-shape or fix it")
     splits = limit(splits, seed=cfg.seed, max_train=cfg.data.max_train, max_eval=cfg.data.max_eval,
                    val_fraction=cfg.data.val_fraction)
+    lm.outputs = infer_outputs(lm, splits.train.x[:64], cfg.model.output_kinds)
+    if not is_classifier(lm.outputs):
+        check_non_classifier(cfg)
     for part in (splits.train, splits.eval):
+        if not is_classifier(lm.outputs):
+            break  # labels for other outputs: the user's metric reads them
         if part is not None and part.y is not None and len(part.y) and part.y.max() >= lm.num_classes:
             raise BadInput(f"labels in {part.source} go up to {int(part.y.max())} but the model has "
                            f"{lm.num_classes} outputs; labels must be 0..{lm.num_classes - 1}")
@@ -55,7 +62,9 @@ def load_inputs(cfg: RunConfig, d: Path, log: Callable[[str], None], t_start: fl
                            "samples; lower --calib-samples or pass more data")
         rng = np.random.default_rng(cfg.seed)
         calib_idx = np.sort(rng.choice(len(splits.train), cfg.quant.calib_samples, replace=False))
-    log(f"model {lm.spec.ref} ({lm.num_classes} classes, input {list(lm.input_shape)}); data "
+    what = f"{lm.num_classes} classes" if is_classifier(lm.outputs) else \
+        ", ".join(f"{o.name} {list(o.shape)} {o.kind}" for o in lm.outputs)
+    log(f"model {lm.spec.ref} ({what}, input {list(lm.input_shape)}); data "
         f"{splits.description['kind']}: {len(splits.train)} train / {len(splits.val)} val / "
         f"{0 if splits.eval is None else len(splits.eval)} eval")
     ctx = RunContext(cfg=cfg, d=d, log=log, t_start=t_start, lm=lm, splits=splits,
@@ -65,6 +74,29 @@ def load_inputs(cfg: RunConfig, d: Path, log: Callable[[str], None], t_start: fl
     return ctx
 
 
+def infer_outputs(lm: LoadedModel, x: np.ndarray, overrides: tuple[str, ...]) -> tuple[OutputInfo, ...]:
+    """Names, shapes and kinds of the model's outputs from its values on ``x`` (runtime.outputs)."""
+    arrays = predict_outputs(lm.model, x)
+    return describe_outputs(lm.output_names, arrays, parse_kind_overrides(overrides, lm.output_names))
+
+
+def check_non_classifier(cfg: RunConfig) -> None:
+    """What measures top-1 of one classifier output cannot run on other models: name it."""
+    plan = cfg.plan()
+    needs = [(flag, fix) for flag, on, fix in (
+        ("--quant qat", Stage.QAT in plan, "use --quant ptq"),
+        ("--quant-backend inc", cfg.quant.backend == "inc", "use --quant-backend ort"),
+        ("--drop-blocks", cfg.prune.drop_blocks > 0, "drop it"),
+        ("--max-accuracy-drop", cfg.verify.max_accuracy_drop is not None,
+         "drop it (the fidelity gates vs the FP32 file apply)"),
+        ("--allocation sensitivity without --sensitivity FILE",
+         cfg.prune.allocation == "sensitivity" and cfg.prune.sensitivity is None, "use --allocation uniform"),
+    ) if on]  # fmt: skip
+    if needs:
+        raise BadInput(f"{needs[0][0]} works on models with one classifier output (top-1 on labels); this model's "
+                       f"outputs are not that: {needs[0][1]}")
+
+
 def onnx_metadata(lm: LoadedModel, classes: tuple[str, ...] | list[str]) -> dict[str, str]:
     return {
         "edgecompress.version": versions().get("edgecompress") or "dev",
@@ -72,6 +104,7 @@ def onnx_metadata(lm: LoadedModel, classes: tuple[str, ...] | list[str]) -> dict
         "input.shape": json.dumps(list(lm.input_shape)),
         "input.normalization": "float32 in [0,1]: uint8 pixels / 255",
         "classes": json.dumps(list(classes) or [str(i) for i in range(lm.num_classes)]),
+        **({} if is_classifier(lm.outputs) else {"outputs": json.dumps([o.to_dict() for o in lm.outputs])}),
         "source.model": lm.spec.ref,
         "source.weights_sha256": lm.weights_sha256 or "",
     }

@@ -105,7 +105,7 @@ def _calib(ctx: RunContext) -> dict[str, np.ndarray | None]:
     """Up to 256 calibration samples (the first of PTQ's when it runs): block dropping, Taylor."""
     train = ctx.splits.train
     idx = ctx.calib_idx[:256] if len(ctx.calib_idx) else np.arange(min(256, len(train)))
-    return {"calib_x": train.x[idx], "calib_y": None if train.y is None else train.y[idx]}
+    return {"calib_x": train.x[idx], "calib_y": None if train.y is None or not ctx.classifier else train.y[idx]}
 
 
 def _probe(ctx: RunContext):
@@ -183,7 +183,7 @@ class Quantize:
         started = f"{parent} (distilled)" if Stage.DISTILL in ctx.stages else parent  # QAT continues from KD
         job = registry.QuantJob(
             src=ctx.d / f"{parent}.onnx", dst=ctx.d / "int8.onnx", cfg=cfg.quant,
-            calib_x=splits.train.x[ctx.calib_idx], val_x=splits.val.x, val_y=splits.val.y,
+            calib_x=splits.train.x[ctx.calib_idx], val_x=splits.val.x, val_y=splits.val.y if ctx.classifier else None,
             max_accuracy_drop=cfg.verify.max_accuracy_drop, threads=cfg.bench.threads, batch=cfg.bench.batch,
             input_shape=tuple(ctx.lm.input_shape), model=ctx.fp32_model, teacher=ctx.lm.model, train=splits.train,
             example=ctx.example, parity_x=ctx.parity_samples(256), qat=cfg.qat, opset=cfg.onnx.opset,

@@ -13,31 +13,55 @@ import torch
 from edgecompress.files import atomic_write_text, sha256_file
 from edgecompress.pipeline.context import RunContext, RunResult
 from edgecompress.report import Gate, Manifest, command_line, render_report, versions
-from edgecompress.runtime import cpu_info, file_bytes, make_session, measure_latency, run_batched
+from edgecompress.runtime import cpu_info, file_bytes, make_session, measure_latency, run_batched_all
+from edgecompress.runtime.fidelity import GateBounds, compare_outputs, fidelity_gates
 
 
 class Evaluate:
+    """Every artifact under onnxruntime: top-1 on labels (a classifier), fidelity to the original
+    per output (runtime.fidelity), and the INT8 gates against its FP32 parent."""
+
     name = "evaluate"
 
     def run(self, ctx: RunContext) -> None:
-        ev, verify = ctx.splits.eval, ctx.cfg.verify
-        preds: dict[str, np.ndarray] = {}
-        if ctx.labelled_eval:
-            ctx.log(f"evaluating {len(ctx.arts)} artifact(s) on {len(ev)} samples with onnxruntime")
+        ev = ctx.splits.eval if ctx.splits.eval is not None else ctx.splits.train
+        ctx.log(f"evaluating {len(ctx.arts)} artifact(s) on {len(ev)} samples with onnxruntime")
+        outs: dict[str, list[np.ndarray]] = {}
+        for name, a in ctx.arts.items():
+            outs[name] = run_batched_all(make_session(ctx.d / a.path, threads=torch.get_num_threads()), ev.x)
+            if ctx.labelled_eval:
+                a.top1 = float((outs[name][0].argmax(1) == ev.y).mean())
+        infos = ctx.lm.outputs
+        if "original" in outs:
             for name, a in ctx.arts.items():
-                sess = make_session(ctx.d / a.path, threads=torch.get_num_threads())
-                preds[name] = run_batched(sess, ev.x).argmax(1)
-                a.top1 = float((preds[name] == ev.y).mean())
+                if name != "original":
+                    a.fidelity = compare_outputs(outs["original"], outs[name], infos)
         parent = ctx.fp32_parent
-        if "int8" in preds and parent in preds:
-            agree = float((preds["int8"] == preds[parent]).mean())
-            ctx.stage_results["quantize"]["agreement_with_fp32"] = agree
-            ctx.gates.append(Gate(name=f"INT8 vs {parent} top-1 agreement", value=agree,
-                                  bound=verify.min_int8_agreement, passed=agree >= verify.min_int8_agreement))
-            if verify.max_accuracy_drop is not None:
-                drop = 100 * (ctx.arts[parent].top1 - ctx.arts["int8"].top1)
-                ctx.gates.append(Gate(name=f"INT8 top-1 drop vs {parent} (points)", value=drop,
-                                      bound=verify.max_accuracy_drop, passed=drop <= verify.max_accuracy_drop))
+        if "int8" not in outs or parent not in outs:
+            return
+        if ctx.classifier:
+            self._classifier_gates(ctx, outs, parent)
+            return
+        vs_parent = compare_outputs(outs[parent], outs["int8"], infos)
+        ctx.stage_results["quantize"]["fidelity_vs_fp32"] = vs_parent
+        bounds = GateBounds(min_agreement=ctx.cfg.verify.min_int8_agreement, min_snr_db=ctx.cfg.verify.min_snr_db)
+        for g in fidelity_gates(vs_parent, infos, bounds):
+            ctx.gates.append(Gate(name=f"INT8 vs {parent} {g.name}", value=g.value, bound=g.bound, passed=g.passed))
+
+    @staticmethod
+    def _classifier_gates(ctx: RunContext, outs: dict[str, list[np.ndarray]], parent: str) -> None:
+        """One classifier output: the top-1 agreement and accuracy-drop gates, on labelled data."""
+        if not ctx.labelled_eval:
+            return
+        verify = ctx.cfg.verify
+        agree = float((outs["int8"][0].argmax(1) == outs[parent][0].argmax(1)).mean())
+        ctx.stage_results["quantize"]["agreement_with_fp32"] = agree
+        ctx.gates.append(Gate(name=f"INT8 vs {parent} top-1 agreement", value=agree,
+                              bound=verify.min_int8_agreement, passed=agree >= verify.min_int8_agreement))
+        if verify.max_accuracy_drop is not None:
+            drop = 100 * (ctx.arts[parent].top1 - ctx.arts["int8"].top1)
+            ctx.gates.append(Gate(name=f"INT8 top-1 drop vs {parent} (points)", value=drop,
+                                  bound=verify.max_accuracy_drop, passed=drop <= verify.max_accuracy_drop))
 
 
 class Benchmark:
@@ -75,7 +99,8 @@ def write_manifest(ctx: RunContext) -> RunResult:
     manifest = Manifest(
         status="failed" if failures else "complete", command=command_line(),
         model=lm.spec.to_dict() | {"weights": lm.weights, "weights_sha256": lm.weights_sha256,
-                                   "input_shape": list(lm.input_shape), "num_classes": lm.num_classes},
+                                   "input_shape": list(lm.input_shape), "num_classes": lm.num_classes,
+                                   "classifier": ctx.classifier, "outputs": [o.to_dict() for o in lm.outputs]},
         data=ctx.splits.description, stages=[str(s) for s in ctx.stages], artifacts=ctx.arts,
         stage_results=ctx.stage_results, gates=ctx.gates, warnings=warnings_,
         bench={"threads": b.threads, "batch": b.batch, "warmup": b.warmup, "runs": b.runs}, versions=versions(),

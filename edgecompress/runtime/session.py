@@ -41,6 +41,13 @@ def run_batched(sess, x: np.ndarray, batch: int = 256) -> np.ndarray:
     return np.concatenate(outs)
 
 
+def run_batched_all(sess, x: np.ndarray, batch: int = 256) -> list[np.ndarray]:
+    """Every output of ``sess`` on ``x``, in the file's output order."""
+    name = sess.get_inputs()[0].name
+    parts = [sess.run(None, {name: x[i : i + batch]}) for i in range(0, len(x), batch)]
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(sess.get_outputs()))]
+
+
 def input_shape_of(sess, batch: int) -> tuple[int, ...]:
     shape = []
     for i, d in enumerate(sess.get_inputs()[0].shape):
