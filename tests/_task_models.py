@@ -17,8 +17,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 IMG = 32  # images are 1 x 32 x 32
-GRID = 8  # the detector's grid: 4 x 4 pixel cells... of 32 / 8
+GRID = 8  # the detector's grid of 4 x 4 pixel cells
 CELL = IMG // GRID
+FRAME = 640  # the detector reports boxes in the pixels of the 640 x 640 frame its 32 x 32 input was scaled from
+SCALE = FRAME / IMG
 SHAPES = 3  # classes of the detector / multi-label data: filled square, hollow square, plus
 
 
@@ -39,7 +41,7 @@ class TwoHead(nn.Module):
 
 
 class TinyUNet(nn.Module):
-    def __init__(self, classes: int = 3, width: int = 16) -> None:
+    def __init__(self, classes: int = SHAPES + 1, width: int = 16) -> None:
         super().__init__()
         self.enc1, self.enc2 = _cbr(1, width), nn.Sequential(_cbr(width, 2 * width, 2), _cbr(2 * width, 2 * width))
         self.mid = nn.Sequential(_cbr(2 * width, 4 * width, 2), _cbr(4 * width, 4 * width))
@@ -68,7 +70,7 @@ class MultiLabel(nn.Module):
 
 
 class TinyDetector(nn.Module):
-    """A grid of GRID x GRID cells; per cell: box (cx, cy, w, h) in pixels, then objectness x class
+    """A grid of GRID x GRID cells; per cell: box (cx, cy, w, h) in frame pixels (0..640), then class
     scores in [0, 1]; one output [N, GRID*GRID, 4 + SHAPES], as YOLO-style exports give."""
 
     def __init__(self, width: int = 32) -> None:
@@ -83,8 +85,8 @@ class TinyDetector(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.body(x)
         b = self.box(f)
-        xy = (torch.sigmoid(b[:, :2]) + self.offset) * CELL
-        wh = torch.exp(b[:, 2:].clamp(-4, 4)) * CELL
+        xy = (torch.sigmoid(b[:, :2]) + self.offset) * (CELL * SCALE)
+        wh = torch.exp(b[:, 2:].clamp(-4, 4)) * (CELL * SCALE)
         scores = torch.sigmoid(self.cls(f))
         out = torch.cat([xy, wh, scores], 1)  # [N, 4 + C, G, G]
         return out.flatten(2).transpose(1, 2)  # [N, G*G, 4 + C]
@@ -215,7 +217,7 @@ def detector_loss(boxes: list[np.ndarray]):
     def loss(out: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         o, c, b = obj[idx], cls[idx], box[idx]
         bce = F.binary_cross_entropy(out[..., 4:].clamp(1e-6, 1 - 1e-6), c)
-        reg = F.smooth_l1_loss(out[..., :4][o] / CELL, b[o] / CELL) if o.any() else out.sum() * 0
+        reg = F.smooth_l1_loss(out[..., :4][o] / (CELL * SCALE), b[o] / CELL) if o.any() else out.sum() * 0
         return 4 * bce + reg
 
     return loss
@@ -224,12 +226,12 @@ def detector_loss(boxes: list[np.ndarray]):
 # ---------------------------------------------------------------- metrics (numpy: the user's --metric)
 
 def decode(pred: np.ndarray, thresh: float = 0.3) -> list[np.ndarray]:
-    """[N, G*G, 4 + C] -> per image detections [k, 6] = (x0, y0, x1, y1, score, class)."""
+    """[N, G*G, 4 + C] -> per image detections [k, 6] = (x0, y0, x1, y1, score, class), in input pixels."""
     out = []
     for p in pred:
         cls, score = p[:, 4:].argmax(1), p[:, 4:].max(1)
         keep = score > thresh
-        cx, cy, w, h = p[keep, 0], p[keep, 1], p[keep, 2], p[keep, 3]
+        cx, cy, w, h = (p[keep, k] / SCALE for k in range(4))
         out.append(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, score[keep], cls[keep]], 1))
     return out
 
@@ -278,3 +280,53 @@ def miou_labels(pred: np.ndarray, masks: np.ndarray, classes: int) -> float:
     ious = [np.logical_and(p == c, masks == c).sum() / max(1, np.logical_or(p == c, masks == c).sum())
             for c in range(classes) if np.logical_or(p == c, masks == c).any()]
     return float(np.mean(ious))
+
+
+def pad_boxes(boxes: list[np.ndarray], k: int = 4) -> np.ndarray:
+    """Per-image boxes [k_i, 5] -> one array [N, k, 5] padded with rows of -1 (npz-friendly targets)."""
+    out = -np.ones((len(boxes), k, 5), np.float32)
+    for i, b in enumerate(boxes):
+        out[i, : len(b)] = b[:k]
+    return out
+
+
+# the --metric functions: fn(outputs, targets) -> float, higher is better
+
+def metric_map50(outputs: np.ndarray, targets: np.ndarray) -> float:
+    return map50(decode(outputs), [t[t[:, 4] >= 0] for t in targets])
+
+
+def metric_miou(outputs: np.ndarray, targets: np.ndarray) -> float:
+    return miou_labels(outputs, targets, SHAPES + 1)
+
+
+def metric_exact_set(outputs: np.ndarray, targets: np.ndarray) -> float:
+    """Multi-label: the fraction of images whose whole label set is right."""
+    return float(np.mean(np.all((outputs > 0.5) == (targets > 0.5), axis=1)))
+
+
+TASKS = {  # name: (factory, loss maker, targets maker, metric, epochs)
+    "tiny_detector": (TinyDetector, lambda m, b: detector_loss(b), lambda m, b: pad_boxes(b), metric_map50, 15),
+    "tiny_unet": (TinyUNet, lambda m, b: seg_loss(m), lambda m, b: m, metric_miou, 8),
+    "multilabel": (MultiLabel, lambda m, b: multilabel_loss(multihot(b)), lambda m, b: multihot(b),
+                   metric_exact_set, 8),
+}
+
+
+def make_task(name: str, d, n_train: int = 800, n_eval: int = 200, seed: int = 0) -> dict[str, float]:
+    """Trains the stand-in ``name`` on synthetic images and writes ``d/NAME.pt``, ``d/NAME-train.npz``
+    and ``d/NAME-eval.npz`` (x and its targets y); returns the trained model's metric on the eval set."""
+    from pathlib import Path
+
+    factory, loss, targets, metric, epochs = TASKS[name]
+    d = Path(d)
+    x, masks, boxes = shapes_data(n_train, seed)
+    xe, me, be = shapes_data(n_eval, seed + 1)
+    torch.manual_seed(seed)
+    model = train(factory(), x, loss(masks, boxes), epochs=epochs, seed=seed)
+    torch.save(model.state_dict(), d / f"{name}.pt")
+    np.savez(d / f"{name}-train.npz", x=x, y=targets(masks, boxes))
+    np.savez(d / f"{name}-eval.npz", x=xe, y=targets(me, be))
+    with torch.no_grad():
+        out = model(torch.from_numpy(xe)).numpy()
+    return {"metric": metric(out, targets(me, be))}

@@ -100,10 +100,16 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--latency-aware-weights", "quant.latency_aware_weights", "how --latency-aware-int8's FP32 layers store "
          "their weights: int8 = per-channel int8 + Cast/Mul that onnxruntime folds to float at load (FP32 speed "
          "at INT8 size)"),
+    Flag("--range-guard", "quant.range_guard", "models that are not one classifier output: keep in float the "
+         "tail of an output whose channels' ranges differ 100x or more (box pixels next to scores), as INT8's one "
+         "scale would wipe out the narrow channels"),
     Flag("--min-agreement", "verify.min_int8_agreement", "gate: INT8 vs FP32 top-1 agreement on the eval set >= F "
          "(0 = report only)"),
     Flag("--min-snr-db", "verify.min_snr_db", "gate: worst-channel SNR of INT8 vs FP32 for regression outputs "
          "(boxes, embeddings), in dB"),
+    Flag("--metric", "verify.metric", "FILE.py:FN: your metric, FN(outputs, targets) -> float (higher is better, "
+         "a fraction like accuracy) on numpy arrays; targets are the npz's y (any shape) or y_<output> arrays. "
+         "Reported for every artifact; --max-accuracy-drop gates on it"),
     Flag("--max-accuracy-drop", "verify.max_accuracy_drop", "gate: INT8 top-1 at most F points below the original",
          default="report only"),
     Flag("--parity-tol", "verify.parity_tol", "gate: FP32 ONNX vs PyTorch max-abs <= F * max(1,|logit|)"),

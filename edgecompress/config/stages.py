@@ -226,6 +226,9 @@ class QuantConfig(EnumFields):
     # how those FP32 layers store their weights: int8 = per-channel int8 + Cast/Mul, which
     # onnxruntime folds back to float when the session starts (FP32 speed, INT8 bytes); float = as is
     latency_aware_weights: WeightStorage = WeightStorage.INT8
+    # models that are not one classifier output, static ORT PTQ: keep in float the tail of any output whose
+    # channels' ranges differ by two orders of magnitude (boxes in pixels next to scores; quantize.guard)
+    range_guard: bool = True
 
     def validate(self) -> None:
         _choice("--quant", self.mode, QuantMode)
@@ -293,8 +296,14 @@ class VerifyConfig(EnumFields):
     # gate for regression outputs (boxes, embeddings): the worst channel's SNR of INT8 vs its FP32 parent
     # (runtime.fidelity); class, multi-label and dense outputs are gated on min_int8_agreement
     min_snr_db: float = 20.0
+    # the user's own metric, file.py:fn or module:fn: fn(outputs, targets) -> float, higher is better, in
+    # [0, 1] like accuracy (drops are in points, x100); outputs and targets are numpy arrays (a dict by output
+    # name for several outputs / y_<output> targets). Reported per artifact; --max-accuracy-drop gates on it
+    metric: str | None = None
 
     def validate(self) -> None:
+        if self.metric is not None and ":" not in self.metric:
+            raise ConfigError(f"--metric {self.metric}: expected path/to/file.py:function or package.module:function")
         if self.parity_tol <= 0:
             raise ConfigError(f"parity_tol={self.parity_tol}: must be > 0")
         if not 0 <= self.min_int8_agreement <= 1:

@@ -13,12 +13,15 @@ class Dataset:
     y: np.ndarray | None  # int64, N (None for unlabelled / random data)
     source: str
     classes: tuple[str, ...] = field(default=())
+    # targets of a user's --metric, any shape, one row per sample: {"y": y} or {output name: y_<output>}
+    targets: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
     def take(self, idx: np.ndarray, source: str) -> Dataset:
-        return Dataset(self.x[idx], None if self.y is None else self.y[idx], source, self.classes)
+        targets = None if self.targets is None else {k: v[idx] for k, v in self.targets.items()}
+        return Dataset(self.x[idx], None if self.y is None else self.y[idx], source, self.classes, targets)
 
 
 @dataclass(frozen=True)

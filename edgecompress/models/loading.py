@@ -108,6 +108,14 @@ def _import_factory(ref: str):
     return fn
 
 
+def import_callable(ref: str, flag: str):
+    """The function named by ``path/to/file.py:fn`` or ``package.module:fn`` (the user's code), for ``flag``."""
+    try:
+        return _import_factory(ref)
+    except BadInput as e:
+        raise BadInput(f"{flag} {ref}: {str(e).split(': ', 1)[-1]}") from None
+
+
 def spec_for(name: str | None, num_classes: int | None) -> ModelSpec:
     name = name or DEFAULT_MODEL
     if ":" in name:

@@ -37,6 +37,7 @@ class RunContext:
     warnings: list[str] = field(default_factory=list)
     fp32_parent: str = "original"  # the FP32 artifact the INT8 one is made from
     fp32_model: nn.Module | None = None  # its PyTorch model (INC and QAT start from it)
+    metric: Callable[..., float] | None = None  # the user's --metric fn(outputs, targets)
 
     @property
     def classifier(self) -> bool:

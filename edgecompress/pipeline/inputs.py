@@ -16,6 +16,7 @@ from edgecompress.config import RunConfig, Stage
 from edgecompress.data import limit, load_splits, resolve_data
 from edgecompress.errors import BadInput
 from edgecompress.models import LoadedModel, load_model
+from edgecompress.models.loading import import_callable
 from edgecompress.models.outputs import predict_outputs
 from edgecompress.pipeline.context import RunContext
 from edgecompress.report import versions
@@ -67,7 +68,14 @@ def load_inputs(cfg: RunConfig, d: Path, log: Callable[[str], None], t_start: fl
     log(f"model {lm.spec.ref} ({what}, input {list(lm.input_shape)}); data "
         f"{splits.description['kind']}: {len(splits.train)} train / {len(splits.val)} val / "
         f"{0 if splits.eval is None else len(splits.eval)} eval")
-    ctx = RunContext(cfg=cfg, d=d, log=log, t_start=t_start, lm=lm, splits=splits,
+    metric = None
+    if cfg.verify.metric is not None:
+        metric = import_callable(cfg.verify.metric, "--metric")
+        ev = splits.eval if splits.eval is not None else splits.train
+        if ev.targets is None:
+            raise BadInput(f"--metric {cfg.verify.metric} needs targets: save them in the npz as y (any shape) or "
+                           "y_<output> per output")
+    ctx = RunContext(cfg=cfg, d=d, log=log, t_start=t_start, lm=lm, splits=splits, metric=metric,
                      example=torch.zeros((1, *lm.input_shape[1:])), calib_idx=calib_idx,
                      meta=onnx_metadata(lm, lm.classes or splits.train.classes))
     ctx.timings["load"] = time.time() - t
@@ -87,8 +95,8 @@ def check_non_classifier(cfg: RunConfig) -> None:
         ("--quant qat", Stage.QAT in plan, "use --quant ptq"),
         ("--quant-backend inc", cfg.quant.backend == "inc", "use --quant-backend ort"),
         ("--drop-blocks", cfg.prune.drop_blocks > 0, "drop it"),
-        ("--max-accuracy-drop", cfg.verify.max_accuracy_drop is not None,
-         "drop it (the fidelity gates vs the FP32 file apply)"),
+        ("--max-accuracy-drop", cfg.verify.max_accuracy_drop is not None and cfg.verify.metric is None,
+         "pass your metric with --metric file.py:fn, or drop it (the fidelity gates vs the FP32 file apply)"),
         ("--allocation sensitivity without --sensitivity FILE",
          cfg.prune.allocation == "sensitivity" and cfg.prune.sensitivity is None, "use --allocation uniform"),
     ) if on]  # fmt: skip

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch.nn as nn
 
-from edgecompress.config import PruneConfig, QuantMode, Stage
+from edgecompress.config import PruneConfig, QuantConfig, QuantMode, Stage
 from edgecompress.errors import BadInput
 from edgecompress.export import check_onnx
 from edgecompress.files import atomic_write_text
@@ -25,6 +25,7 @@ from edgecompress.prune import count_macs_params, layer_table, prune
 from edgecompress.prune.allocation import missing_warning
 from edgecompress.prune.sensitivity import SensitivityConfig, ratios_up_to, sensitivity
 from edgecompress.quantize import registry
+from edgecompress.quantize.guard import mixed_range_guard
 from edgecompress.report import Artifact
 from edgecompress.runtime import COMPUTE_OPS, kernel_report
 from edgecompress.train.ddp import run_kd
@@ -181,8 +182,9 @@ class Quantize:
         t0, cfg, stage = time.time(), ctx.cfg, ctx.cfg.quant_stage()
         parent, splits = ctx.fp32_parent, ctx.splits
         started = f"{parent} (distilled)" if Stage.DISTILL in ctx.stages else parent  # QAT continues from KD
+        qcfg, guard = _range_guard(ctx, stage)
         job = registry.QuantJob(
-            src=ctx.d / f"{parent}.onnx", dst=ctx.d / "int8.onnx", cfg=cfg.quant,
+            src=ctx.d / f"{parent}.onnx", dst=ctx.d / "int8.onnx", cfg=qcfg,
             calib_x=splits.train.x[ctx.calib_idx], val_x=splits.val.x, val_y=splits.val.y if ctx.classifier else None,
             max_accuracy_drop=cfg.verify.max_accuracy_drop, threads=cfg.bench.threads, batch=cfg.bench.batch,
             input_shape=tuple(ctx.lm.input_shape), model=ctx.fp32_model, teacher=ctx.lm.model, train=splits.train,
@@ -204,7 +206,25 @@ class Quantize:
                                     int8_op_fraction=kr.int8_op_fraction)
         ctx.stage_results["quantize"] = {"settings": qr.settings, "calib_samples": qr.calib_samples,
                                          "kernels": kr.to_dict()} | out.quantize_record
+        if guard is not None:
+            ctx.stage_results["quantize"]["mixed_range_guard"] = guard
         ctx.timings[str(stage) if stage == Stage.QAT else "quantize"] = time.time() - t0
+
+
+def _range_guard(ctx: RunContext, stage: Stage) -> tuple[QuantConfig, dict[str, Any] | None]:
+    """The mixed-range guard (quantize.guard) for static onnxruntime PTQ of a model that is not one
+    classifier output: the nodes it names join exclude_nodes."""
+    q = ctx.cfg.quant
+    if not q.range_guard or ctx.classifier or stage != Stage.PTQ or q.backend != "ort":
+        return q, None
+    rec = mixed_range_guard(ctx.d / f"{ctx.fp32_parent}.onnx", ctx.splits.train.x[ctx.calib_idx])
+    for g in rec["outputs"]:
+        ctx.log(f"mixed-range guard: output {g['output']} has channel ranges {g['narrowest_range']:.3g} to "
+                f"{g['widest_range']:.3g} ({g['ratio']:.0f}x); {len(g['nodes'])} node(s) feeding it stay float")
+    if not rec["nodes"]:
+        return q, rec
+    return replace(q, exclude_nodes=tuple(q.exclude_nodes) + tuple(n for n in rec["nodes"]
+                                                                 if n not in q.exclude_nodes)), rec
 
 
 def _check_float_layers(path: Path, settings: dict, float_islands: list[str]) -> None:

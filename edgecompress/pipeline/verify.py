@@ -10,6 +10,7 @@ import time
 import numpy as np
 import torch
 
+from edgecompress.errors import BadInput, one_line
 from edgecompress.files import atomic_write_text, sha256_file
 from edgecompress.pipeline.context import RunContext, RunResult
 from edgecompress.report import Gate, Manifest, command_line, render_report, versions
@@ -32,6 +33,9 @@ class Evaluate:
             if ctx.labelled_eval:
                 a.top1 = float((outs[name][0].argmax(1) == ev.y).mean())
         infos = ctx.lm.outputs
+        if ctx.metric is not None:
+            for name, a in ctx.arts.items():
+                a.metric = call_metric(ctx.metric, ctx.cfg.verify.metric, outs[name], infos, ev.targets)
         if "original" in outs:
             for name, a in ctx.arts.items():
                 if name != "original":
@@ -39,6 +43,11 @@ class Evaluate:
         parent = ctx.fp32_parent
         if "int8" not in outs or parent not in outs:
             return
+        drop_bound = ctx.cfg.verify.max_accuracy_drop
+        if ctx.metric is not None and drop_bound is not None:
+            drop = 100 * (ctx.arts[parent].metric - ctx.arts["int8"].metric)
+            ctx.gates.append(Gate(name=f"INT8 {ctx.cfg.verify.metric} drop vs {parent} (points)", value=drop,
+                                  bound=drop_bound, passed=drop <= drop_bound))
         if ctx.classifier:
             self._classifier_gates(ctx, outs, parent)
             return
@@ -58,10 +67,25 @@ class Evaluate:
         ctx.stage_results["quantize"]["agreement_with_fp32"] = agree
         ctx.gates.append(Gate(name=f"INT8 vs {parent} top-1 agreement", value=agree,
                               bound=verify.min_int8_agreement, passed=agree >= verify.min_int8_agreement))
-        if verify.max_accuracy_drop is not None:
+        if verify.max_accuracy_drop is not None and ctx.metric is None:
             drop = 100 * (ctx.arts[parent].top1 - ctx.arts["int8"].top1)
             ctx.gates.append(Gate(name=f"INT8 top-1 drop vs {parent} (points)", value=drop,
                                   bound=verify.max_accuracy_drop, passed=drop <= verify.max_accuracy_drop))
+
+
+def call_metric(fn, ref: str | None, outs: list[np.ndarray], infos, targets: dict[str, np.ndarray] | None) -> float:
+    """The user's metric on one artifact's outputs: fn(outputs, targets), numpy arrays (a dict by
+    output name when there are several outputs / per-output targets)."""
+    outputs = outs[0] if len(outs) == 1 else {i.name: o for i, o in zip(infos, outs, strict=True)}
+    tg = None if targets is None else targets["y"] if "y" in targets else dict(targets)
+    try:
+        v = float(fn(outputs, tg))
+    except Exception as e:
+        raise BadInput(f"--metric {ref} raised {type(e).__name__}: {one_line(e, 300)}; fix the metric (it gets "
+                       "numpy arrays: outputs, targets)") from None
+    if not np.isfinite(v):
+        raise BadInput(f"--metric {ref} returned {v}; return a finite float (higher is better)")
+    return v
 
 
 class Benchmark:

@@ -22,14 +22,18 @@ def fidelity_lines(m: dict[str, Any]) -> list[str]:
     arts = m.get("artifacts", {})
     rows = [(n, arts[n]) for n in (*ARTIFACT_ORDER, *(k for k in arts if k not in ARTIFACT_ORDER))
             if n in arts and arts[n].get("fidelity")]
-    if not outputs and not rows:
+    if not outputs and not rows and not any(a.get("metric") is not None for a in arts.values()):
         return []
     lines = [""]
     if outputs:
         lines.append("Outputs: " + "; ".join(f"`{o['name']}` {o['shape']} **{o['kind']}** ({o['source']}: {o['why']})"
                                              for o in outputs) + ".")
-    metric = m.get("stage_results", {}).get("metric")
-    if metric is None and outputs:
+    metric = m.get("config", {}).get("verify", {}).get("metric")
+    scores = [(n, a["metric"]) for n, a in ((n, arts[n]) for n in (*ARTIFACT_ORDER,) if n in arts)
+              if a.get("metric") is not None]
+    if scores:
+        lines.append(f"Metric `{metric}` on the eval set: " + ", ".join(f"{n} {100 * v:.2f}" for n, v in scores) + ".")
+    elif outputs:
         lines.append("No labels for these outputs: fidelity to the FP32 original replaces accuracy.")
     gates = m.get("gates", []) if outputs else []
     if gates:

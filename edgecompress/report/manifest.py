@@ -50,18 +50,19 @@ class Artifact:
     top1: float | None = None
     # per output, against the FP32 original under onnxruntime (runtime.fidelity): SNR, cosine, max-abs, ...
     fidelity: dict[str, dict[str, float]] | None = None
+    metric: float | None = None  # the user's --metric on the eval set
     latency_ms_p50: float | None = None
     latency_ms_p90: float | None = None
     latency_ms_mean: float | None = None
     bytes: int | None = None
     sha256: str | None = None
 
-    _OPTIONAL = ("parity", "checkpoint", "int8_op_fraction", "top1", "fidelity")  # left out of the JSON when unset
+    _OPTIONAL = ("parity", "checkpoint", "int8_op_fraction", "top1", "fidelity", "metric")  # left out of the JSON when unset
 
     def to_dict(self) -> dict[str, Any]:
         d = {"path": self.path, "macs": self.macs, "params": self.params, "parent": self.parent,
              "parity": self.parity, "status": self.status, "checkpoint": self.checkpoint,
-             "int8_op_fraction": self.int8_op_fraction, "top1": self.top1, "fidelity": self.fidelity,
+             "int8_op_fraction": self.int8_op_fraction, "top1": self.top1, "fidelity": self.fidelity, "metric": self.metric,
              "latency_ms_p50": self.latency_ms_p50, "latency_ms_p90": self.latency_ms_p90,
              "latency_ms_mean": self.latency_ms_mean, "bytes": self.bytes, "sha256": self.sha256}
         return {k: v for k, v in d.items() if not (k in self._OPTIONAL and v is None)}
