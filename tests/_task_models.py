@@ -86,7 +86,7 @@ class TinyDetector(nn.Module):
         f = self.body(x)
         b = self.box(f)
         xy = (torch.sigmoid(b[:, :2]) + self.offset) * (CELL * SCALE)
-        wh = torch.exp(b[:, 2:].clamp(-4, 4)) * (CELL * SCALE)
+        wh = (2 * torch.sigmoid(b[:, 2:])) ** 2 * (CELL * SCALE)  # YOLOv5's: 0..4 cells, no dead zone
         scores = torch.sigmoid(self.cls(f))
         out = torch.cat([xy, wh, scores], 1)  # [N, 4 + C, G, G]
         return out.flatten(2).transpose(1, 2)  # [N, G*G, 4 + C]
@@ -213,12 +213,17 @@ def multilabel_loss(y: np.ndarray):
 
 def detector_loss(boxes: list[np.ndarray]):
     cls, box, obj = (torch.from_numpy(a) for a in grid_targets(boxes))
+    g = torch.arange(GRID, dtype=torch.float32) + 0.5
+    centres = torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)
+    default = torch.cat([centres, torch.ones_like(centres)], 1).expand(len(boxes), -1, -1)
 
     def loss(out: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         o, c, b = obj[idx], cls[idx], box[idx]
         bce = F.binary_cross_entropy(out[..., 4:].clamp(1e-6, 1 - 1e-6), c)
         reg = F.smooth_l1_loss(out[..., :4][o] / (CELL * SCALE), b[o] / CELL) if o.any() else out.sum() * 0
-        return 4 * bce + reg
+        # cells without an object keep the default box (cell centre, one cell wide): boxes a student can mimic
+        rest = F.smooth_l1_loss(out[..., :4][~o] / (CELL * SCALE), default[idx][~o]) if (~o).any() else 0
+        return 4 * bce + reg + 0.1 * rest
 
     return loss
 

@@ -53,7 +53,7 @@ def test_two_head_and_dense_models_load_where_they_were_refused():
     lm = load_model(ModelConfig(name=f"{TM}:two_head", input_shape=(1, 1, 32, 32)))
     assert lm.output_names == ("scores", "boxes") and lm.num_classes == 4
     lm = load_model(ModelConfig(name=f"{TM}:tiny_unet", input_shape=(1, 1, 32, 32)))
-    assert lm.output_names == ("logits",) and lm.num_classes == 3
+    assert lm.output_names == ("logits",) and lm.num_classes == 4  # background + 3 shapes
 
 
 # ------------------------------------------------------------------ kinds
@@ -206,3 +206,66 @@ def test_multilabel_stand_in_is_inferred_sigmoid():
     m = multilabel().eval()
     lm_outputs = describe_outputs(("logits",), [m(torch.rand(8, 1, 32, 32)).detach().numpy()], {})
     assert lm_outputs[0].kind == OutputKind.SIGMOID and not is_classifier(lm_outputs)
+
+
+# ------------------------------------------------------------------ mixed-range guard, targets, metric
+
+def test_guard_names_the_tail_of_a_mixed_range_output(tmp_path):
+    from edgecompress.quantize.guard import mixed_range_guard
+
+    torch.manual_seed(0)
+    path = export_onnx(TinyDetector().eval(), torch.zeros(1, 1, 32, 32), tmp_path / "d.onnx",
+                       ExportOnnxConfig(exporter="torchscript"))
+    x = np.random.default_rng(0).random((16, 1, 32, 32), dtype=np.float32)
+    rec = mixed_range_guard(path, x)
+    (g,) = rec["outputs"]
+    assert g["output"] == "logits" and g["channel_axis"] == 2 and g["ratio"] >= 100
+    assert g["widest_channel"] < 4 <= g["narrowest_channel"]  # a box coordinate vs a class score
+    import onnx
+
+    ops = {n.name: n.op_type for n in onnx.load(str(path)).graph.node}
+    kept = [ops.get(n) for n in rec["nodes"]]
+    assert kept.count("Conv") == 2 and "Concat" in kept  # both heads and what joins them; not the body
+    assert len([o for o in ops.values() if o == "Conv"]) > 2
+    assert mixed_range_guard(path, x, ratio=1e9)["nodes"] == []
+
+
+def test_npz_targets_of_any_shape_and_per_output(tmp_path):
+    from edgecompress.data.readers import load_npz
+
+    x = np.zeros((6, 1, 8, 8), np.uint8)
+    np.savez(tmp_path / "a.npz", x=x, y=np.zeros((6, 8, 8), np.int64))
+    d = load_npz(tmp_path / "a.npz")
+    assert d.y is None and d.targets["y"].shape == (6, 8, 8)
+    np.savez(tmp_path / "b.npz", x=x, y_boxes=np.zeros((6, 4)), y_scores=np.zeros((6, 3)))
+    d = load_npz(tmp_path / "b.npz")
+    assert d.y is None and set(d.targets) == {"boxes", "scores"}
+    assert d.take(np.arange(2), "t").targets["boxes"].shape == (2, 4)
+    np.savez(tmp_path / "c.npz", x=x, y=np.arange(6))
+    d = load_npz(tmp_path / "c.npz")
+    assert d.y.tolist() == list(range(6)) and d.targets["y"] is d.y  # class ids: labels and targets
+    np.savez(tmp_path / "e.npz", x=x, y_boxes=np.zeros((5, 4)))
+    with pytest.raises(BadInput, match="y_boxes has shape"):
+        load_npz(tmp_path / "e.npz")
+
+
+def test_user_metric_gets_numpy_outputs_by_name_and_bad_metrics_are_named():
+    from edgecompress.pipeline.verify import call_metric
+
+    rng = np.random.default_rng(0)
+    infos = describe_outputs(("scores", "boxes"), [rng.normal(size=(4, 3)), rng.normal(size=(4, 4)) * 100], {})
+    seen = {}
+
+    def fn(outputs, targets):
+        seen.update(outputs=outputs, targets=targets)
+        return 0.5
+
+    outs = [np.zeros((4, 3)), np.ones((4, 4))]
+    assert call_metric(fn, "m.py:fn", outs, infos, {"boxes": np.ones((4, 4))}) == 0.5
+    assert set(seen["outputs"]) == {"scores", "boxes"} and set(seen["targets"]) == {"boxes"}
+    assert call_metric(fn, "m.py:fn", outs[:1], infos[:1], {"y": np.ones(4)}) == 0.5
+    assert isinstance(seen["outputs"], np.ndarray) and isinstance(seen["targets"], np.ndarray)
+    with pytest.raises(BadInput, match="--metric m.py:fn raised ZeroDivisionError"):
+        call_metric(lambda o, t: 1 / 0, "m.py:fn", outs, infos, None)
+    with pytest.raises(BadInput, match="finite"):
+        call_metric(lambda o, t: float("nan"), "m.py:fn", outs, infos, None)
