@@ -41,10 +41,15 @@ class Tiny(nn.Module):
         return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
 
 
-class TupleOut(Tiny):
+class NestedOut(Tiny):
     def forward(self, x):
         y = super().forward(x)
-        return y, y
+        return y, [y]
+
+
+class IndexOut(Tiny):
+    def forward(self, x):
+        return {"class": super().forward(x).argmax(1)}
 
 
 def tiny():
@@ -59,12 +64,12 @@ def not_a_module():
     return 42
 
 
-def tuple_out():
-    return TupleOut()
+def nested_out():
+    return NestedOut()
 
 
-def four_d():
-    return nn.Conv2d(1, 10, 3)
+def index_out():
+    return IndexOut()
 
 
 def fixed_size():
@@ -227,10 +232,13 @@ def test_factory_returns_non_module(tmp_path):
         "--input-shape", "1,1,28,28", needles=["not_a_module", "returned int", "torch.nn.Module", "return the model"])
 
 
-@pytest.mark.parametrize("factory,needle", [("tuple_out", "returned tuple"), ("four_d", "[1, 10, 26, 26]")])
+# a tuple/dict of tensors and an (N, C, H, W) output are accepted since issue 22 (tests/test_outputs.py);
+# what is still refused is named with the fix
+@pytest.mark.parametrize("factory,needle", [("nested_out", "tuple holding list"),
+                                            ("index_out", "non-float tensor")])
 def test_model_output_unsupported(tmp_path, factory, needle):
     bad(tmp_path, "export", f"{factories(tmp_path)}:{factory}", "--data", "random", "--input-shape", "1,1,28,28",
-        needles=[needle, "logits", "[N, num_classes]"])
+        needles=[needle, "return"])
 
 
 def test_factory_without_input_shape_or_data(tmp_path):

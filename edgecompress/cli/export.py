@@ -59,6 +59,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--trust-checkpoint", "model.trust_checkpoint",
          "allow full unpickling of --weights (can run code from the file: only for files you trust)"),
     Flag("--input-shape", "model.input_shape", "N,C,H,W", parse=shape, default="from the data or the zoo entry"),
+    Flag("--output-kind", "model.output_kinds", "NAME=KIND: the kind of a model output (logits, sigmoid, softmax, "
+         "dense, regression) instead of the one inferred from its values; decides its distillation loss and its "
+         "fidelity figures (repeatable; KIND alone for a one-output model)", append=True),
     Flag("--data", "data.data", "fashion-mnist, random, a directory of IDX files, FILE.npz with x and y, or a "
          "folder of images (CLASS/IMAGE subfolders, or flat with labels.csv: file,label)", default="fashion-mnist"),
     Flag("--eval-data", "data.eval_data", "evaluation set: FILE.npz, IDX directory or image folder",
@@ -106,6 +109,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--kd-augment-flip", "distill.augment_flip", "random horizontal flip of the KD training images"),
     Flag("--kd-mixup", "distill.mixup", "mixup of the KD training images, Beta(A, A): teacher and student see the "
          "same blend (0 = off; 1 = a uniform blend weight)"),
+    Flag("--kd-output-weight", "distill.output_weights", "NAME=W: weight of that output's distillation loss, for "
+         "models with several outputs (default 1 each; repeatable)", append=True),
     Flag("--quant", "quant.mode", "ptq: static, calibrated; qat: quantization-aware training with KD (torchao "
          "pt2e); dynamic: int8 weights, for MatMul/Gemm-heavy models; none"),
     Flag("--qat-epochs", "qat.epochs", "epochs of quantization-aware training with --quant qat"),
@@ -122,8 +127,16 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--latency-aware-weights", "quant.latency_aware_weights", "how --latency-aware-int8's FP32 layers store "
          "their weights: int8 = per-channel int8 + Cast/Mul that onnxruntime folds to float at load (FP32 speed "
          "at INT8 size)"),
+    Flag("--range-guard", "quant.range_guard", "models that are not one classifier output: keep in float the "
+         "tail of an output whose channels' ranges differ 100x or more (box pixels next to scores), as INT8's one "
+         "scale would wipe out the narrow channels"),
     Flag("--min-agreement", "verify.min_int8_agreement", "gate: INT8 vs FP32 top-1 agreement on the eval set >= F "
          "(0 = report only)"),
+    Flag("--min-snr-db", "verify.min_snr_db", "gate: worst-channel SNR of INT8 vs FP32 for regression outputs "
+         "(boxes, embeddings), in dB"),
+    Flag("--metric", "verify.metric", "FILE.py:FN: your metric, FN(outputs, targets) -> float (higher is better, "
+         "a fraction like accuracy) on numpy arrays; targets are the npz's y (any shape) or y_<output> arrays. "
+         "Reported for every artifact; --max-accuracy-drop gates on it"),
     Flag("--max-accuracy-drop", "verify.max_accuracy_drop", "gate: INT8 top-1 at most F points below the original",
          default="report only"),
     Flag("--deliver", "verify.deliver", "the file the run delivers: int8 (smallest; the report says so in its first "

@@ -6,6 +6,7 @@ from edgecompress.config.enums import (
     CalibMethod,
     Exporter,
     Importance,
+    OutputKind,
     QType,
     QuantBackend,
     QuantMode,
@@ -29,6 +30,6 @@ from edgecompress.config.stages import (
 
 __all__ = [
     "CONFIG_VERSION", "Allocation", "BenchConfig", "CalibMethod", "DataConfig", "DistillConfig", "ExportOnnxConfig",
-    "Exporter", "Importance", "ModelConfig", "PruneConfig", "QType", "QatConfig", "QuantBackend", "QuantConfig",
+    "Exporter", "Importance", "ModelConfig", "OutputKind", "PruneConfig", "QType", "QatConfig", "QuantBackend", "QuantConfig",
     "QuantMode", "QuantTarget", "RunConfig", "Stage", "VerifyConfig", "WeightStorage", "load_recipe", "merge",
 ]  # fmt: skip

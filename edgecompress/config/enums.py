@@ -5,6 +5,11 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from edgecompress.runtime.outputs import OutputKind  # the runtime names outputs' kinds; re-exported here
+
+__all__ = ["QUANT_STAGES", "Allocation", "CalibMethod", "Exporter", "Importance", "OutputKind", "QType",
+           "QuantBackend", "QuantMode", "QuantTarget", "Stage", "WeightStorage"]
+
 
 class Importance(StrEnum):
     L1 = "l1"

@@ -26,6 +26,7 @@ from edgecompress.config.parse import EnumFields
 from edgecompress.config.parse import choice as _choice
 from edgecompress.errors import ConfigError
 from edgecompress.runtime.latency import PROTOCOL
+from edgecompress.runtime.outputs import OutputKind
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,8 +36,13 @@ class ModelConfig(EnumFields):
     input_shape: tuple[int, ...] | None = None  # N,C,H,W; None = from the data or the zoo entry
     num_classes: int | None = None  # zoo models only; None = 10
     trust_checkpoint: bool = False  # allow full unpickling of --weights (runs code in the file)
+    # the kind of an output, NAME=KIND (KIND alone for a one-output model), instead of the inferred one;
+    # kinds: edgecompress.runtime.outputs.OutputKind (logits, sigmoid, softmax, dense, regression)
+    output_kinds: tuple[str, ...] = ()
 
     def validate(self) -> None:
+        for e in self.output_kinds:
+            _choice(f"--output-kind {e}", e.rpartition("=")[2], OutputKind)
         if self.input_shape is not None:
             if len(self.input_shape) != 4 or any(d <= 0 for d in self.input_shape):
                 raise ConfigError(
@@ -196,8 +202,18 @@ class DistillConfig(EnumFields):
     # cross-entropy term gets the blended labels (edgecompress.train.mixup). 0 = off
     mixup: float = 0.0
     checkpoint_every: int = 100  # steps between resume checkpoints (also at the end of every epoch)
+    # models with several outputs or non-logit outputs: NAME=W weighs that output's loss (default 1; 0 = off)
+    output_weights: tuple[str, ...] = ()
 
     def validate(self) -> None:
+        for e in self.output_weights:
+            name, sep, w = e.rpartition("=")
+            try:
+                ok = bool(sep and name) and float(w) >= 0 and math.isfinite(float(w))
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(f"--kd-output-weight {e}: expected NAME=W with W >= 0, e.g. boxes=2")
         if self.checkpoint_every < 1:
             raise ConfigError(f"checkpoint_every={self.checkpoint_every}: must be >= 1 (steps)")
         if self.patience < 0:
@@ -254,6 +270,9 @@ class QuantConfig(EnumFields):
     # how those FP32 layers store their weights: int8 = per-channel int8 + Cast/Mul, which
     # onnxruntime folds back to float when the session starts (FP32 speed, INT8 bytes); float = as is
     latency_aware_weights: WeightStorage = WeightStorage.INT8
+    # models that are not one classifier output, static ORT PTQ: keep in float the tail of any output whose
+    # channels' ranges differ by two orders of magnitude (boxes in pixels next to scores; quantize.guard)
+    range_guard: bool = True
 
     def validate(self) -> None:
         _choice("--quant", self.mode, QuantMode)
@@ -325,6 +344,14 @@ class VerifyConfig(EnumFields):
     max_drop_vs_original: float = 3.0
     min_agreement_vs_original: float = 0.9  # unlabelled eval data: top-1 agreement with the original; 0 = report only
 
+    # gate for regression outputs (boxes, embeddings): the worst channel's SNR of INT8 vs its FP32 parent
+    # (runtime.fidelity); class, multi-label and dense outputs are gated on min_int8_agreement
+    min_snr_db: float = 20.0
+    # the user's own metric, file.py:fn or module:fn: fn(outputs, targets) -> float, higher is better, in
+    # [0, 1] like accuracy (drops are in points, x100); outputs and targets are numpy arrays (a dict by output
+    # name for several outputs / y_<output> targets). Reported per artifact; --max-accuracy-drop gates on it
+    metric: str | None = None
+
     def validate(self) -> None:
         _choice("--deliver", self.deliver, Deliver)
         if not (self.max_drop_vs_original >= 0 and math.isfinite(self.max_drop_vs_original)):
@@ -333,6 +360,8 @@ class VerifyConfig(EnumFields):
         if not 0 <= self.min_agreement_vs_original <= 1:
             raise ConfigError(f"--min-agreement-vs-original {self.min_agreement_vs_original}: must be in [0, 1] "
                               "(0 = report only)")
+        if self.metric is not None and ":" not in self.metric:
+            raise ConfigError(f"--metric {self.metric}: expected path/to/file.py:function or package.module:function")
         if self.parity_tol <= 0:
             raise ConfigError(f"parity_tol={self.parity_tol}: must be > 0")
         if not 0 <= self.min_int8_agreement <= 1:

@@ -24,6 +24,8 @@ class Dataset:
     y: np.ndarray | None  # int64, N (None for unlabelled / random data)
     source: str
     classes: tuple[str, ...] = field(default=())
+    # targets of a user's --metric, any shape, one row per sample: {"y": y} or {output name: y_<output>}
+    targets: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -34,7 +36,8 @@ class Dataset:
 
     def take(self, idx: np.ndarray, source: str) -> Dataset:
         x = self.x[idx] if self.in_memory else self.x.take(idx)  # a lazy set stays lazy
-        return Dataset(x, None if self.y is None else self.y[idx], source, self.classes)
+        targets = None if self.targets is None else {k: v[idx] for k, v in self.targets.items()}
+        return Dataset(x, None if self.y is None else self.y[idx], source, self.classes, targets)
 
 
 def subset(x: Any, idx: np.ndarray) -> Any:

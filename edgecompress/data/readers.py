@@ -115,6 +115,7 @@ def load_npz(path: Path) -> Dataset:
                                "numpy.savez(path, x=images, y=labels)")
             x = z["x"]
             y = z["y"] if "y" in keys else None
+            targets = {k[2:]: z[k] for k in sorted(keys) if k.startswith("y_")}
     except BadInput:
         raise
     except (OSError, ValueError, zlib.error, EOFError, zipfile.BadZipFile, KeyError) as e:
@@ -122,7 +123,21 @@ def load_npz(path: Path) -> Dataset:
     if len(x) == 0:
         raise BadInput(f"{path}: x is empty; the data set needs at least one sample")
     xs = _to_nchw(x, str(path), keep_uint8=True)  # 1/4 of the float32 bytes; scaled per batch (as_float)
-    return Dataset(xs, None if y is None else _labels(y, len(xs), str(path)), f"npz:{path}")
+    extra = dict(targets)
+    if y is not None and not _class_ids(y):  # targets of another shape (masks, multi-hot, boxes): --metric reads them
+        extra, y = {"y": y} | extra, None
+    for k, t in extra.items():
+        if t.ndim == 0 or len(t) != len(xs):
+            raise BadInput(f"{path}: {'y' if k == 'y' else 'y_' + k} has shape {t.shape}; expected one row per "
+                           f"sample of x ({len(xs)})")
+    labels = None if y is None else _labels(y, len(xs), str(path))
+    return Dataset(xs, labels, f"npz:{path}", (), extra or (None if labels is None else {"y": labels}))
+
+
+def _class_ids(y: np.ndarray) -> bool:
+    """One integer class id per sample (what top-1 reads)."""
+    return y.ndim == 1 and (np.issubdtype(y.dtype, np.integer) or (
+        np.issubdtype(y.dtype, np.floating) and bool(np.all(np.isfinite(y))) and bool(np.all(y == np.round(y)))))
 
 
 def random_data(shape: tuple[int, int, int], n: int, seed: int) -> Dataset:

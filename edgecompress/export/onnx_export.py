@@ -21,12 +21,14 @@ import torch
 import torch.nn as nn
 
 from edgecompress.config import Exporter, ExportOnnxConfig
-from edgecompress.errors import BadInput, one_line
+from edgecompress.errors import BadInput, GateFailed, one_line
 from edgecompress.export.finalize import check_onnx
 from edgecompress.files import atomic_write
-from edgecompress.runtime.session import make_session, run_batched
+from edgecompress.models.outputs import FlatOutputs, flatten, predict_outputs
+from edgecompress.runtime.outputs import INPUT_NAME, SINGLE_OUTPUT_NAME
+from edgecompress.runtime.session import make_session, run_batched_all
 
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
+OUTPUT_NAME = SINGLE_OUTPUT_NAME
 MAX_BATCH = 4096  # the largest batch the exported files (and the QAT/INC graphs) accept
 
 
@@ -44,17 +46,24 @@ def batch_dim() -> torch.export.Dim:
 
 @dataclass(frozen=True)
 class Parity:
-    max_abs: float
-    tol: float  # the bound actually applied: parity_tol * max(1, max|logit|)
+    max_abs: float  # the worst output's
+    tol: float  # the bound actually applied: parity_tol * max(1, max|logit|) (the worst output's)
     passed: bool
+    outputs: dict[str, dict[str, float | bool]] | None = None  # per output, when the model has several
 
-    def to_dict(self) -> dict[str, float | bool]:
-        return {"max_abs": self.max_abs, "tol": self.tol, "passed": self.passed}
+    def to_dict(self) -> dict[str, object]:
+        d: dict[str, object] = {"max_abs": self.max_abs, "tol": self.tol, "passed": self.passed}
+        return d | ({"outputs": self.outputs} if self.outputs else {})
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, cfg: ExportOnnxConfig) -> Path:
+    """``model`` to ONNX at ``path``: input ``input``, outputs named as ``models.outputs.flatten``
+    names them (one tensor: ``logits``), the batch dimension dynamic on every one of them."""
     model = model.eval()
     ex = export_example(example)
+    names = list(names_of(model, ex))
+    if names != [OUTPUT_NAME]:  # several outputs (or a dict of one): the exporters get a flat tuple
+        model = FlatOutputs(model).eval()
 
     def write(tmp: Path) -> None:
         quiet = io.StringIO()
@@ -63,7 +72,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, cfg: Export
             warnings.simplefilter("ignore")
             if cfg.exporter == Exporter.DYNAMO:
                 prog = torch.onnx.export(
-                    model, (ex,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    model, (ex,), dynamo=True, input_names=[INPUT_NAME], output_names=names,
                     dynamic_shapes=({0: batch_dim()},), opset_version=cfg.opset, external_data=False,
                     verbose=False,
                 )
@@ -71,7 +80,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, cfg: Export
             else:
                 torch.onnx.export(
                     model, (ex,), str(tmp), dynamo=False, input_names=[INPUT_NAME],
-                    output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                    output_names=names, dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}},
                     opset_version=min(cfg.opset, 17), do_constant_folding=True,
                 )
 
@@ -88,11 +97,29 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, cfg: Export
     return path
 
 
+@torch.no_grad()
+def names_of(model: nn.Module, x: torch.Tensor) -> tuple[str, ...]:
+    """The output names of ``model`` (what its forward returns on ``x``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return flatten(model(x))[0]
+
+
 def parity(model: nn.Module, onnx_path: Path, x: np.ndarray, tol: float) -> Parity:
-    """Max-abs logit difference between PyTorch and onnxruntime on ``x``."""
-    with torch.no_grad():
-        ref = model.eval()(torch.from_numpy(x)).numpy()
-    got = run_batched(make_session(onnx_path, threads=1), x)
-    max_abs = float(np.max(np.abs(ref - got)))
-    bound = tol * max(1.0, float(np.max(np.abs(ref))))
-    return Parity(max_abs, bound, bool(max_abs <= bound))
+    """Max-abs difference between PyTorch and onnxruntime on ``x``, per output; each output is
+    bounded by ``tol * max(1, max|its values|)`` and the record names the worst."""
+    refs = predict_outputs(model, x, batch_size=len(x) or 1)
+    sess = make_session(onnx_path, threads=1)
+    gots = run_batched_all(sess, x)
+    if len(refs) != len(gots) or any(r.shape != g.shape for r, g in zip(refs, gots, strict=False)):
+        raise GateFailed(f"{onnx_path.name} gives outputs of shapes {[list(g.shape) for g in gots]}, PyTorch "
+                         f"{[list(r.shape) for r in refs]}; try --exporter torchscript")
+    per = {}
+    names = [o.name for o in sess.get_outputs()]
+    for name, ref, got in zip(names, refs, gots, strict=True):
+        max_abs = float(np.max(np.abs(ref - got))) if ref.size else 0.0
+        bound = tol * max(1.0, float(np.max(np.abs(ref))) if ref.size else 1.0)
+        per[name] = {"max_abs": max_abs, "tol": bound, "passed": bool(max_abs <= bound)}
+    worst = max(per.values(), key=lambda p: p["max_abs"] / p["tol"])
+    return Parity(float(worst["max_abs"]), float(worst["tol"]), all(p["passed"] for p in per.values()),
+                  per if len(per) > 1 else None)

@@ -26,6 +26,8 @@ from edgecompress.config.stages import ModelConfig
 from edgecompress.errors import BadInput, one_line
 from edgecompress.files import sha256_file
 from edgecompress.models import zoo
+from edgecompress.models.outputs import flatten
+from edgecompress.runtime.outputs import OutputInfo
 
 DEFAULT_MODEL = "resnet20"
 # The shipped teachers are package data (pyproject.toml [tool.setuptools.package-data]), so a
@@ -59,8 +61,10 @@ class LoadedModel:
     weights: str | None  # path of the loaded state_dict
     weights_sha256: str | None
     input_shape: tuple[int, int, int, int]
-    num_classes: int
+    num_classes: int  # axis 1 of the first output with one (a classifier's classes)
     classes: tuple[str, ...] = ()
+    output_names: tuple[str, ...] = ("logits",)  # the ONNX files' output names (models.outputs.flatten)
+    outputs: tuple[OutputInfo, ...] = ()  # names, shapes and kinds, once inferred on the data (pipeline.inputs)
 
 
 def build(spec: ModelSpec) -> nn.Module:
@@ -107,6 +111,14 @@ def _import_factory(ref: str):
         raise BadInput(f"model {ref!r}: {mod_part} has no callable {fn_name!r}; name the function that "
                        "returns the model")
     return fn
+
+
+def import_callable(ref: str, flag: str):
+    """The function named by ``path/to/file.py:fn`` or ``package.module:fn`` (the user's code), for ``flag``."""
+    try:
+        return _import_factory(ref)
+    except BadInput as e:
+        raise BadInput(f"{flag} {ref}: {str(e).split(': ', 1)[-1]}") from None
 
 
 def spec_for(name: str | None, num_classes: int | None) -> ModelSpec:
@@ -223,16 +235,18 @@ def load_model(cfg: ModelConfig, data_shape: tuple[int, ...] | None = None) -> L
         shape = (1, *zoo.get_entry(spec.ref).default_input)
     else:
         raise BadInput(f"model {spec.ref}: pass --input-shape N,C,H,W (no data to infer it from)")
-    out = probe(model, shape)
-    if out.ndim != 2:
-        raise BadInput(f"model output has shape {list(out.shape)}; edgecompress expects classifier "
-                       "logits of shape [N, num_classes]: end the model with pooling + a Linear head")
+    names, outs = flatten(probe(model, shape))
+    if any(o.ndim == 0 or o.shape[0] != shape[0] for o in outs):
+        bad = next(n for n, o in zip(names, outs, strict=True) if o.ndim == 0 or o.shape[0] != shape[0])
+        raise BadInput(f"model output {bad} has no batch dimension (input batch {shape[0]}); return outputs "
+                       "with the batch as dimension 0")
+    num_classes = next((int(o.shape[1]) for o in outs if o.ndim >= 2), 1)
     classes = tuple(sidecar.get("classes", ()))
-    return LoadedModel(model, spec, weights, sha, shape, int(out.shape[1]), classes)  # type: ignore[arg-type]
+    return LoadedModel(model, spec, weights, sha, shape, num_classes, classes, names)  # type: ignore[arg-type]
 
 
 @torch.no_grad()
-def probe(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
+def probe(model: nn.Module, shape: tuple[int, ...]) -> Any:
     if len(shape) != 4:
         raise BadInput(f"--input-shape {','.join(map(str, shape))}: expected N,C,H,W")
     try:
@@ -242,7 +256,5 @@ def probe(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
             f"input shape {','.join(map(str, shape))} does not fit the model ({type(e).__name__}: "
             f"{one_line(e, 10_000)[:200]}); pass the right --input-shape N,C,H,W"
         ) from None
-    if not isinstance(out, torch.Tensor):
-        raise BadInput(f"model returned {type(out).__name__}; edgecompress expects a logits tensor: make "
-                       "forward() return only the [N, num_classes] logits (e.g. wrap the model)")
+    flatten(out)  # a tensor, a tuple/list or a dict of tensors; BadInput names anything else
     return out

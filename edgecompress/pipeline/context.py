@@ -18,6 +18,7 @@ from edgecompress.config import RunConfig, Stage
 from edgecompress.data import Splits, as_float
 from edgecompress.report import Artifact, Gate
 from edgecompress.runtime.meter import LOCAL, Meter
+from edgecompress.runtime.outputs import OutputInfo, is_classifier
 
 if TYPE_CHECKING:
     import torch
@@ -47,10 +48,17 @@ class RunRecord:
     warnings: list[str] = field(default_factory=list)
     fp32_parent: str = "original"  # the FP32 artifact the INT8 one is made from
     meter: Meter = LOCAL  # where latency is measured: here, or the --bench-on device (pipeline.device)
+    outputs: tuple[OutputInfo, ...] = ()  # the model's outputs and their kinds (runtime.outputs); () = one classifier
+    metric: Callable[..., float] | None = None  # the user's --metric fn(outputs, targets)
+
+    @property
+    def classifier(self) -> bool:
+        """One output of class scores: top-1 against integer labels applies."""
+        return not self.outputs or is_classifier(self.outputs)
 
     @property
     def labelled_eval(self) -> bool:
-        return self.splits.eval is not None and self.splits.eval.y is not None
+        return self.splits.eval is not None and self.splits.eval.y is not None and self.classifier
 
     def parity_samples(self, n: int) -> np.ndarray:
         """The first ``n`` samples of the eval set (the training set without one), for parity checks."""

@@ -13,15 +13,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgecompress.config import RunConfig
-from edgecompress.data import limit, load_splits, resolve_data
+from edgecompress.config import RunConfig, Stage
+from edgecompress.data import as_float, limit, load_splits, resolve_data
 from edgecompress.data.folders import load_image_folder
 from edgecompress.data.preprocess import META_KEY, image_prep_for, is_default
 from edgecompress.errors import BadInput
 from edgecompress.models import LoadedModel, load_model
+from edgecompress.models.loading import import_callable
+from edgecompress.models.outputs import predict_outputs
 from edgecompress.pipeline.context import RunContext
 from edgecompress.pipeline.int8 import calibration_indices
 from edgecompress.report import versions
+from edgecompress.runtime.outputs import OutputInfo, describe_outputs, is_classifier, parse_kind_overrides
 
 
 def seed_everything(seed: int) -> None:
@@ -52,17 +55,32 @@ def load_inputs(cfg: RunConfig, d: Path, log: Callable[[str], None], t_start: fl
     splits = limit(splits, seed=cfg.seed, max_train=cfg.data.max_train, max_eval=cfg.data.max_eval,
                    val_fraction=cfg.data.val_fraction)
     _record_file_lists(splits)
+    lm.outputs = infer_outputs(lm, as_float(splits.train.x[:64]), cfg.model.output_kinds)
+    if not is_classifier(lm.outputs):
+        check_non_classifier(cfg)
     for part in (splits.train, splits.eval):
+        if not is_classifier(lm.outputs):
+            break  # labels for other outputs: the user's metric reads them
         if part is not None and part.y is not None and len(part.y) and part.y.max() >= lm.num_classes:
             raise BadInput(f"labels in {part.source} go up to {int(part.y.max())} but the model has "
                            f"{lm.num_classes} outputs; labels must be 0..{lm.num_classes - 1}")
     calib_idx, calib_source = calibration_indices(cfg, splits, log)
-    log(f"model {lm.spec.ref} ({lm.num_classes} classes, input {list(lm.input_shape)}); data "
+    what = f"{lm.num_classes} classes" if is_classifier(lm.outputs) else \
+        ", ".join(f"{o.name} {list(o.shape)} {o.kind}" for o in lm.outputs)
+    log(f"model {lm.spec.ref} ({what}, input {list(lm.input_shape)}); data "
         f"{splits.description['kind']}: {len(splits.train)} train / {len(splits.val)} val / "
         f"{0 if splits.eval is None else len(splits.eval)} eval")
+    metric = None
+    if cfg.verify.metric is not None:
+        metric = import_callable(cfg.verify.metric, "--metric")
+        ev = splits.eval if splits.eval is not None else splits.train
+        if ev.targets is None:
+            raise BadInput(f"--metric {cfg.verify.metric} needs targets: save them in the npz as y (any shape) or "
+                           "y_<output> per output")
     record = lm.spec.to_dict() | {"weights": lm.weights, "weights_sha256": lm.weights_sha256,
-                                  "input_shape": list(lm.input_shape), "num_classes": lm.num_classes}
-    ctx = RunContext(cfg=cfg, d=d, log=log, t_start=t_start, lm=lm, splits=splits,
+                                  "input_shape": list(lm.input_shape), "num_classes": lm.num_classes,
+                                  "classifier": is_classifier(lm.outputs), "outputs": [o.to_dict() for o in lm.outputs]}
+    ctx = RunContext(cfg=cfg, d=d, log=log, t_start=t_start, lm=lm, splits=splits, metric=metric, outputs=tuple(lm.outputs),
                      example=torch.zeros((1, *lm.input_shape[1:])), calib_idx=calib_idx,
                      calib_source=calib_source, input_shape=tuple(lm.input_shape), model_record=record,
                      meta=onnx_metadata(lm, lm.classes or splits.train.classes, getattr(splits.train.x, "prep", None)),
@@ -86,6 +104,29 @@ def _record_file_lists(splits) -> None:
         splits.description["preprocess"] = json.loads(splits.train.x.prep.to_meta())
 
 
+def infer_outputs(lm: LoadedModel, x: np.ndarray, overrides: tuple[str, ...]) -> tuple[OutputInfo, ...]:
+    """Names, shapes and kinds of the model's outputs from its values on ``x`` (runtime.outputs)."""
+    arrays = predict_outputs(lm.model, x)
+    return describe_outputs(lm.output_names, arrays, parse_kind_overrides(overrides, lm.output_names))
+
+
+def check_non_classifier(cfg: RunConfig) -> None:
+    """What measures top-1 of one classifier output cannot run on other models: name it."""
+    plan = cfg.plan()
+    needs = [(flag, fix) for flag, on, fix in (
+        ("--quant qat", Stage.QAT in plan, "use --quant ptq"),
+        ("--quant-backend inc", cfg.quant.backend == "inc", "use --quant-backend ort"),
+        ("--drop-blocks", cfg.prune.drop_blocks > 0, "drop it"),
+        ("--max-accuracy-drop", cfg.verify.max_accuracy_drop is not None and cfg.verify.metric is None,
+         "pass your metric with --metric file.py:fn, or drop it (the fidelity gates vs the FP32 file apply)"),
+        ("--allocation sensitivity without --sensitivity FILE",
+         cfg.prune.allocation == "sensitivity" and cfg.prune.sensitivity is None, "use --allocation uniform"),
+    ) if on]  # fmt: skip
+    if needs:
+        raise BadInput(f"{needs[0][0]} works on models with one classifier output (top-1 on labels); this model's "
+                       f"outputs are not that: {needs[0][1]}")
+
+
 def onnx_metadata(lm: LoadedModel, classes: tuple[str, ...] | list[str], prep=None) -> dict[str, str]:
     meta = {
         "edgecompress.version": versions().get("edgecompress") or "dev",
@@ -93,6 +134,7 @@ def onnx_metadata(lm: LoadedModel, classes: tuple[str, ...] | list[str], prep=No
         "input.shape": json.dumps(list(lm.input_shape)),
         "input.normalization": "float32 in [0,1]: uint8 pixels / 255",
         "classes": json.dumps(list(classes) or [str(i) for i in range(lm.num_classes)]),
+        **({} if is_classifier(lm.outputs) else {"outputs": json.dumps([o.to_dict() for o in lm.outputs])}),
         "source.model": lm.spec.ref,
         "source.weights_sha256": lm.weights_sha256 or "",
     }

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from edgecompress.config import QuantMode, RunConfig, Stage
+from edgecompress.config import QuantConfig, QuantMode, RunConfig, Stage
 from edgecompress.config.stages import DEFAULT_CALIB_SAMPLES
 from edgecompress.data import Splits, as_float
 from edgecompress.data.dataset import subset
@@ -18,6 +20,7 @@ from edgecompress.errors import BadInput
 from edgecompress.export import check_onnx, finalize_onnx
 from edgecompress.pipeline.context import RunRecord
 from edgecompress.quantize import registry
+from edgecompress.quantize.guard import mixed_range_guard
 from edgecompress.report import Artifact
 from edgecompress.runtime import COMPUTE_OPS, kernel_report
 
@@ -67,9 +70,11 @@ class Quantize:
         t0, cfg, stage = time.time(), ctx.cfg, ctx.cfg.quant_stage()
         parent, splits = ctx.fp32_parent, ctx.splits
         started = f"{parent} (distilled)" if Stage.DISTILL in ctx.stages else parent  # QAT continues from KD
+        qcfg, guard = _range_guard(ctx, stage)
         job = registry.QuantJob(
-            src=ctx.d / f"{parent}.onnx", dst=ctx.d / "int8.onnx", cfg=cfg.quant,
-            calib_x=as_float(subset(splits.train.x, ctx.calib_idx)), val_x=as_float(splits.val.x), val_y=splits.val.y,
+            src=ctx.d / f"{parent}.onnx", dst=ctx.d / "int8.onnx", cfg=qcfg,
+            calib_x=as_float(subset(splits.train.x, ctx.calib_idx)), val_x=as_float(splits.val.x),
+            val_y=splits.val.y if ctx.classifier else None,
             max_accuracy_drop=cfg.verify.max_accuracy_drop, threads=cfg.bench.threads, batch=cfg.bench.batch,
             input_shape=tuple(ctx.input_shape), meter=ctx.meter, parity_x=ctx.parity_samples(256), qat=cfg.qat,
             opset=cfg.onnx.opset, seed=cfg.seed, started_from=started, log=ctx.log, **ctx.torch_inputs())  # fmt: skip
@@ -90,7 +95,25 @@ class Quantize:
         ctx.stage_results["quantize"] = {"settings": qr.settings, "calib_samples": qr.calib_samples,
                                          "calib_samples_source": ctx.calib_source or None,
                                          "kernels": kr.to_dict()} | out.quantize_record
+        if guard is not None:
+            ctx.stage_results["quantize"]["mixed_range_guard"] = guard
         ctx.timings[str(stage) if stage == Stage.QAT else "quantize"] = time.time() - t0
+
+
+def _range_guard(ctx: RunRecord, stage: Stage) -> tuple[QuantConfig, dict[str, Any] | None]:
+    """The mixed-range guard (quantize.guard) for static onnxruntime PTQ of a model that is not one
+    classifier output: the nodes it names join exclude_nodes."""
+    q = ctx.cfg.quant
+    if not q.range_guard or ctx.classifier or stage != Stage.PTQ or q.backend != "ort":
+        return q, None
+    rec = mixed_range_guard(ctx.d / f"{ctx.fp32_parent}.onnx", as_float(subset(ctx.splits.train.x, ctx.calib_idx)))
+    for g in rec["outputs"]:
+        ctx.log(f"mixed-range guard: output {g['output']} has channel ranges {g['narrowest_range']:.3g} to "
+                f"{g['widest_range']:.3g} ({g['ratio']:.0f}x); {len(g['nodes'])} node(s) feeding it stay float")
+    if not rec["nodes"]:
+        return q, rec
+    return replace(q, exclude_nodes=tuple(q.exclude_nodes) + tuple(n for n in rec["nodes"]
+                                                                 if n not in q.exclude_nodes)), rec
 
 
 def _check_float_layers(path: Path, settings: dict, float_islands: list[str]) -> None:

@@ -109,7 +109,7 @@ def _calib(ctx: RunContext) -> dict[str, np.ndarray | None]:
     """Up to 256 calibration samples (the first of PTQ's when it runs): block dropping, Taylor."""
     train = ctx.splits.train
     idx = ctx.calib_idx[:256] if len(ctx.calib_idx) else np.arange(min(256, len(train)))
-    return {"calib_x": as_float(train.x[idx]), "calib_y": None if train.y is None else train.y[idx]}
+    return {"calib_x": as_float(train.x[idx]), "calib_y": None if train.y is None or not ctx.classifier else train.y[idx]}
 
 
 def _probe(ctx: RunContext):

@@ -1,97 +1,19 @@
-"""The end of every run, whatever stopped it: top-1 of every artifact under onnxruntime, the INT8
-gates, latency, then manifest.json and report.md. A failed gate renames the INT8 file
-``int8.failed.onnx``, so no failed file sits under a deliverable name."""
+"""The end of every run, whatever stopped it: the evaluation (``pipeline.evaluate``), latency,
+then manifest.json and report.md. A failed gate renames the INT8 file ``int8.failed.onnx``, so no
+failed file sits under a deliverable name."""
 
 from __future__ import annotations
 
 import json
 import time
 
-import numpy as np
-
 from edgecompress.config.enums import Deliver
-from edgecompress.data import as_float
-from edgecompress.data.loader import array_batches
 from edgecompress.files import atomic_write_text, sha256_file
 from edgecompress.pipeline.context import RunRecord, RunResult
-from edgecompress.report import Gate, Manifest, command_line, render_report, versions
-from edgecompress.runtime import cpu_info, file_bytes, make_session, run_batched
+from edgecompress.pipeline.evaluate import Evaluate
+from edgecompress.report import Manifest, command_line, render_report, versions
+from edgecompress.runtime import cpu_info, file_bytes
 from edgecompress.runtime.meter import LOCAL, is_local
-from edgecompress.runtime.progress import progress
-
-
-class Evaluate:
-    name = "evaluate"
-
-    def run(self, ctx: RunRecord) -> None:
-        ev, verify = ctx.splits.eval, ctx.cfg.verify
-        preds: dict[str, np.ndarray] = {}
-        if ev is not None:
-            ctx.log(f"evaluating {len(ctx.arts)} artifact(s) on {len(ev)} samples with onnxruntime")
-            preds = _predict_all(ctx, ev.x)
-            for name, a in ctx.arts.items():
-                a.top1 = None if ev.y is None else float((preds[name] == ev.y).mean())
-        parent = ctx.fp32_parent
-        if "int8" in preds and parent in preds:
-            agree = float((preds["int8"] == preds[parent]).mean())
-            ctx.stage_results["quantize"]["agreement_with_fp32"] = agree
-            ctx.gates.append(Gate(name=f"INT8 vs {parent} top-1 agreement", value=agree,
-                                  bound=verify.min_int8_agreement, passed=agree >= verify.min_int8_agreement))
-            if verify.max_accuracy_drop is not None and ctx.labelled_eval:
-                drop = 100 * (ctx.arts[parent].top1 - ctx.arts["int8"].top1)
-                ctx.gates.append(Gate(name=f"INT8 top-1 drop vs {parent} (points)", value=drop,
-                                      bound=verify.max_accuracy_drop, passed=drop <= verify.max_accuracy_drop))
-        original_gates(ctx, preds)
-
-
-def original_gates(ctx: RunRecord, preds: dict[str, np.ndarray]) -> None:
-    """Every artifact against the ORIGINAL model on the eval set, whatever its parent: labelled, the
-    top-1 drop in points, bounded by ``max_drop_vs_original`` or, if larger, by two standard errors
-    of the paired difference (what the eval set can resolve); unlabelled, top-1 agreement. The
-    figures go to ``stage_results["vs_original"]``, the gates name the artifact they judge."""
-    v, ev, ref = ctx.cfg.verify, ctx.splits.eval, preds.get("original")
-    if ref is None or ev is None:
-        return
-    rec: dict[str, dict[str, float]] = {}
-    for name, p in preds.items():
-        if name == "original":
-            continue
-        r = rec[name] = {"agreement": float((p == ref).mean())}
-        if ev.y is not None:
-            d = (ref == ev.y).astype(np.float64) - (p == ev.y)
-            r |= {"top1_drop_points": 100 * float(d.mean()), "noise_points": 200 * float(d.std() / np.sqrt(len(d)))}
-            if v.max_drop_vs_original:
-                bound = max(v.max_drop_vs_original, r["noise_points"])
-                _gate(ctx, name, "top-1 drop vs original (points)", r["top1_drop_points"], bound,
-                      r["top1_drop_points"] <= bound)
-        elif v.min_agreement_vs_original:
-            _gate(ctx, name, "top-1 agreement with original", r["agreement"], v.min_agreement_vs_original,
-                  r["agreement"] >= v.min_agreement_vs_original)
-    ctx.stage_results["vs_original"] = rec
-
-
-def _gate(ctx: RunRecord, art: str, what: str, value: float, bound: float, passed: bool) -> None:
-    ctx.gates.append(Gate(name=f"{art} {what}", value=value, bound=bound, passed=passed, artifact=art))
-    if not passed:
-        ctx.log(f"gate failed: {ctx.arts[art].path} {what}: {value:.4g} (bound {bound:.4g})")
-
-
-def _predict_all(ctx: RunRecord, x) -> dict[str, np.ndarray]:
-    """Top-1 class of every artifact on ``x``, batch by batch: each batch is read (decoded, for
-    image files, by ``--workers`` processes) once for all artifacts, and only the class ids are
-    kept, so memory does not grow with the number of samples."""
-    sessions = {name: make_session(ctx.d / a.path, threads=ctx.eval_threads) for name, a in ctx.arts.items()}
-    out: dict[str, list[np.ndarray]] = {name: [] for name in sessions}
-    bar = progress(len(x), "evaluate")
-    try:
-        for xb in array_batches(x, 256, workers=ctx.cfg.data.workers):
-            xb = as_float(xb)  # uint8 samples in memory: float per batch
-            for name, sess in sessions.items():
-                out[name].append(run_batched(sess, xb).argmax(1))
-            bar.update(len(xb))
-    finally:
-        bar.close()
-    return {name: np.concatenate(v) for name, v in out.items()}
 
 
 class Benchmark:

@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from edgecompress.config import Allocation, PruneConfig
 from edgecompress.errors import BadInput, one_line
+from edgecompress.models.outputs import tensors
 from edgecompress.models.pruned import structural_record
 from edgecompress.prune.allocation import load_table, prune_by_sensitivity
 from edgecompress.prune.depth import drop_blocks
@@ -57,7 +58,8 @@ class PruneResult:
 
 
 def output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
-    """The leaf modules whose output *is* the model output (the classifier head)."""
+    """The leaf modules whose output *is* a model output (the classifier head; every head of a
+    model with several outputs): pruning their output channels would change what the model returns."""
     seen: list[tuple[nn.Module, torch.Tensor]] = []
     hooks = [
         m.register_forward_hook(lambda mod, _i, o: seen.append((mod, o)) if isinstance(o, torch.Tensor) else None)
@@ -65,15 +67,41 @@ def output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
         if isinstance(m, (nn.Conv2d, nn.Linear, nn.Conv1d))
     ]
     try:
-        with torch.no_grad():
+        with torch.enable_grad():
             out = model(example)
     finally:
         for h in hooks:
             h.remove()
-    heads = [m for m, o in seen if o.untyped_storage().data_ptr() == out.untyped_storage().data_ptr()]
-    if not heads and seen:  # output went through a copying op (e.g. softmax): last compute layer
+    outs = tensors(out)
+    if len(outs) == 1:
+        ptr = outs[0].untyped_storage().data_ptr()
+        heads = [m for m, o in seen if o.untyped_storage().data_ptr() == ptr]
+        if heads:
+            return heads
+    heads = []
+    for o in outs:  # the compute layers each output is made of (through softmax, reshapes, concats...)
+        for m in _producers(o, seen):
+            if m not in heads:
+                heads.append(m)
+    if not heads and seen:  # no autograd graph to follow: the last compute layer
         heads = [seen[-1][0]]
     return heads
+
+
+def _producers(out: torch.Tensor, seen: list[tuple[nn.Module, torch.Tensor]]) -> list[nn.Module]:
+    """The hooked layers nearest to ``out`` on its autograd graph (no compute layer in between)."""
+    by_fn = {o.grad_fn: m for m, o in seen if o.grad_fn is not None}
+    found, stack, visited = [], [out.grad_fn], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in visited:
+            continue
+        visited.add(fn)
+        if fn in by_fn:
+            found.append(by_fn[fn])
+            continue
+        stack.extend(f for f, _ in fn.next_functions)
+    return found
 
 
 def _named(model: nn.Module) -> dict[str, nn.Module]:

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgecompress.config import Importance
+from edgecompress.models.outputs import tensors
 
 
 def _scorers() -> dict[Importance, Callable[[], Any]]:
@@ -50,8 +51,11 @@ def accumulate_taylor_grads(model: nn.Module, x: np.ndarray, y: np.ndarray | Non
     bs = max(1, math.ceil(len(x) / batches))
     for i in range(0, min(len(x), bs * batches), bs):
         xb = torch.from_numpy(np.ascontiguousarray(x[i : i + bs])).to(dev)
-        logits = model(xb)
-        if y is not None:
+        out = tensors(model(xb))
+        logits = out[0]
+        if len(out) > 1 or logits.dim() != 2:  # not one classifier output: the outputs' energy
+            loss = sum(o.float().pow(2).mean() for o in out)
+        elif y is not None:
             loss = F.cross_entropy(logits, torch.from_numpy(y[i : i + bs]).to(dev))
         else:  # unlabelled: self-distillation target = the model's own prediction
             loss = F.cross_entropy(logits, logits.argmax(1).detach())

@@ -50,6 +50,9 @@ class Artifact:
     checkpoint: str | None = None  # pruned: pruned.pt
     int8_op_fraction: float | None = None  # INT8 file: compute nodes that run as int8 kernels
     top1: float | None = None
+    # per output, against the FP32 original under onnxruntime (runtime.fidelity): SNR, cosine, max-abs, ...
+    fidelity: dict[str, dict[str, float]] | None = None
+    metric: float | None = None  # the user's --metric on the eval set
     latency_ms_p50: float | None = None
     latency_ms_p90: float | None = None
     latency_ms_mean: float | None = None
@@ -59,12 +62,13 @@ class Artifact:
     bytes: int | None = None
     sha256: str | None = None
 
-    _OPTIONAL = ("parity", "checkpoint", "int8_op_fraction", "top1", "latency_by_device")  # left out when unset
+    _OPTIONAL = ("parity", "checkpoint", "int8_op_fraction", "top1", "latency_by_device", "fidelity",
+                 "metric")  # left out of the JSON when unset
 
     def to_dict(self) -> dict[str, Any]:
         d = {"path": self.path, "macs": self.macs, "params": self.params, "parent": self.parent,
              "parity": self.parity, "status": self.status, "checkpoint": self.checkpoint,
-             "int8_op_fraction": self.int8_op_fraction, "top1": self.top1,
+             "int8_op_fraction": self.int8_op_fraction, "top1": self.top1, "fidelity": self.fidelity, "metric": self.metric,
              "latency_ms_p50": self.latency_ms_p50, "latency_ms_p90": self.latency_ms_p90,
              "latency_ms_mean": self.latency_ms_mean, "latency_by_device": self.latency_by_device,
              "bytes": self.bytes, "sha256": self.sha256}

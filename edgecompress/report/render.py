@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgecompress.report.fidelity import fidelity_lines
 from edgecompress.report.manifest import ARTIFACT_ORDER
 
 
@@ -27,6 +28,7 @@ def render_report(m: dict[str, Any]) -> str:
         f"{m['bench']['threads']} thread(s), batch {m['bench']['batch']}, {m['bench']['runs']} timed runs "
         f"after {m['bench']['warmup']} warm-up. Top-1 on {m.get('data', {}).get('eval_source', 'the eval set')} "
         f"({m.get('data', {}).get('eval', '?')} samples).",
+        *fidelity_lines(m),
         "",
         "| artifact | MACs | params | bytes | top-1 | p50 ms | p90 ms | speed-up | size ratio |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -47,7 +49,7 @@ def render_report(m: dict[str, Any]) -> str:
     lines += _device_lines(m)
     lines += _stage_lines(m)
     gates = m.get("gates", [])
-    if gates:
+    if gates and m.get("model", {}).get("classifier", True):  # other models: fidelity_lines shows them at the top
         lines += ["", "| gate | value | bound | result |", "|---|---:|---:|---|"]
         for g in gates:
             lines.append(f"| {g['name']} | {g['value']:.3g} | {g['bound']:.3g} | {'pass' if g['passed'] else '**FAIL**'} |")

@@ -6,7 +6,7 @@ of edgecompress outside this package but ``edgecompress.errors``, so ``edgecompr
 from edgecompress.runtime.cpu import cpu_info
 from edgecompress.runtime.kernels import COMPUTE_OPS, KernelReport, kernel_report, profile_ops
 from edgecompress.runtime.latency import Latency, measure_latency, round_robin_p50
-from edgecompress.runtime.session import file_bytes, make_session, run_batched
+from edgecompress.runtime.session import file_bytes, make_session, run_batched, run_batched_all
 
 __all__ = ["COMPUTE_OPS", "KernelReport", "Latency", "cpu_info", "file_bytes", "kernel_report", "make_session",
-           "measure_latency", "profile_ops", "round_robin_p50", "run_batched"]
+           "measure_latency", "profile_ops", "round_robin_p50", "run_batched", "run_batched_all"]

@@ -47,15 +47,20 @@ def pad_batch(x: np.ndarray, n: int) -> np.ndarray:
 
 
 def run_batched(sess, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    """The first output of ``sess`` on ``x``, ``batch`` samples per run, or the graph's own batch size
-    when its input fixes one (the last chunk padded, the padding's outputs dropped)."""
+    """The first output of ``sess`` on ``x`` (see :func:`run_batched_all`)."""
+    return run_batched_all(sess, x, batch)[0]
+
+
+def run_batched_all(sess, x: np.ndarray, batch: int = 256) -> list[np.ndarray]:
+    """Every output of ``sess`` on ``x``, in the file's output order, ``batch`` samples per run, or the
+    graph's own batch size when its input fixes one (the last chunk padded, the padding's outputs dropped)."""
     name = sess.get_inputs()[0].name
     fixed = fixed_batch(sess)
-    outs = []
+    parts = []
     for i in range(0, len(x), fixed or batch):
         chunk = x[i : i + (fixed or batch)]
-        outs.append(sess.run(None, {name: pad_batch(chunk, fixed) if fixed else chunk})[0][: len(chunk)])
-    return np.concatenate(outs)
+        parts.append([o[: len(chunk)] for o in sess.run(None, {name: pad_batch(chunk, fixed) if fixed else chunk})])
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(sess.get_outputs()))]
 
 
 def input_shape_of(sess, batch: int) -> tuple[int, ...]:

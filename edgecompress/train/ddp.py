@@ -26,6 +26,7 @@ from edgecompress.data.dataset import Dataset
 from edgecompress.errors import EdgeCompressError
 from edgecompress.models.loading import ModelSpec, build
 from edgecompress.models.pruned import apply_record, structural_record
+from edgecompress.runtime.outputs import OutputInfo
 from edgecompress.train import distributed, resume
 from edgecompress.train.distill import DistillResult, distill
 
@@ -44,7 +45,8 @@ def run_kd(cfg: RunConfig, lm: Any, splits: Any, student: nn.Module, teacher: nn
     if cfg.nproc < 2:
         desc = "distill" if launch is None else f"distill [rank {launch.rank}]"
         dr = distill(student, teacher, splits.train, dcfg, val=splits.val, seed=seed, checkpoint=ck, desc=desc,
-                     device=device, workers=cfg.data.workers, log=log if launch is None or launch.leader else None)
+                     device=device, workers=cfg.data.workers, log=log if launch is None or launch.leader else None,
+                     outputs=tuple(lm.outputs))
         if launch is not None:
             hashes = distributed.state_hashes(student)
             distributed.settle()
@@ -74,7 +76,8 @@ def _distill_ddp(nproc: int, lm: Any, splits: Any, student: nn.Module, teacher: 
         "student": {k: v.detach().clone() for k, v in student.state_dict().items()},
         "teacher": {k: v.detach().clone() for k, v in teacher.state_dict().items()},
         "data": {name: (shared(d.x), shared(d.y), d.source) for name, d in (("train", splits.train), ("val", splits.val))},
-        "cfg": dcfg, "seed": seed, "workers": workers, "threads": max(1, torch.get_num_threads() // nproc),
+        "cfg": dcfg, "seed": seed, "workers": workers, "outputs": [o.to_dict() for o in lm.outputs],
+        "threads": max(1, torch.get_num_threads() // nproc),
         "ck": None if ck is None else (str(ck.path), ck.key, ck.resume, ck.every),
     }  # fmt: skip
     log(f"distilling on {nproc} processes (torch.distributed, gloo, DistributedDataParallel)")
@@ -112,7 +115,8 @@ def _worker(rank: int, world: int, port: int, payload: dict[str, Any], tmp: str)
             ck = resume.KdCheckpoint(Path(path), key, resume=do_resume, every=every, enabled=rank == 0,
                               log=(lambda m: print(f"edgecompress: {m}", flush=True)) if rank == 0 else None)  # fmt: skip
         dr = distill(student, teacher, d["train"], payload["cfg"], val=d["val"], seed=payload["seed"],
-                     checkpoint=ck, desc=f"distill [rank {rank}]", workers=payload["workers"])  # fmt: skip
+                     checkpoint=ck, desc=f"distill [rank {rank}]", workers=payload["workers"],
+                     outputs=tuple(OutputInfo.from_dict(o) for o in payload["outputs"]))  # fmt: skip
         buf = io.BytesIO()
         torch.save({k: v.contiguous() for k, v in sorted(student.state_dict().items())}, buf)
         hashes: list[Any] = [None] * world

@@ -3,7 +3,9 @@
 loss = alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)
 
 The teacher runs in eval mode without gradients on the same augmented batch as the student.
-Without labels the loss is pure KD (alpha = 1). Options (``DistillConfig``):
+Without labels the loss is pure KD (alpha = 1). Models whose outputs are not one logits tensor
+(several outputs, probabilities, dense maps, boxes, embeddings) get the loss that fits each output's
+kind instead (``edgecompress.train.losses``). Options (``DistillConfig``):
 
 * feature KD (``features``, ``feature_weight``): MSE between hint-layer features through 1x1
   adapters, added to the loss (``edgecompress.train.features``);
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +32,8 @@ import torch.nn.functional as F
 from edgecompress.config import DistillConfig
 from edgecompress.data.dataset import Dataset, as_float
 from edgecompress.errors import BadInput
+from edgecompress.models.outputs import predict_outputs, tensors
+from edgecompress.runtime.outputs import OutputInfo, OutputKind, is_classifier
 from edgecompress.train.augment_policy import augment_policy
 from edgecompress.train.features import FeatureHints
 from edgecompress.train.loop import (
@@ -40,6 +45,7 @@ from edgecompress.train.loop import (
     steps_per_epoch,
     top1,
 )
+from edgecompress.train.losses import multi_output_loss, parse_weights
 
 
 @dataclass(frozen=True)
@@ -77,16 +83,18 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch
 def distill(student: nn.Module, teacher: nn.Module, train: Dataset, cfg: DistillConfig, *,
             val: Dataset | None = None, seed: int = 0, desc: str = "distill",
             checkpoint: Checkpointer | None = None, device: str = "cpu", workers: int = 0,
-            log: Callable[[str], None] | None = None) -> DistillResult:
+            log: Callable[[str], None] | None = None, outputs: tuple[OutputInfo, ...] = ()) -> DistillResult:
     """Fine-tunes ``student`` in place with KD from ``teacher`` (which is left unchanged), on
-    ``device`` (both models are back on the CPU when it returns); ``workers`` decode image files."""
+    ``device`` (both models are back on the CPU when it returns); ``workers`` decode image files.
+    ``outputs``: the kinds of the model's outputs (runtime.outputs); empty or one logits output =
+    a classifier, distilled as always (kd_loss); anything else gets the losses of train.losses."""
     dev = torch.device(device)
     if dev.type != "cpu":
         student.to(dev)
         teacher.to(dev)
     try:
         return _distill(student, teacher, train, cfg, val=val, seed=seed, desc=desc, checkpoint=checkpoint,
-                        device=device, workers=workers, log=log)
+                        device=device, workers=workers, log=log, outputs=outputs)
     finally:
         if dev.type != "cpu":
             student.cpu()
@@ -95,11 +103,16 @@ def distill(student: nn.Module, teacher: nn.Module, train: Dataset, cfg: Distill
 
 def _distill(student: nn.Module, teacher: nn.Module, train: Dataset, cfg: DistillConfig, *, val: Dataset | None,
              seed: int, desc: str, checkpoint: Checkpointer | None, device: str, workers: int,
-             log: Callable[[str], None] | None) -> DistillResult:
+             log: Callable[[str], None] | None, outputs: tuple[OutputInfo, ...]) -> DistillResult:
+    classic = not outputs or (is_classifier(outputs) and outputs[0].kind == OutputKind.LOGITS)
+    if not is_classifier(outputs) and outputs:  # labels of other models are not class ids: KD only
+        train = Dataset(train.x, None, train.source)
+        val = None if val is None else Dataset(val.x, None, val.source)
+    weights = parse_weights(cfg.output_weights, outputs) if outputs else {}
     labelled_val = val is not None and val.y is not None and len(val) > 0
     if cfg.patience > 0 and not labelled_val:
-        raise BadInput("--kd-patience needs a labelled validation split of the training data; pass data with "
-                       "labels y or drop --kd-patience")
+        raise BadInput("--kd-patience needs a labelled validation split of the training data (and a classifier); "
+                       "pass data with labels y or drop --kd-patience")
     before = top1(student, val) if labelled_val else None
     if cfg.epochs <= 0:
         return DistillResult(0.0, 0, float("nan"), before, before)
@@ -112,15 +125,21 @@ def _distill(student: nn.Module, teacher: nn.Module, train: Dataset, cfg: Distil
     feat_losses: list[float] = []
     cached, batch_idx = None, [torch.zeros(0, dtype=torch.long)]
     if cfg.cache_teacher:  # augmentation is off (validated): one teacher pass over the training images
-        cached = torch.from_numpy(predict_logits(teacher, train.x))
+        cached = [torch.from_numpy(predict_logits(teacher, train.x))] if classic else \
+            [torch.from_numpy(a) for a in predict_outputs(teacher, as_float(train.x))]
 
-    def loss_fn(s_logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    def loss_fn(s_out: Any, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         if cached is not None:
-            t_logits = cached[batch_idx[0]].to(x.device)
+            t_out = [c[batch_idx[0]].to(x.device) for c in cached]
         else:
             with torch.no_grad():
-                t_logits = teacher(x)
-        loss = kd_loss(s_logits, t_logits, y, cfg.alpha, cfg.temperature)
+                t_out = tensors(teacher(x))
+        if classic:
+            loss = kd_loss(s_out, t_out[0], y, cfg.alpha, cfg.temperature)
+        else:
+            loss = multi_output_loss(tensors(s_out), t_out, outputs, weights, cfg.temperature)
+            if y is not None and outputs[0].kind == OutputKind.SOFTMAX and cfg.alpha < 1:  # task loss on labels
+                loss = cfg.alpha * loss + (1 - cfg.alpha) * F.nll_loss(torch.log(s_out.clamp_min(1e-6)), y)
         if hints is not None:
             f = hints.loss()
             feat_losses.append(float(f.detach()))
