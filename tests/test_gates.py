@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from edgecompress.config import PruneConfig, VerifyConfig
 from edgecompress.errors import BadInput
-from edgecompress.pipeline.verify import original_gates
+from edgecompress.pipeline.evaluate import original_gates
 from edgecompress.prune import prune
 from edgecompress.prune.bounds import bounded
 from edgecompress.prune.equivalence import check_equivalence, record_removals

@@ -250,7 +250,7 @@ def test_npz_targets_of_any_shape_and_per_output(tmp_path):
 
 
 def test_user_metric_gets_numpy_outputs_by_name_and_bad_metrics_are_named():
-    from edgecompress.pipeline.verify import call_metric
+    from edgecompress.pipeline.evaluate import call_metric
 
     rng = np.random.default_rng(0)
     infos = describe_outputs(("scores", "boxes"), [rng.normal(size=(4, 3)), rng.normal(size=(4, 4)) * 100], {})

@@ -60,6 +60,26 @@ class PruneResult:
 def output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
     """The leaf modules whose output *is* a model output (the classifier head; every head of a
     model with several outputs): pruning their output channels would change what the model returns."""
+    out, seen = _forward_seen(model, example, grad=False)
+    outs = tensors(out)
+    if len(outs) == 1:
+        ptr = outs[0].untyped_storage().data_ptr()
+        heads = [m for m, o in seen if o.untyped_storage().data_ptr() == ptr]
+        if heads:
+            return heads
+    out, seen = _forward_seen(model, example, grad=True)  # follow the autograd graph back to the layers
+    heads = []
+    for o in tensors(out):  # the compute layers each output is made of (through softmax, reshapes, concats...)
+        for m in _producers(o, seen):
+            if m not in heads:
+                heads.append(m)
+    if not heads and seen:  # no autograd graph to follow: the last compute layer
+        heads = [seen[-1][0]]
+    return heads
+
+
+def _forward_seen(model: nn.Module, example: torch.Tensor, *, grad: bool) -> tuple[Any, list]:
+    """The model's output on ``example`` and the (module, output) of every compute layer it ran."""
     seen: list[tuple[nn.Module, torch.Tensor]] = []
     hooks = [
         m.register_forward_hook(lambda mod, _i, o: seen.append((mod, o)) if isinstance(o, torch.Tensor) else None)
@@ -67,25 +87,12 @@ def output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
         if isinstance(m, (nn.Conv2d, nn.Linear, nn.Conv1d))
     ]
     try:
-        with torch.enable_grad():
+        with torch.set_grad_enabled(grad):
             out = model(example)
     finally:
         for h in hooks:
             h.remove()
-    outs = tensors(out)
-    if len(outs) == 1:
-        ptr = outs[0].untyped_storage().data_ptr()
-        heads = [m for m, o in seen if o.untyped_storage().data_ptr() == ptr]
-        if heads:
-            return heads
-    heads = []
-    for o in outs:  # the compute layers each output is made of (through softmax, reshapes, concats...)
-        for m in _producers(o, seen):
-            if m not in heads:
-                heads.append(m)
-    if not heads and seen:  # no autograd graph to follow: the last compute layer
-        heads = [seen[-1][0]]
-    return heads
+    return out, seen
 
 
 def _producers(out: torch.Tensor, seen: list[tuple[nn.Module, torch.Tensor]]) -> list[nn.Module]:
