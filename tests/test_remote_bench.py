@@ -63,7 +63,8 @@ def test_scp_target_of_each_destination_form():
 
 def test_remote_ratios_match_local(sshd, files, capsys):
     before = _device_dirs()
-    common = [*map(str, files), "--json", "--runs", "200", "--rounds", "5", "--warmup", "10"]
+    # CPU time per run: the ratio is then about the files, not about who else used the 2 cores meanwhile
+    common = [*map(str, files), "--json", "--runs", "200", "--rounds", "5", "--warmup", "10", "--clock", "cpu"]
     rc, out, err = _bench(capsys, *common, *_remote(sshd))
     assert rc == 0, err
     remote = json.loads(out)
@@ -81,6 +82,7 @@ def test_remote_ratios_match_local(sshd, files, capsys):
     assert "runtime.zip" in dev["runtime_from"]  # the shipped code ran, not the installed package
     (rr,), (lr,) = remote["results"], local["results"]
     assert (rr["threads"], rr["batch"], rr["rounds"]) == (lr["threads"], lr["batch"], lr["rounds"]) == (1, 1, 5)
+    assert rr["clock"] == lr["clock"] == "cpu"
     assert [f["model"] for f in rr["files"]] == [str(p) for p in files]
     for f in rr["files"]:
         assert 0 < f["p50_ms"] <= f["p90_ms"]

@@ -116,10 +116,11 @@ class Device:
             zip_path = runtime_zip(self._local / "edgecompress-runtime.zip")
             self._scp(zip_path, f"{self.dir}/runtime.zip")
             d, py = shlex.quote(self.dir or ""), shlex.quote(self.python)
-            self._proc = subprocess.Popen(
-                ["ssh", *self._opts(), self.dest, f"cd {d} && exec env PYTHONPATH={d}/runtime.zip {py} -u -m "
-                 "edgecompress.runtime.device"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=open(self._local / "device.stderr", "wb"), bufsize=0)  # noqa: SIM115 - the child holds it
+            with open(self._local / "device.stderr", "wb") as err:  # the child keeps its own copy
+                self._proc = subprocess.Popen(
+                    ["ssh", *self._opts(), self.dest, f"cd {d} && exec env PYTHONPATH={d}/runtime.zip {py} -u -m "
+                     "edgecompress.runtime.device"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                    bufsize=0)
             self.info = self.call("info", [])["device"] | {"dest": self.dest}
         except BaseException:
             self.close()
@@ -157,6 +158,8 @@ class Device:
                 except (OSError, subprocess.TimeoutExpired):
                     self._proc.kill()
                     self._proc.wait()
+                if self._proc.stdout is not None:
+                    self._proc.stdout.close()
             if self.dir is not None:
                 self._ssh(f"rm -rf {shlex.quote(self.dir)}", check=False)
             subprocess.run(["ssh", *self._opts(), "-O", "exit", self.dest], capture_output=True, timeout=30,
