@@ -25,7 +25,7 @@ over its FP32 parent (the pruned file), INT8 size and the layers pruning protect
     python benchmarks/external_zoo.py --models mixnet_s,fastvit_t8 --timeout 900
     python benchmarks/external_zoo.py --failed         # re-run the models that failed last time
 
-timm is pinned (pyproject extra ``corpus``); where ``import torchvision`` fails, the subprocesses
+timm is pinned (pyproject extra ``dev``, constraints.txt); where ``import torchvision`` fails, the subprocesses
 get the test shim first on PYTHONPATH (tests/timm_shim.py, tests/shims/torchvision).
 """
 
@@ -83,7 +83,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 CORPUS = [n for names in FAMILIES.values() for n in names]
 FAMILY = {n: f for f, names in FAMILIES.items() for n in names}
 PX = {"efficientformer_l1": 224, "efficientformerv2_s0": 224}  # attention sized for 224 px inputs
-FAST = ("mobilenetv3_small_100", "mixnet_s", "lcnet_050")  # CI subset: a protected split, depthwise, SE
+FAST = ("mobilenetv3_small_100", "lcnet_050", "edgenext_xx_small")  # CI subset; EdgeNeXt needs protection
 ARGS = ("--data", "random", "--distill-epochs", "0", "--calib-samples", "64")
 STAGE_OF = {"exporting original": "export", "pruning": "prune", "distilling": "distill", "exporting pruned": "export",
             "quantizing": "quantize", "evaluating": "evaluate", "benchmarking": "bench", "model ": "load"}

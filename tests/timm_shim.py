@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 SHIMS = Path(__file__).resolve().parent / "shims"
-TIMM_VERSION = "1.0.31"  # the pinned release the corpus is checked against (pyproject [corpus] extra)
+TIMM_VERSION = "1.0.31"  # the pinned release the corpus is checked against (pyproject dev extra, constraints.txt)
 
 
 @functools.cache

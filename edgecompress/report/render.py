@@ -66,6 +66,10 @@ def _stage_lines(m: dict[str, Any]) -> list[str]:
         if p.get("dropped_blocks"):
             lines += [f"**Depth pruning**: {len(p['dropped_blocks'])} residual block(s) replaced by the identity: "
                       + ", ".join(f"`{b['name']}` (KL {b['kl']:.4f})" for b in p["dropped_blocks"]) + "."]
+        if p.get("protected"):
+            lines += [f"**Protected from pruning**: {len(p['protected'])} layer group(s) left whole because pruning "
+                      "them breaks the model (its code relies on their channel counts): "
+                      + "; ".join(f"`{x['layer']}` ({x['reason']})" for x in p["protected"]) + "."]
     if "distill" in st:
         d = st["distill"]
         lines += [f"**Distillation**: {d['epochs']} epoch(s), {d['steps']} steps. Top-1 on the eval set "
