@@ -60,7 +60,7 @@ class PruneDistill:
                 f"{f', {p.drop_blocks} blocks dropped' if p.drop_blocks else ''})")
         if p.allocation == "sensitivity" and p.sensitivity is None:  # no --sensitivity FILE: measure it here
             p = replace(p, sensitivity=str(_sensitivity_table(ctx)))
-        student, history, allocations, warnings_ = teacher, [], [], []
+        student, history, allocations, warnings_, protected = teacher, [], [], [], {}
         macs0 = count_macs_params(teacher, ctx.example)[0]
         for step in range(1, p.steps + 1):
             # iterative schedule: step i brings the MACs to (1 - ratio * i / steps) of the original
@@ -73,6 +73,10 @@ class PruneDistill:
             if ctx.launch is not None:  # torchrun: every rank trains rank 0's structure, not its own pruning's
                 student = distributed.broadcast_student(teacher, student, ctx.lm.spec)
             allocations.append(pr.allocation)
+            for x in pr.protected:  # an iterative schedule meets the same groups at every step
+                if x["layer"] not in protected:
+                    protected[x["layer"]] = x
+                    ctx.log(f"left {x['layer']} unpruned: pruning it breaks the model ({x['reason']})")
             if pr.allocation.get("groups_without_curve"):
                 w = missing_warning(pr.allocation["groups_without_curve"])
                 if w not in warnings_:  # an iterative schedule meets the same groups at every step
@@ -89,6 +93,7 @@ class PruneDistill:
         pr.macs_before, pr.params_before = count_macs_params(teacher, ctx.example)
         pr.layers = layer_table(teacher, student)
         pr.dropped_blocks = dropped
+        pr.protected = list(protected.values())
         if p.steps > 1 and p.allocation == "sensitivity":
             pr.allocation = {"per_step": allocations}
         ctx.stages.append(Stage.PRUNE)

@@ -28,6 +28,7 @@ from edgecompress.prune.allocation import load_table, prune_by_sensitivity
 from edgecompress.prune.depth import drop_blocks
 from edgecompress.prune.importance import accumulate_taylor_grads, importance, needs_gradients
 from edgecompress.prune.latency import Criterion, LatencyCriterion
+from edgecompress.prune.protect import Guard, GuardedImportance, Restart
 from edgecompress.prune.tp_adapter import count_macs_params, group_aware_pruner, tp_errors
 
 __all__ = ["PruneResult", "layer_table", "output_layers", "prune"]
@@ -45,6 +46,7 @@ class PruneResult:
     latency_history: list[dict[str, float]] = field(default_factory=list)  # latency-target mode
     dropped_blocks: list[dict[str, Any]] = field(default_factory=list)  # depth pruning (--drop-blocks)
     allocation: dict[str, Any] = field(default_factory=dict)  # --allocation sensitivity: budget, per-group ratios
+    protected: list[dict[str, Any]] = field(default_factory=list)  # groups left whole: the model relies on them
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -53,6 +55,7 @@ class PruneResult:
             "params_before": self.params_before, "params_after": self.params_after,
             "channel_ratio": round(self.channel_ratio, 4), "layers": self.layers,
             "latency_history": self.latency_history, "dropped_blocks": self.dropped_blocks,
+            "protected": self.protected,
             **({"sensitivity_allocation": self.allocation} if self.allocation else {}),
         }  # fmt: skip
 
@@ -138,13 +141,35 @@ def _resolve_ignored(model: nn.Module, example: torch.Tensor, names: tuple[str, 
 def _progressive(model, example, cfg, ignored, done: Criterion, calib_x, calib_y, device: str = "cpu"):
     """Torch-Pruning's progressive schedule: the channel ratio grows by max/STEPS per step
     (importance re-estimated on what is left) until ``done`` says the target is met. One
-    dependency graph is built; the overshoot is at most one step (0.9 % of a layer's channels)."""
+    dependency graph is built; the overshoot is at most one step (0.9 % of a layer's channels).
+    Each step is guarded (``protect.Guard``): a group whose pruning breaks the model's forward or
+    changes its output shape is left whole, and pruning goes on with the others. Returns
+    (model, ratio, met, protected layers)."""
+    start, recheck = copy.deepcopy(model), frozenset()
+    names = {m: n for n, m in model.named_modules()}
+    ignored_names = [names[m] for m in ignored if m in names]
+    for _attempt in range(3):
+        out = _schedule(model, example, cfg, ignored, done, calib_x, calib_y, recheck, device)
+        if not isinstance(out, Restart):
+            return out
+        if recheck.issuperset(out.roots):
+            break
+        recheck |= frozenset(out.roots)  # again from the start, these groups checked at every cut
+        model = copy.deepcopy(start)
+        mods = dict(model.named_modules())
+        ignored = [mods[n] for n in ignored_names]
+    raise BadInput(f"pruning step {out.step} breaks the model ({out.why}) although each of its layer groups alone "
+                   f"does not; leave some of {', '.join(out.roots[:5])} out with --ignore NAME")
+
+
+def _schedule(model, example, cfg, ignored, done: Criterion, calib_x, calib_y, recheck: frozenset[str],
+              device: str = "cpu"):
     steps = 100
     with tp_errors("trace", "simplify its forward or leave the offending layer out with --ignore NAME"):
         pruner = group_aware_pruner(
             model,
             example,
-            importance=importance(cfg.importance),
+            importance=GuardedImportance(importance(cfg.importance)),
             global_pruning=cfg.allocation == Allocation.GLOBAL,
             pruning_ratio=cfg.max_layer_ratio,
             max_pruning_ratio=cfg.max_layer_ratio,
@@ -152,18 +177,21 @@ def _progressive(model, example, cfg, ignored, done: Criterion, calib_x, calib_y
             ignored_layers=ignored,
             round_to=cfg.round_to if cfg.round_to > 1 else None,
         )
+    guard = Guard(model, pruner, example, recheck)
     ratio, met = 0.0, False
     for k in range(1, steps + 1):
         if needs_gradients(cfg.importance):
             accumulate_taylor_grads(model, calib_x, calib_y, cfg.taylor_batches, device)
         with tp_errors("prune", "leave the offending layer out with --ignore NAME or lower --prune-ratio"):
-            pruner.step()
+            broken = guard.step()
+        if broken is not None:
+            return broken
         ratio = cfg.max_layer_ratio * k / steps
         macs, params = count_macs_params(model, example)
         if done(model, macs, params):
             met = True
             break
-    return model, ratio, met
+    return model, ratio, met, [p.as_dict() for p in guard.protected]
 
 
 def layer_table(original: nn.Module, pruned: nn.Module) -> list[dict[str, Any]]:
@@ -194,7 +222,8 @@ def prune(
     """Returns a pruned copy of ``model`` that meets the target: ``cfg.target_latency_ms``
     (measured by ``latency``, which the caller builds to time the file it ships), else ``ratio``
     (default ``cfg.macs_target``) of MACs removed and, when set, ``cfg.target_params`` of
-    parameters removed (both)."""
+    parameters removed (both). Groups whose pruning would break the model are left whole and
+    listed in ``PruneResult.protected``."""
     ratio = cfg.macs_target if ratio is None else ratio
     original = model
     model = copy.deepcopy(model).eval()
@@ -212,22 +241,9 @@ def prune(
                            layer_table(original, model), dropped_blocks=dropped)
     if needs_gradients(cfg.importance) and calib_x is None:
         raise BadInput("taylor importance needs data for gradients; pass --data or use --importance l2")
-    probe = None
-    if cfg.target_latency_ms is not None:
-        if latency is None:
-            raise BadInput("--target-latency-ms needs a latency measurement; pass prune(..., latency=LatencyCriterion(...))")
-        probe = latency
-        p50 = probe(model)
-        probe.history.append({"macs": macs0, "p50_ms": p50})
-        if p50 <= cfg.target_latency_ms:
-            raise BadInput(f"--target-latency-ms {cfg.target_latency_ms}: the unpruned model already runs in "
-                           f"{p50:.3f} ms here; nothing to prune (use --prune-ratio instead)")
-        done = probe.criterion(cfg.target_latency_ms)
-    else:  # MACs and params: every target given must be met
-        target_m = macs0 * (1 - ratio)
-        target_p = params0 * (1 - (cfg.target_params or 0.0))
-        done = lambda _m, macs, params: macs <= target_m and params <= target_p  # noqa: E731
+    done, probe = _criterion(model, cfg, ratio, latency, macs0, params0)
     allocation: dict[str, Any] = {}
+    protected: list[dict[str, Any]] = []
     if dropped and probe is None and done(model, *count_macs_params(model, example)):
         pruned, r, met = model, 0.0, True  # the dropped blocks alone meet the target
     elif cfg.allocation == Allocation.SENSITIVITY:  # per-group ratios from a sensitivity table
@@ -237,33 +253,59 @@ def prune(
         pruned, r, met, allocation = prune_by_sensitivity(model, example, cfg, ignored, done,
                                                           load_table(cfg.sensitivity), calib_x, calib_y, device)
     else:
-        pruned, r, met = _progressive(model, example, cfg, ignored, done, calib_x, calib_y, device)
+        pruned, r, met, protected = _progressive(model, example, cfg, ignored, done, calib_x, calib_y, device)
     macs1 = count_macs_params(pruned, example)[0]
     if not met:
-        raise _unreachable(cfg, ratio, 1 - macs1 / macs0, probe)
+        raise _unreachable(cfg, ratio, 1 - macs1 / macs0, probe, protected)
+    _check_runs(pruned, example)
+    res = PruneResult(pruned, macs0, macs1, params0, count_macs_params(pruned, example)[1], r,
+                      structural_record(original, pruned), layer_table(original, pruned), dropped_blocks=dropped,
+                      allocation=allocation, protected=protected)
+    if probe is not None:
+        res.latency_history = probe.history
+    return res
+
+
+def _criterion(model: nn.Module, cfg: PruneConfig, ratio: float, latency: LatencyCriterion | None,
+               macs0: int, params0: int) -> tuple[Criterion, LatencyCriterion | None]:
+    """``done(model, macs, params)`` for the run's target, and the latency probe when it is one."""
+    if cfg.target_latency_ms is None:  # MACs and params: every target given must be met
+        target_m = macs0 * (1 - ratio)
+        target_p = params0 * (1 - (cfg.target_params or 0.0))
+        return (lambda _m, macs, params: macs <= target_m and params <= target_p), None
+    if latency is None:
+        raise BadInput("--target-latency-ms needs a latency measurement; pass prune(..., latency=LatencyCriterion(...))")
+    p50 = latency(model)
+    latency.history.append({"macs": macs0, "p50_ms": p50})
+    if p50 <= cfg.target_latency_ms:
+        raise BadInput(f"--target-latency-ms {cfg.target_latency_ms}: the unpruned model already runs in "
+                       f"{p50:.3f} ms here; nothing to prune (use --prune-ratio instead)")
+    return latency.criterion(cfg.target_latency_ms), latency
+
+
+def _check_runs(pruned: nn.Module, example: torch.Tensor) -> None:
+    """The pruned model has no empty layer and still runs (the sensitivity allocation and depth
+    pruning are not guarded step by step)."""
     pruned.zero_grad(set_to_none=True)
     _check_no_empty_layer(pruned)
-    params1 = count_macs_params(pruned, example)[1]
     try:
         with torch.no_grad():
-            pruned(example)  # the pruned model must still run
+            pruned(example)
     except RuntimeError as e:
         raise BadInput(
             f"the pruned model no longer runs ({one_line(e, 200)}): torch-pruning missed a channel "
             "dependency (e.g. a channel shuffle or reshape); leave those layers out with --ignore NAME"
         ) from None
-    res = PruneResult(pruned, macs0, macs1, params0, params1, r, structural_record(original, pruned),
-                      layer_table(original, pruned), dropped_blocks=dropped)
-    if probe is not None:
-        res.latency_history = probe.history
-    res.allocation = allocation
-    return res
 
 
-def _unreachable(cfg: PruneConfig, ratio: float, removed: float, probe: LatencyCriterion | None) -> BadInput:
+def _unreachable(cfg: PruneConfig, ratio: float, removed: float, probe: LatencyCriterion | None,
+                 protected: list[dict[str, Any]] | None = None) -> BadInput:
     """The one-line error for a target pruning cannot reach, with the ways out."""
     where = (f"pruning up to {cfg.max_layer_ratio:.0%} of each layer's channels removes {removed:.1%} of "
              f"MACs (round-to {cfg.round_to}{', ' + str(len(cfg.ignore)) + ' ignored layer(s)' if cfg.ignore else ''})")
+    if protected:  # the model's own shape assumptions kept these whole: name them and the fix
+        where += (f", with {len(protected)} layer(s) left whole because pruning them breaks the model "
+                  f"({_protected_line(protected)}; make the model's code derive those sizes from its layers)")
     if probe is not None:  # latency does not fall with MACs forever: per-operator costs remain
         best = min(h["p50_ms"] for h in probe.history)
         return BadInput(
@@ -273,6 +315,11 @@ def _unreachable(cfg: PruneConfig, ratio: float, removed: float, probe: LatencyC
         )
     return BadInput(f"cannot reach {cfg.goal(ratio)}: {where}; lower --prune-ratio (or the target) or --round-to, "
                     "or ignore fewer layers")
+
+
+def _protected_line(protected: list[dict[str, Any]], most: int = 3) -> str:
+    shown = "; ".join(f"{p['layer']}: {p['reason'][:100]}" for p in protected[:most])
+    return shown + (f"; and {len(protected) - most} more" if len(protected) > most else "")
 
 
 def _check_no_empty_layer(m: nn.Module) -> None:

@@ -1,14 +1,15 @@
 """Everything edgecompress does *inside* Torch-Pruning, in one place.
 
 Torch-Pruning (1.6) is used through its public API (``DependencyGraph``, ``BasePruner``,
-importances) except for three internals, each overridden or read here and checked by
+importances) except for the internals below, each overridden or read here and checked by
 ``tests/test_tp_adapter.py`` so that a library change fails loudly instead of silently
 changing what gets pruned:
 
 * ``BasePruner._round_to`` / ``_is_atten_group`` / ``_get_channel_groups`` (grouped-conv rounding,
   :func:`group_aware_pruner`);
 * ``torch_pruning.utils.op_counter.MODULES_MAPPING``, its per-type MAC counting hooks
-  (:func:`count_macs_params`, without the library's deep copy of the model).
+  (:func:`count_macs_params`, without the library's deep copy of the model);
+* ``Group.has_pruning_op``, replaced by a lookup with the same answer (:func:`fast_group_lookup`).
 
 Its exceptions become one-line ``BadInput`` errors that name the way out (:func:`tp_errors`).
 """
@@ -71,7 +72,36 @@ def group_aware_pruner(model, example, **kwargs):
             keep -= keep % (round_to // math.gcd(g, round_to))
             return per_group - keep  # 0 kept = every channel: check_pruning_group skips it, as ungrouped
 
+    fast_group_lookup()
     return GroupAwarePruner(model, example, **kwargs)
+
+
+def fast_group_lookup() -> None:
+    """Replaces ``torch_pruning.dependency.group.Group.has_pruning_op`` (once, process-wide) by a
+    lookup with the same answer.
+
+    1.6.1 scans every item of the group being built for every dependency it follows, comparing
+    index lists: quadratic in the group size. Groups that run through reshapes and attention
+    (MobileViT, ReXNet) hold thousands of items, and one pruning step took over a minute. Here
+    the items are indexed by (target node, handler) as the group grows, and only the items with
+    the same target and handler are compared, as before. Items are only ever appended or
+    replaced in place with the same dependency, so the index stays valid."""
+    from torch_pruning.dependency.group import Group
+
+    if getattr(Group.has_pruning_op, "_edgecompress", False):
+        return
+
+    def has_pruning_op(self, dep, idxs) -> bool:
+        index, done = self.__dict__.setdefault("_ec_index", ({}, [0]))
+        for i in range(done[0], len(self._group)):  # index what was appended since the last call
+            d = self._group[i].dep
+            index.setdefault((d.target, d.handler), []).append(i)
+        done[0] = len(self._group)
+        return any(self._group[i].idxs == idxs for i in index.get((dep.target, dep.handler), ()))
+
+    has_pruning_op._edgecompress = True  # type: ignore[attr-defined]
+    has_pruning_op.original = Group.has_pruning_op  # type: ignore[attr-defined] # (tests compare the two)
+    Group.has_pruning_op = has_pruning_op
 
 
 

@@ -134,6 +134,10 @@ def _stage_lines(m: dict[str, Any]) -> list[str]:
         if p.get("dropped_blocks"):
             lines += [f"**Depth pruning**: {len(p['dropped_blocks'])} residual block(s) replaced by the identity: "
                       + ", ".join(f"`{b['name']}` (KL {b['kl']:.4f})" for b in p["dropped_blocks"]) + "."]
+        if p.get("protected"):
+            lines += [f"**Protected from pruning**: {len(p['protected'])} layer group(s) left whole because pruning "
+                      "them breaks the model (its code relies on their channel counts): "
+                      + "; ".join(f"`{x['layer']}` ({x['reason']})" for x in p["protected"]) + "."]
     for e in st.get("equivalence", []):
         lines.append(f"**Structural check, pruning step {e['step']}** (pruned = original with the removed channels "
                      f"zeroed): {e['status']}" + (f", max-abs {e['max_abs']:.3g} (bound {e['bound']:.3g})"

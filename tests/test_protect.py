@@ -1,0 +1,204 @@
+"""Pruning that protects itself: a model's own shape assumptions (a hard-coded reshape, split sizes
+fixed at construction, a channel count checked in forward) leave the groups they depend on whole,
+recorded with the reason, and pruning still meets the target with the other groups - never exit 3."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from edgecompress.config import PruneConfig
+from edgecompress.errors import BadInput
+from edgecompress.prune import channels, prune
+from edgecompress.prune.protect import GuardedImportance
+from edgecompress.prune.tp_adapter import fast_group_lookup
+
+from .conftest import run_cli
+
+X = torch.randn(1, 3, 16, 16)
+
+MODELS = '''
+import torch
+import torch.nn as nn
+
+
+class FixedView(nn.Module):
+    """Flattens the last conv's output with a hard-coded feature count (16 channels x 4 x 4)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.Conv2d(64, 16, 3, stride=2, padding=1), nn.ReLU())
+        self.fc = nn.Linear(256, 10)
+
+    def forward(self, x):
+        return self.fc(self.features(x).view(-1, 256))
+
+
+class FixedSplit(nn.Module):
+    """Splits the stem's channels with sizes fixed at construction (as MixNet's mixed convs do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.splits = [16, 16]
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.a = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.b = nn.Conv2d(16, 16, 5, padding=2, groups=16)
+        self.post = nn.Sequential(nn.Conv2d(32, 64, 1), nn.BatchNorm2d(64), nn.ReLU(),
+                                  nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU())
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        a, b = torch.split(self.stem(x), self.splits, dim=1)
+        x = torch.cat([self.a(a), self.b(b)], 1)
+        return self.fc(self.post(x).mean((2, 3)))
+
+
+class OnlyOneConv(nn.Module):
+    """Its only prunable group feeds a hard-coded reshape: nothing can be pruned."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, stride=4, padding=1)
+        self.fc = nn.Linear(256, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).view(-1, 256))
+
+
+def fixed_view():
+    torch.manual_seed(0)
+    return FixedView()
+
+
+def fixed_split():
+    torch.manual_seed(0)
+    return FixedSplit()
+'''
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    (d / "protect_models.py").write_text(MODELS)
+    ns: dict = {}
+    exec(compile(MODELS, str(d / "protect_models.py"), "exec"), ns)
+    return d, ns
+
+
+def test_hard_coded_view_leaves_last_conv_whole_and_meets_target(models):
+    _, ns = models
+    model = ns["fixed_view"]().eval()
+    before = model(X)  # the input model is untouched
+    res = prune(model, X, PruneConfig(ratio=0.5))
+    assert res.macs_after <= 0.5 * res.macs_before
+    assert [p["layer"] for p in res.protected] == ["features.6"]
+    assert "[-1, 256]" in res.protected[0]["reason"]
+    assert res.model.features[6].out_channels == 16  # left whole
+    assert res.model.features[0].out_channels < 32  # the others pruned
+    assert res.model(X).shape == (1, 10)
+    assert torch.equal(model(X), before)
+
+
+def test_fixed_split_sizes_leave_the_split_groups_whole(models):
+    _, ns = models
+    res = prune(ns["fixed_split"]().eval(), X, PruneConfig(ratio=0.5))
+    assert res.macs_after <= 0.5 * res.macs_before
+    assert {p["layer"] for p in res.protected} == {"a", "b"}
+    assert all("split_with_sizes" in p["reason"] for p in res.protected)
+    assert res.model.stem[0].out_channels == 32 and res.model.post[0].out_channels < 64
+    assert res.model(X).shape == (1, 10)
+
+
+def test_nothing_prunable_left_is_one_line_bad_input_naming_the_layer(models):
+    _, ns = models
+    with pytest.raises(BadInput) as e:
+        prune(ns["OnlyOneConv"]().eval(), X, PruneConfig(ratio=0.5))
+    msg = str(e.value)
+    assert "\n" not in msg and "conv" in msg and "left whole" in msg and "[-1, 256]" in msg
+
+
+class _Threshold(nn.Module):
+    """Breaks only once ``body``'s first conv has fewer than 48 channels: its first cuts pass, so
+    the check of a whole step catches it and the schedule restarts with that group re-checked."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU())
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        if self.body[0].out_channels < 48:
+            raise RuntimeError("expected at least 48 channels")
+        return self.fc(self.body(x).mean((2, 3)))
+
+
+def test_a_step_that_breaks_late_restarts_with_the_group_rechecked(monkeypatch):
+    runs = []
+    schedule = channels._schedule
+    monkeypatch.setattr(channels, "_schedule", lambda *a: runs.append(a[-1]) or schedule(*a))
+    res = prune(_Threshold().eval(), X, PruneConfig(ratio=0.5))
+    assert len(runs) == 2 and runs[0] == frozenset() and "body.0" in runs[1]  # one restart, body.0 re-checked
+    assert res.macs_after <= 0.5 * res.macs_before
+    assert [p["layer"] for p in res.protected] == ["body.0"]
+    assert "at least 48 channels" in res.protected[0]["reason"]
+    assert res.model.body[0].out_channels >= 48
+
+
+def test_group_the_importance_cannot_score_is_left_whole():
+    model = nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(32, 4))
+    inner = tp.importance.MagnitudeImportance(p=2)
+
+    def flaky(group):
+        if group[0].dep.target.module is model[2]:
+            raise IndexError("index 32 is out of bounds for dimension 0 with size 32")
+        return inner(group)
+
+    imp = GuardedImportance(flaky)
+    p = tp.pruner.BasePruner(model, X, importance=imp, pruning_ratio=0.5, ignored_layers=[model[6]])
+    p.step()
+    assert model[2].out_channels == 32 and model[0].out_channels == 16
+    assert [(m, "IndexError" in why) for m, why in imp.failed] == [(model[2], True)]
+
+
+def test_fast_group_lookup_builds_the_same_groups(monkeypatch, models):
+    from torch_pruning.dependency.group import Group
+
+    _, ns = models
+    fast_group_lookup()
+    fast = Group.has_pruning_op
+
+    def groups(model):
+        dg = tp.DependencyGraph().build_dependency(model, X)
+        return [[(str(d), i) for d, i in g] for g in dg.get_all_groups()]
+
+    m = ns["fixed_split"]().eval()
+    with_fast = groups(m)
+    monkeypatch.setattr(Group, "has_pruning_op", fast.original)
+    assert groups(m) == with_fast and len(with_fast) > 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("factory,layers", [("fixed_view", ["features.6"]), ("fixed_split", ["a", "b"])])
+def test_cli_prunes_a_model_with_fixed_shapes_and_records_what_it_protected(models, tmp_path, factory, layers):
+    d, _ = models
+    r = run_cli(["export", f"{d / 'protect_models.py'}:{factory}", "--input-shape", "1,3,16,16", "--data", "random",
+                 "--distill-epochs", "0", "--calib-samples", "32", "--exporter", "torchscript", "--runs", "5",
+                 "--out", str(tmp_path / "out")], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    man = json.loads(Path(tmp_path / "out" / "manifest.json").read_text())
+    prune_res = man["stage_results"]["prune"]
+    assert prune_res["macs_removed"] >= 0.5
+    assert sorted(p["layer"] for p in prune_res["protected"]) == layers
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Protected from pruning" in report and layers[0] in report
+    assert f"left {layers[0]} unpruned" in r.stdout + r.stderr
