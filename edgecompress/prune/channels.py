@@ -149,7 +149,7 @@ def _progressive(model, example, cfg, ignored, done: Criterion, calib_x, calib_y
     names = {m: n for n, m in model.named_modules()}
     ignored_names = [names[m] for m in ignored if m in names]
     for _attempt in range(3):
-        out = _schedule(model, example, cfg, ignored, done, calib_x, calib_y, recheck, device)
+        out = _schedule(model, example, cfg, ignored, done, calib_x, calib_y, device, recheck)
         if not isinstance(out, Restart):
             return out
         if recheck.issuperset(out.roots):
@@ -162,8 +162,8 @@ def _progressive(model, example, cfg, ignored, done: Criterion, calib_x, calib_y
                    f"does not; leave some of {', '.join(out.roots[:5])} out with --ignore NAME")
 
 
-def _schedule(model, example, cfg, ignored, done: Criterion, calib_x, calib_y, recheck: frozenset[str],
-              device: str = "cpu"):
+def _schedule(model, example, cfg, ignored, done: Criterion, calib_x, calib_y, device: str,
+              recheck: frozenset[str]):
     steps = 100
     with tp_errors("trace", "simplify its forward or leave the offending layer out with --ignore NAME"):
         pruner = group_aware_pruner(
