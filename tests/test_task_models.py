@@ -31,6 +31,8 @@ def tasks(tmp_path_factory):
     """Trains each stand-in once; its weights, train/eval npz and FP32 metric in one directory."""
     d = tmp_path_factory.mktemp("tasks")
     shutil.copy(HERE / "_task_models.py", d / "tm.py")
+    # small batches, no augmentation: a few hundred KD steps on 800 images (the boxes are where the pixels are)
+    (d / "kd.toml").write_text("[distill]\nbatch_size = 32\naugment_shift = 0\naugment_flip = false\n")
     torch.set_num_threads(1)
     return d, {}
 
@@ -45,7 +47,8 @@ def _task(tasks, name: str) -> tuple[Path, float]:
 def _export(d: Path, name: str, out: str, *extra: str):
     p = run_cli(["export", f"tm.py:{name}", "--weights", f"{name}.pt", "--data", f"{name}-train.npz",
                  "--eval-data", f"{name}-eval.npz", "--metric", f"tm.py:{tm.TASKS[name][3].__name__}",
-                 "--exporter", "torchscript", "--runs", "20", "--calib-samples", "128", "--out", out, *extra], cwd=d)
+                 "--exporter", "torchscript", "--runs", "20", "--calib-samples", "128", "--recipe", "kd.toml",
+                 "--out", out, *extra], cwd=d)
     m = json.loads((d / out / "manifest.json").read_text())
     return p, m
 
@@ -71,10 +74,23 @@ def test_detector_int8_needs_the_mixed_range_guard(tasks):
     assert any("worst-channel SNR" in g["name"] and not g["passed"] for g in m["gates"])
 
 
+def test_detector_pruned_half_the_macs_and_int8_keeps_map(tasks):
+    """50% of MACs removed (more: round-to 8), KD on the per-channel relative MSE, INT8 with the guard:
+    mAP@0.5 on the synthetic set within a point of the FP32 original."""
+    d, fp32 = _task(tasks, "tiny_detector")
+    p, m = _export(d, "tiny_detector", "pruned", "--prune-ratio", "0.5", "--distill-epochs", "20", "--lr", "0.002")
+    assert p.returncode == 0, p.stderr[-2000:]
+    a = m["artifacts"]
+    assert a["pruned"]["macs"] <= 0.5 * a["original"]["macs"]
+    assert 100 * (a["original"]["metric"] - a["int8"]["metric"]) <= 1.0, {k: v["metric"] for k, v in a.items()}
+    assert m["stage_results"]["quantize"]["mixed_range_guard"]["nodes"]
+
+
 def test_segmentation_unet_pruned_int8_keeps_miou(tasks):
     d, fp32 = _task(tasks, "tiny_unet")
     assert fp32 > 0.9
-    p, m = _export(d, "tiny_unet", "unet", "--prune-ratio", "0.5", "--distill-epochs", "6", "--lr", "0.02")
+    p, m = _export(d, "tiny_unet", "unet", "--prune-ratio", "0.5", "--distill-epochs", "20", "--lr", "0.05",
+                   "--temperature", "1")
     assert p.returncode == 0, p.stderr[-2000:]
     a = m["artifacts"]
     assert m["model"]["outputs"][0]["kind"] == "dense"
@@ -85,21 +101,25 @@ def test_segmentation_unet_pruned_int8_keeps_miou(tasks):
 
 
 def test_sigmoid_model_distils_back_where_kl_on_probabilities_did_not(tasks):
-    """Symptom 3: with probabilities taken for logits (KL at T=4 over softmax(p / 4), nearly flat) the
-    pruned student's exact-set accuracy stays far below the original; BCE on the teacher's
-    probabilities brings it back within a point, at 50% of MACs removed."""
-    d, fp32 = _task(tasks, "multilabel")
-    tr, ev = np.load(d / "multilabel-train.npz"), np.load(d / "multilabel-eval.npz")
-    teacher = tm.MultiLabel()
-    teacher.load_state_dict(torch.load(d / "multilabel.pt", weights_only=True))
+    """Symptom 3: a multi-label model with 192 sigmoid outputs, pruned (50% of MACs). KL at T=4 on its
+    probabilities taken for logits (softmax(p / 4) over 192 values is nearly flat) leaves the student
+    far below the original (micro-F1 0.13 in our run); BCE on the teacher's probabilities brings it back
+    within a point."""
+    d, fp32 = _task(tasks, "multilabel_grid")
+    assert fp32 > 0.95
+    tr, ev = np.load(d / "multilabel_grid-train.npz"), np.load(d / "multilabel_grid-eval.npz")
+    teacher = tm.MultiLabelGrid()
+    teacher.load_state_dict(torch.load(d / "multilabel_grid.pt", weights_only=True))
     teacher.eval()
     infos = describe_outputs(("logits",), predict_outputs(teacher, tr["x"][:64]), {})
-    assert infos[0].kind == "sigmoid"
-    cfg = DistillConfig(epochs=4, lr=0.02, batch_size=64)
+    assert infos[0].kind == "sigmoid" and infos[0].shape == (192,)
+    cfg = DistillConfig(epochs=15, lr=0.01, batch_size=64)
     scores = {}
     for name, outputs in (("kl_on_probs", ()), ("per_kind", infos)):
-        student = prune(teacher, torch.zeros(1, 1, 32, 32), PruneConfig(ratio=0.5)).model
+        pr = prune(teacher, torch.zeros(1, 1, 32, 32), PruneConfig(ratio=0.5, round_to=4))
+        assert pr.macs_after <= 0.56 * pr.macs_before
+        student = pr.model
         distill(student, teacher, Dataset(tr["x"], None, "train"), cfg, outputs=outputs)
-        scores[name] = tm.metric_exact_set(predict_outputs(student, ev["x"])[0], ev["y"])
-    assert 100 * (fp32 - scores["per_kind"]) <= 1.0
-    assert scores["kl_on_probs"] < scores["per_kind"] - 0.05
+        scores[name] = tm.metric_f1(predict_outputs(student, ev["x"])[0], ev["y"])
+    assert 100 * (fp32 - scores["per_kind"]) <= 1.0, scores
+    assert scores["kl_on_probs"] < 0.5, scores
