@@ -173,6 +173,8 @@ def _ratio(slow: dict[str, Any], fast: dict[str, Any]) -> float | None:
 
 def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     n, ok = len(rows), sum(r["passed"] for r in rows)
+    # rows that ran with other code than the rest (``code`` says which): a footnote mark each
+    marks = {c: "†‡§¶"[i] for i, c in enumerate(dict.fromkeys(r["code"] for r in rows if r.get("code")))}
     lines = [
         "# External model corpus: timm architectures through `edgecompress export`",
         "",
@@ -184,10 +186,14 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "option at its default (50 % of MACs removed, INT8 static QDQ, parity gates). Random weights and",
         "random data: the table measures *coverage* (does the run complete, does the INT8 file run, is",
         "parity kept), MACs and speed, not accuracy. Latency: onnxruntime, 1 thread, batch 1, p50,",
-        "on a shared machine (speed-ups are ratios within one run).",
+        f"on a machine shared with other work and {meta.get('jobs', 1)} model(s) compressed at once: speed-ups are",
+        "ratios within one run and noisy (the FP32 original and the INT8 file are not timed side by side).",
         "",
         f"**{ok} of {n} pass ({ok / n:.0%}).**" if n else "",
         "",
+        *[f"{mark} {code}" for code, mark in marks.items()], *([""] if marks else []),
+        *([f"Not run yet: {', '.join(missing)}.", ""] if (missing := [c for c in CORPUS if c not in
+                                                                       {r['model'] for r in rows}]) else []),
         "| model | family | px | result | stage | message | MACs kept | INT8 vs FP32 original | INT8 vs FP32 parent "
         "| INT8 size | protected layers |",
         "|---|---|--:|---|---|---|--:|--:|--:|--:|---|",
@@ -198,7 +204,7 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         kept = f"{r['macs_kept']:.1%}" if r.get("macs_kept") is not None else ""
         sp = lambda k, r=r: f"{r[k]:.2f}×" if r.get(k) else ""  # noqa: E731
         msg = (r.get("message") or "").replace("|", "\\|")
-        lines.append(f"| {r['model']} | {r['family']} | {r['px']} | {'pass' if r['passed'] else '**fail**'} | "
+        lines.append(f"| {r['model']}{' ' + marks[r['code']] if r.get('code') else ''} | {r['family']} | {r['px']} | {'pass' if r['passed'] else '**fail**'} | "
                      f"{'' if r['passed'] else r.get('stage', '')} | {'' if r['passed'] else msg} | {kept} | "
                      f"{sp('speedup_vs_original')} | {sp('speedup_vs_parent')} | {size} | {prot.replace('|', '/')} |")
     return "\n".join(lines) + "\n"

@@ -42,10 +42,10 @@ def test_fast_subset_of_the_timm_corpus_passes_end_to_end(tmp_path):
     from external_zoo import FAST
 
     res, table = tmp_path / "zoo.json", tmp_path / "zoo.md"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "external_zoo.py"), "--fast", "--timeout", "300",
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "external_zoo.py"), "--fast", "--timeout", "600",
                         "--work", str(tmp_path / "work"), "--results", str(res), "--table", str(table)],
                        cwd=tmp_path, env=timm_env() | {"HOME": str(tmp_path)}, capture_output=True, text=True,
-                       timeout=900)
+                       timeout=1800)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = {row["model"]: row for row in json.loads(res.read_text())["rows"]}
     assert set(rows) == set(FAST)

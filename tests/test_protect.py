@@ -202,3 +202,30 @@ def test_cli_prunes_a_model_with_fixed_shapes_and_records_what_it_protected(mode
     report = (tmp_path / "out" / "report.md").read_text()
     assert "Protected from pruning" in report and layers[0] in report
     assert f"left {layers[0]} unpruned" in r.stdout + r.stderr
+
+
+class _BiasCache(nn.Module):
+    """Caches a tensor computed in forward as a plain attribute (as timm's EfficientFormer does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.scale = nn.Parameter(torch.ones(8))
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def forward(self, x):
+        self.cache.setdefault("s", self.scale * 2)  # not a graph leaf when traced with gradients
+        return (self.conv(x) * self.cache["s"].view(1, -1, 1, 1)).mean((2, 3))
+
+
+def test_scratch_copy_handles_tensors_cached_by_a_traced_forward():
+    import copy
+
+    from edgecompress.prune.protect import scratch_copy
+
+    m = _BiasCache()
+    m(X)  # with gradients, as Torch-Pruning traces
+    with pytest.raises(RuntimeError):
+        copy.deepcopy(m)
+    c = scratch_copy(m)
+    assert torch.equal(c(X), m(X)) and c.conv is not m.conv and c.cache["s"].is_leaf

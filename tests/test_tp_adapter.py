@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import inspect
+from types import SimpleNamespace
 
+import pytest
 import torch
 import torch.nn as nn
 import torch_pruning as tp
@@ -53,3 +55,25 @@ def test_grouped_conv_is_pruned_at_round_to_8():
     p.step()
     assert m[3].out_channels < 64 and m[3].out_channels % 8 == 0 and m[3].groups == 4
     m(x)  # still runs
+
+
+def test_concat_mapping_gives_up_on_unknown_sizes_as_the_library_means_to(monkeypatch):
+    """1.6.1 sums a concat's input channels before its own ``if ch is None: return``; the override
+    returns there instead of raising TypeError (timm's CS3DarkNet failed to trace)."""
+    from torch_pruning.dependency import index_mapping
+
+    from edgecompress.prune.tp_adapter import concat_with_unknown_sizes
+
+    concat_with_unknown_sizes()
+    patched = index_mapping.update_concat_index_mapping
+    src = inspect.getsource(patched.original)
+    assert "sum(chs)" in src and "if ch is None" in src
+    # a concat whose second input's channel count could not be inferred
+    node = SimpleNamespace(type=tp.ops.OPTYPE.CONCAT, grad_fn=None, inputs=[],
+                           module=SimpleNamespace(concat_sizes=[8, None]))
+    from torch_pruning.dependency import shape_infer
+
+    monkeypatch.setattr(shape_infer, "infer_in_channels_recursively", lambda *a, **k: 8)
+    with pytest.raises(TypeError):
+        patched.original(None, node)  # the library's own function on that concat
+    assert patched(None, node) is None

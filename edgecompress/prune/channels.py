@@ -28,7 +28,7 @@ from edgecompress.prune.allocation import load_table, prune_by_sensitivity
 from edgecompress.prune.depth import drop_blocks
 from edgecompress.prune.importance import accumulate_taylor_grads, importance, needs_gradients
 from edgecompress.prune.latency import Criterion, LatencyCriterion
-from edgecompress.prune.protect import Guard, GuardedImportance, Restart
+from edgecompress.prune.protect import Guard, GuardedImportance, Restart, scratch_copy
 from edgecompress.prune.tp_adapter import count_macs_params, group_aware_pruner, tp_errors
 
 __all__ = ["PruneResult", "layer_table", "output_layers", "prune"]
@@ -155,7 +155,7 @@ def _progressive(model, example, cfg, ignored, done: Criterion, calib_x, calib_y
         if recheck.issuperset(out.roots):
             break
         recheck |= frozenset(out.roots)  # again from the start, these groups checked at every cut
-        model = copy.deepcopy(start)
+        model = scratch_copy(start)
         mods = dict(model.named_modules())
         ignored = [mods[n] for n in ignored_names]
     raise BadInput(f"pruning step {out.step} breaks the model ({out.why}) although each of its layer groups alone "

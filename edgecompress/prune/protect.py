@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from edgecompress.errors import one_line
 
-__all__ = ["Guard", "GuardedImportance", "Protected", "Restart", "output_shapes"]
+__all__ = ["Guard", "GuardedImportance", "Protected", "Restart", "output_shapes", "scratch_copy"]
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ class Guard:
 
     def _try(self, group: Any) -> str | None:
         """Prunes ``group`` on a scratch copy of the model and checks the copy."""
-        scratch = copy.deepcopy(self.model)
+        scratch = scratch_copy(self.model)
         mods = dict(scratch.named_modules())
         param_names = self.pruner.DG._param_to_name  # unwrapped parameters (layer scales, tokens)
         try:
@@ -175,6 +175,29 @@ def _call(dep: Any, module: Any, idxs: Any) -> Any:
         return dep(idxs)
     finally:
         node.module = original
+
+
+def scratch_copy(model: nn.Module) -> nn.Module:
+    """``deepcopy`` of a model that may hold tensors computed in a traced forward as plain
+    attributes (EfficientFormer's attention-bias cache): those are not graph leaves, which
+    ``deepcopy`` refuses, so the copy gets them detached."""
+    memo: dict[int, Any] = {}
+
+    def visit(v: Any) -> None:
+        if isinstance(v, torch.Tensor) and not v.is_leaf:
+            memo[id(v)] = v.detach().clone()
+        elif isinstance(v, dict):
+            for x in v.values():
+                visit(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                visit(x)
+
+    for m in model.modules():
+        for k, v in vars(m).items():
+            if k not in ("_parameters", "_buffers", "_modules"):
+                visit(v)
+    return copy.deepcopy(model, memo)
 
 
 def _names(model: nn.Module) -> dict[nn.Module, str]:

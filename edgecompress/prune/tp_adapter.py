@@ -9,7 +9,9 @@ changing what gets pruned:
   :func:`group_aware_pruner`);
 * ``torch_pruning.utils.op_counter.MODULES_MAPPING``, its per-type MAC counting hooks
   (:func:`count_macs_params`, without the library's deep copy of the model);
-* ``Group.has_pruning_op``, replaced by a lookup with the same answer (:func:`fast_group_lookup`).
+* ``Group.has_pruning_op``, replaced by a lookup with the same answer (:func:`fast_group_lookup`);
+* ``index_mapping.update_concat_index_mapping``, which 1.6.1 lets fail on a concat whose input
+  channels it cannot infer (:func:`concat_with_unknown_sizes`).
 
 Its exceptions become one-line ``BadInput`` errors that name the way out (:func:`tp_errors`).
 """
@@ -73,7 +75,34 @@ def group_aware_pruner(model, example, **kwargs):
             return per_group - keep  # 0 kept = every channel: check_pruning_group skips it, as ungrouped
 
     fast_group_lookup()
+    concat_with_unknown_sizes()
     return GroupAwarePruner(model, example, **kwargs)
+
+
+def concat_with_unknown_sizes() -> None:
+    """Makes 1.6.1's concat index mapping give up on a concat whose input channel counts it cannot
+    infer, as its own code means to (``if ch is None: return`` a few lines on), instead of
+    raising ``TypeError: unsupported operand type(s) for +: 'int' and 'NoneType'`` from
+    ``sum(chs)`` first, which failed the whole dependency graph (timm's CS3DarkNet). Without an
+    index mapping, pruning across that concat may break the model: the guard of
+    ``prune.protect`` then leaves those groups whole."""
+    from torch_pruning.dependency import index_mapping
+
+    original = index_mapping.update_concat_index_mapping
+    if getattr(original, "_edgecompress", False):
+        return
+
+    def update_concat_index_mapping(graph, cat_node):
+        try:
+            return original(graph, cat_node)
+        except TypeError:
+            if None in (cat_node.module.concat_sizes or ()):
+                return None
+            raise
+
+    update_concat_index_mapping._edgecompress = True  # type: ignore[attr-defined]
+    update_concat_index_mapping.original = original  # type: ignore[attr-defined]
+    index_mapping.update_concat_index_mapping = update_concat_index_mapping
 
 
 def fast_group_lookup() -> None:
