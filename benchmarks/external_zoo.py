@@ -253,7 +253,19 @@ def _write(a: argparse.Namespace, rows: list[dict[str, Any]], meta: dict[str, An
     a.results.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(a.results, json.dumps({"meta": meta, "rows": rows}, indent=1))
     a.table.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(a.table, render(rows, meta))
+    atomic_write_text(a.table, into_section(a.table.read_text() if a.table.exists() else "", render(rows, meta)))
+
+
+BEGIN, END = "<!-- external_zoo.py: begin -->", "<!-- external_zoo.py: end -->"
+
+
+def into_section(doc: str, table: str) -> str:
+    """``doc`` with its generated section (between BEGIN and END) replaced by ``table``, or with the
+    section appended: docs/zoo.md also holds the in-repo zoo's coverage, written by hand."""
+    section = f"{BEGIN}\n{table.replace('# External', '## External', 1)}{END}\n"
+    if BEGIN in doc and END in doc:
+        return doc[: doc.index(BEGIN)] + section + doc[doc.index(END) + len(END) + 1:]
+    return doc + ("\n" if doc and not doc.endswith("\n\n") else "") + section
 
 
 if __name__ == "__main__":
