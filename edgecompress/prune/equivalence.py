@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from edgecompress.models.outputs import tensors
 from edgecompress.models.pruned import replace_module
 
 MASKABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.modules.batchnorm._BatchNorm)
@@ -127,14 +128,6 @@ def _masked(reference: nn.Module, kept: dict[str, list[int]]) -> nn.Module:
     return reference
 
 
-def _tensors(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    return [t for o in (out if isinstance(out, (list, tuple)) else ()) for t in _tensors(o)]
-
-
 def _run_recording(model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
     """The model's outputs and the first output of every maskable layer, in execution order."""
     seen: dict[str, torch.Tensor] = {}
@@ -145,7 +138,7 @@ def _run_recording(model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor
     hooks = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, MASKABLE)]
     try:
         with torch.no_grad():
-            out = _tensors(model(x))
+            out = tensors(model(x))
     finally:
         for h in hooks:
             h.remove()
