@@ -37,7 +37,8 @@ def test_two_gloo_processes_finish_with_identical_weights(tmp_path):
         distill=DistillConfig(epochs=2, batch_size=64, patience=2, features=("layer2",)),
         quant=QuantConfig(calib_samples=32),
         bench=BenchConfig(runs=3, warmup=1),
-        verify=VerifyConfig(min_int8_agreement=0.0),
+        # the teacher is randomly initialised: its accuracy says nothing, so the drop gate only reports
+        verify=VerifyConfig(min_int8_agreement=0.0, max_drop_vs_original=0.0),
         nproc=2,
         out=str(out),
     )
