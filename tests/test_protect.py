@@ -43,7 +43,26 @@ class FixedView(nn.Module):
 
 
 class FixedSplit(nn.Module):
-    """Splits the stem's channels with sizes fixed at construction (as MixNet's mixed convs do)."""
+    """Splits the stem's channels with sizes written in forward (as MobileViT-V2's attention does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.a = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.b = nn.Conv2d(16, 16, 5, padding=2, groups=16)
+        self.post = nn.Sequential(nn.Conv2d(32, 64, 1), nn.BatchNorm2d(64), nn.ReLU(),
+                                  nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU())
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        a, b = torch.split(self.stem(x), [16, 16], dim=1)
+        x = torch.cat([self.a(a), self.b(b)], 1)
+        return self.fc(self.post(x).mean((2, 3)))
+
+
+class MixedSplit(nn.Module):
+    """Splits the stem's channels with sizes kept as a list next to the convs they feed (MixNet's
+    mixed-kernel convs, timm's MixedConv2d)."""
 
     def __init__(self):
         super().__init__()
@@ -81,6 +100,11 @@ def fixed_view():
 def fixed_split():
     torch.manual_seed(0)
     return FixedSplit()
+
+
+def mixed_split():
+    torch.manual_seed(0)
+    return MixedSplit()
 '''
 
 
@@ -115,6 +139,24 @@ def test_fixed_split_sizes_leave_the_split_groups_whole(models):
     assert all("split_with_sizes" in p["reason"] for p in res.protected)
     assert res.model.stem[0].out_channels == 32 and res.model.post[0].out_channels < 64
     assert res.model(X).shape == (1, 10)
+
+
+def test_split_sizes_kept_next_to_their_convs_follow_the_pruning(models, tmp_path):
+    from edgecompress.models import load_pruned, save_pruned
+    from edgecompress.models.loading import ModelSpec
+
+    d, ns = models
+    model = ns["mixed_split"]().eval()
+    res = prune(model, X, PruneConfig(ratio=0.5))
+    assert res.macs_after <= 0.5 * res.macs_before and res.protected == []
+    a, b = res.model.a.in_channels, res.model.b.in_channels
+    assert a + b < 32 and res.model.splits == [a, b]  # pruned through the split, sizes rewritten
+    assert res.model(X).shape == (1, 10) and model.splits == [16, 16]  # the input model is untouched
+    # the pruned checkpoint rebuilds the same sizes from the factory
+    spec = ModelSpec(kind="factory", ref=f"{d / 'protect_models.py'}:mixed_split", kwargs={})
+    save_pruned(tmp_path / "p.pt", spec, (1, 3, 16, 16), res.model, res.record)
+    back = load_pruned(tmp_path / "p.pt")
+    assert back.splits == [a, b] and torch.allclose(back(X), res.model(X), atol=1e-6)
 
 
 def test_nothing_prunable_left_is_one_line_bad_input_naming_the_layer(models):
@@ -229,3 +271,42 @@ def test_scratch_copy_handles_tensors_cached_by_a_traced_forward():
         copy.deepcopy(m)
     c = scratch_copy(m)
     assert torch.equal(c(X), m(X)) and c.conv is not m.conv and c.cache["s"].is_leaf
+
+
+class _TwoConvs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.conv2 = nn.Sequential(nn.Conv2d(8, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU())
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(self.conv2(self.conv1(x)).mean((2, 3)))
+
+
+def test_a_group_past_the_build_bound_is_left_whole_and_recorded(monkeypatch):
+    from edgecompress.prune import tp_adapter
+
+    # conv1's group holds ~5 x 8 channel indices, conv2's ~5 x 64: only conv2's is past 100
+    monkeypatch.setattr(tp_adapter, "MAX_GROUP_INDICES", 100)
+    res = prune(_TwoConvs().eval(), X, PruneConfig(ratio=0.3, round_to=1))
+    assert [p["layer"] for p in res.protected] == ["conv2.0"]
+    assert res.protected[0]["reason"].startswith("torch-pruning cannot trace this group: its channel dependency group "
+                                                 "grew past")
+    assert res.model.conv2[0].out_channels == 64 and res.model.conv1[0].out_channels < 8
+    assert res.macs_after <= 0.7 * res.macs_before and res.model(X).shape == (1, 10)
+
+
+def test_bounded_group_building_builds_the_same_groups_within_bounds(models):
+    from torch_pruning.dependency.graph import DependencyGraph
+
+    from edgecompress.prune.tp_adapter import bounded_groups
+
+    _, ns = models
+    bounded_groups()
+    for factory in ("fixed_view", "fixed_split", "mixed_split"):
+        dg = tp.DependencyGraph().build_dependency(ns[factory]().eval(), X)
+        ours = [[(str(d), i) for d, i in g] for g in dg.get_all_groups()]
+        theirs = [[(str(d), i) for d, i in g] for g in DependencyGraph.get_all_groups.original(dg)]
+        assert ours == theirs and len(ours) >= 3 and dg.untraceable == {}

@@ -4,7 +4,8 @@
 and no pickled code ever runs. The architecture is rebuilt by calling the original factory
 (zoo name or ``file.py:factory``) and reshaping the modules named in the record
 (``structural_record``: module name -> changed structural attributes, or ``removed`` for a
-residual block that depth pruning replaced by the identity).
+residual block that depth pruning replaced by the identity). Split sizes a module keeps as a
+list next to the layers they feed follow those layers' input channels (:class:`SplitSizes`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,37 @@ STRUCT_ATTRS = (
     "num_channels", "num_groups", "normalized_shape", "embed_dim", "num_heads",
 )  # fmt: skip
 
+
+
+class SplitSizes:
+    """Split sizes a model holds as a plain list next to the layers they feed, kept equal to
+    those layers' input channels as pruning changes them.
+
+    A mixed-kernel conv (timm's ``MixedConv2d`` in MixNet, MixConv-style blocks) splits its input
+    with ``torch.split(x, self.splits, 1)`` and runs one conv per chunk. Torch-Pruning follows
+    the split in the traced graph and prunes each chunk's conv correctly, but the list in the
+    module stays at the old sizes and the next forward fails. Found before pruning: a module
+    attribute that is a list (or tuple) of ints equal, in order, to the ``in_channels`` of the
+    module's child layers (at least two). :meth:`sync` rewrites each such list from the
+    children's current ``in_channels``; names, not objects, so it applies to scratch copies."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.found: list[tuple[str, str, list[str]]] = []  # (module, attribute, child layers)
+        for name, m in model.named_modules():
+            kids = [(k, c) for k, c in m.named_children() if isinstance(getattr(c, "in_channels", None), int)]
+            if len(kids) < 2:
+                continue
+            sizes = [c.in_channels for _, c in kids]
+            for attr, v in vars(m).items():
+                if (not attr.startswith("_") and isinstance(v, (list, tuple)) and len(v) == len(kids)
+                        and all(type(i) is int for i in v) and list(v) == sizes):
+                    self.found.append((name, attr, [k for k, _ in kids]))
+
+    def sync(self, model: nn.Module) -> None:
+        for name, attr, kids in self.found:
+            m = model.get_submodule(name)
+            old = getattr(m, attr)
+            setattr(m, attr, type(old)(m.get_submodule(k).in_channels for k in kids))
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -60,6 +92,7 @@ def structural_record(original: nn.Module, pruned: nn.Module) -> dict[str, dict[
 
 def apply_record(model: nn.Module, record: dict[str, dict[str, Any]], state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """Reshapes a freshly built ``model`` to the pruned structure and loads ``state_dict``."""
+    splits = SplitSizes(model)  # found on the model as built, rewritten once it is reshaped
     mods = dict(model.named_modules())
     for name in sorted(n for n, a in record.items() if a == {"removed": True}):
         if name not in mods:
@@ -77,6 +110,7 @@ def apply_record(model: nn.Module, record: dict[str, dict[str, Any]], state_dict
             if a not in STRUCT_ATTRS:
                 raise BadInput(f"pruning record has unsupported attribute {a!r}")
             setattr(mods[name], a, tuple(v) if isinstance(v, list) else v)
+    splits.sync(model)
     for key, t in state_dict.items():
         mod_name, _, attr = key.rpartition(".")
         mod = mods.get(mod_name)

@@ -2,7 +2,7 @@
 
 Torch-Pruning follows the channels through the traced graph, but a model's code may hold
 numbers the graph does not show: ``x.view(-1, 256)`` after the last conv, ``torch.split(x,
-[16, 16, 32])`` with sizes fixed at construction (MixNet, MobileViT-V2), a layer scale of one
+[1, 64, 64])`` with sizes fixed at construction (MobileViT-V2), a layer scale of one
 channel. Pruning such a group breaks the forward (or silently changes the output shape), and
 Torch-Pruning's importance can fail on a group whose index mapping it got wrong (IndexError).
 
@@ -14,8 +14,11 @@ ignored layers) and recorded with the one-line reason; the other groups of the s
 as usual, and pruning goes on toward the target with what is left. A model's fixed sizes break
 on the first channel removed, so later cuts of a checked group are not re-checked; the whole
 model is still run after every step, and when a step breaks it anyway the schedule restarts
-(:class:`Restart`) with that step's groups checked at every cut. A group whose importance
-Torch-Pruning cannot compute is left whole the same way (:class:`GuardedImportance`).
+(:class:`Restart`) with that step's groups checked at every cut. Split sizes kept as a list
+next to the layers they feed (MixNet's mixed-kernel convs) are not a reason to protect: they are
+rewritten from those layers after each cut (``models.pruned.SplitSizes``). A group whose importance
+Torch-Pruning cannot compute is left whole the same way (:class:`GuardedImportance`), and so is
+one whose dependency group it cannot build within bounds (``tp_adapter.bounded_groups``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from edgecompress.errors import one_line
+from edgecompress.models.pruned import SplitSizes
 
 __all__ = ["Guard", "GuardedImportance", "Protected", "Restart", "output_shapes", "scratch_copy"]
 
@@ -104,6 +108,7 @@ class Guard:
         self.checked: set[str] = set()
         self.protected: list[Protected] = []
         self.k = 0
+        self.splits = SplitSizes(model)
 
     def _forward(self, model: nn.Module) -> Any:
         with torch.no_grad():
@@ -133,6 +138,7 @@ class Guard:
                     continue
                 self.checked.add(name)
             group.prune()
+            self.splits.sync(self.model)
             pruned.append(name)
         self._unscorable()
         why = self.check(self.model) if pruned else None
@@ -152,14 +158,19 @@ class Guard:
                     setattr(owner, attr, _call(dep, getattr(owner, attr), idxs))
                 elif node.module in self.names:  # Torch-Pruning's graph-only ops (concat, split) are skipped
                     _call(dep, mods[self.names[node.module]], idxs)
+            self.splits.sync(scratch)
         except Exception as e:
             return _reason(e)
         return self.check(scratch)
 
     def _unscorable(self) -> None:
-        """Groups the importance could not score this step: ignored from now on, and recorded."""
+        """Groups the importance could not score this step, and root layers whose dependency
+        group Torch-Pruning could not build within bounds (``tp_adapter.bounded_groups``):
+        ignored from now on, and recorded."""
         imp = self.pruner.importance
-        for module, why in getattr(imp, "failed", ()):
+        untraceable = [(m, "torch-pruning cannot trace this group: " + why)
+                       for m, why in getattr(self.pruner.DG, "untraceable", {}).items()]
+        for module, why in [*getattr(imp, "failed", ()), *untraceable]:
             if module not in self.pruner.ignored_layers:
                 self.pruner.ignored_layers.extend(module.modules())
                 self.protected.append(Protected(self.names.get(module, type(module).__name__), why, self.k))

@@ -11,7 +11,12 @@ changing what gets pruned:
   (:func:`count_macs_params`, without the library's deep copy of the model);
 * ``Group.has_pruning_op``, replaced by a lookup with the same answer (:func:`fast_group_lookup`);
 * ``index_mapping.update_concat_index_mapping``, which 1.6.1 lets fail on a concat whose input
-  channels it cannot infer (:func:`concat_with_unknown_sizes`).
+  channels it cannot infer (:func:`concat_with_unknown_sizes`);
+* ``ops.SplitPruner``, whose 1.6.1 ``prune_out_channels`` stores the new split offsets on
+  itself instead of on the split node, so the next step maps channels through the old offsets
+  (:func:`split_offsets_follow_pruning`);
+* ``Group.add_dep`` and ``DependencyGraph.get_all_groups``: group building bounded in work, a
+  group past the bound left whole instead of the run never ending (:func:`bounded_groups`).
 
 Its exceptions become one-line ``BadInput`` errors that name the way out (:func:`tp_errors`).
 """
@@ -76,7 +81,37 @@ def group_aware_pruner(model, example, **kwargs):
 
     fast_group_lookup()
     concat_with_unknown_sizes()
+    bounded_groups()
+    split_offsets_follow_pruning()
     return GroupAwarePruner(model, example, **kwargs)
+
+
+def split_offsets_follow_pruning() -> None:
+    """Makes a pruned split's offsets follow its new sizes (once, process-wide).
+
+    1.6.1's ``SplitPruner.prune_out_channels`` computes the new ``split_sizes`` and offsets but
+    assigns the offsets to ``self`` (the pruner shared by every split) instead of ``layer`` (the
+    split node); ``update_split_index_mapping`` reads ``layer.offsets``, so from the second
+    pruning step on, channels are mapped into a split through the sizes it had before the first
+    one, and the importance fails (MixNet: "index 16 is out of bounds for dimension 0 with size
+    16"). Here the node's offsets are recomputed from its sizes after each cut."""
+    import itertools
+
+    from torch_pruning import ops
+
+    original = ops.SplitPruner.prune_out_channels
+    if getattr(original, "_edgecompress", False):
+        return
+
+    def prune_out_channels(self, layer, idxs):
+        original(self, layer, idxs)
+        if layer.split_sizes is not None:
+            layer.offsets = [0, *itertools.accumulate(layer.split_sizes)]
+
+    prune_out_channels._edgecompress = True  # type: ignore[attr-defined]
+    prune_out_channels.original = original  # type: ignore[attr-defined]
+    ops.SplitPruner.prune_out_channels = prune_out_channels
+    ops.SplitPruner.prune_in_channels = prune_out_channels
 
 
 def concat_with_unknown_sizes() -> None:
@@ -103,6 +138,76 @@ def concat_with_unknown_sizes() -> None:
     update_concat_index_mapping._edgecompress = True  # type: ignore[attr-defined]
     update_concat_index_mapping.original = original  # type: ignore[attr-defined]
     index_mapping.update_concat_index_mapping = update_concat_index_mapping
+
+
+# Bounds of one dependency group's building (deterministic: counts, not seconds). The largest
+# groups of the timm corpus that build are ~1,200 items and ~12k channel indices (FastViT); the
+# ones past the bounds grow without end (ReXNet's slice-add residual: >20k items in 1.5 s) or
+# through a spatial flatten read as a channel flatten (EfficientViT-M, EfficientFormerV2 and
+# MobileNetV4-hybrid attention: a 64-channel group becomes 64 x H x W indices, and one group
+# took 277 s). Either way Torch-Pruning would rebuild that group at each of the 100 steps.
+MAX_GROUP_ITEMS = 20_000
+MAX_GROUP_INDICES = 1_000_000
+
+
+class GroupTooLarge(Exception):
+    """A dependency group grew past :data:`MAX_GROUP_ITEMS` / :data:`MAX_GROUP_INDICES`."""
+
+
+def bounded_groups() -> None:
+    """Bounds the building of each dependency group, once, process-wide.
+
+    ``Group.add_dep`` counts the items and channel indices of the group being built and raises
+    :class:`GroupTooLarge` past the bounds; ``DependencyGraph.get_all_groups`` (1.6.1's loop,
+    unchanged otherwise) catches it for that root layer, remembers the layer and the reason in
+    ``graph.untraceable`` (module -> reason) and skips it in every later call, so the bound is
+    paid once per layer, not once per step. ``prune.protect.Guard`` leaves those layers whole
+    and records them. Groups within the bounds are built exactly as before."""
+    from torch_pruning import ops
+    from torch_pruning.dependency.graph import DependencyGraph
+    from torch_pruning.dependency.group import Group
+
+    if getattr(Group.add_dep, "_edgecompress", False):
+        return
+    add_dep = Group.add_dep
+
+    def bounded_add_dep(self, dep, idxs) -> None:
+        work = self.__dict__.get("_ec_work", 0) + len(idxs)
+        self._ec_work = work
+        if len(self._group) >= MAX_GROUP_ITEMS or work > MAX_GROUP_INDICES:
+            raise GroupTooLarge(f"its channel dependency group grew past {len(self._group)} layers / {work} channel "
+                                "indices without closing (a reshape or slice torch-pruning cannot follow)")
+        add_dep(self, dep, idxs)
+
+    def get_all_groups(self, ignored_layers=[], root_module_types=(ops.TORCH_CONV, ops.TORCH_LINEAR)):  # noqa: B006
+        untraceable = self.__dict__.setdefault("untraceable", {})
+        visited_layers = set()
+        ignored_layers = list(ignored_layers) + self.IGNORED_LAYERS_IN_TRACING
+        for m in list(self.module2node.keys()):
+            if m in ignored_layers or m in untraceable or not isinstance(m, tuple(root_module_types)):
+                continue
+            pruner = self.get_pruner_of_module(m)
+            if pruner is None or pruner.get_out_channels(m) is None or m in visited_layers:
+                continue
+            try:
+                group = self.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
+            except GroupTooLarge as e:
+                untraceable[m] = str(e)
+                continue
+            prunable_group = True
+            for dep, _ in group:
+                if self.is_out_channel_pruning_fn(dep.handler):
+                    visited_layers.add(dep.target.module)
+                    if dep.target.module in ignored_layers:
+                        prunable_group = False
+            if prunable_group:
+                yield group
+
+    bounded_add_dep._edgecompress = True  # type: ignore[attr-defined]
+    bounded_add_dep.original = add_dep  # type: ignore[attr-defined]
+    get_all_groups.original = DependencyGraph.get_all_groups  # type: ignore[attr-defined]
+    Group.add_dep = bounded_add_dep
+    DependencyGraph.get_all_groups = get_all_groups
 
 
 def fast_group_lookup() -> None:
