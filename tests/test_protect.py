@@ -310,3 +310,47 @@ def test_bounded_group_building_builds_the_same_groups_within_bounds(models):
         ours = [[(str(d), i) for d, i in g] for g in dg.get_all_groups()]
         theirs = [[(str(d), i) for d, i in g] for g in DependencyGraph.get_all_groups.original(dg)]
         assert ours == theirs and len(ours) >= 3 and dg.untraceable == {}
+
+
+class _Mixed(nn.Module):
+    """MixNet's mixed conv in small: split sizes next to their convs, chunk 0 read by ``a``, but
+    traced with ``b`` first; the logits are tiny, as a randomly initialised net's are."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.splits = [16, 16]
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.a = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.b = nn.Conv2d(16, 16, 5, padding=2, groups=16)
+        self.fc = nn.Linear(32, 10)
+        with torch.no_grad():
+            self.fc.weight.mul_(1e-5)
+            self.fc.bias.mul_(1e-5)
+
+    def forward(self, x):
+        a, b = torch.split(self.stem(x), self.splits, dim=1)
+        return self.fc(torch.cat([self.a(a), self.b(b)], 1).mean((2, 3)))
+
+
+@pytest.mark.parametrize("fixed", [True, False])
+def test_split_chunks_map_to_the_convs_that_read_them(monkeypatch, fixed):
+    from torch_pruning.dependency import index_mapping
+
+    from edgecompress.prune import tp_adapter
+    from edgecompress.prune.equivalence import check_equivalence, record_removals
+
+    if not fixed:  # torch-pruning 1.6.1's own mapping: chunk i to the i-th consumer traced
+        tp_adapter.split_outputs_by_index()
+        monkeypatch.setattr(index_mapping, "update_split_index_mapping",
+                            index_mapping.update_split_index_mapping.original)
+        monkeypatch.setattr(tp_adapter, "split_outputs_by_index", lambda: None)
+    model, x = _Mixed().eval(), torch.randn(4, 3, 16, 16)
+    with record_removals() as log:
+        res = prune(model, x[:1], PruneConfig(ratio=0.3, round_to=1))
+    eq = check_equivalence(model, res.model, log, x)
+    assert float(model(x).abs().max()) < 1e-4  # below the output bound: only the per-layer check can see it
+    if fixed:
+        assert eq.status == "held" and res.model.splits == [res.model.a.in_channels, res.model.b.in_channels]
+    else:
+        assert eq.status == "failed" and eq.layer in ("a", "b")

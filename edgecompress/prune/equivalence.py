@@ -7,8 +7,9 @@ NHWC before flattening into a Linear, say) the pruned model still runs, exports 
 parity with itself, but its classifier reads the wrong columns. Here every low-level removal
 Torch-Pruning makes is recorded (:func:`record_removals`); the same output channels are then zeroed
 in a copy of the unpruned model (conv and linear rows, BatchNorm scale and shift), and that masked
-copy must give the pruned model's outputs. When it does not, the first layer (in execution order)
-whose kept channels differ is named.
+copy must give the pruned model's outputs, and every maskable layer's kept channels (each within
+the bound of its own scale). When it does not, the first layer (in execution order) whose kept
+channels differ is named.
 
 Zeroing is only equivalent to removing when nothing mixes channels statistically: a LayerNorm or
 GroupNorm normalises across the channels, attention splits them into heads. A step that changed
@@ -183,8 +184,10 @@ def check_equivalence(before: nn.Module, pruned: nn.Module, log: Sequence[Remova
                            removed_channels=removed)
     max_abs = max((float((g - w).abs().max()) for g, w in zip(got_out, want_out, strict=True)), default=0.0)
     bound = TOL * max(1.0, max((float(w.abs().max()) for w in want_out), default=0.0))
-    if max_abs <= bound:
+    # every layer too, each against its own scale: a model whose outputs are tiny (a randomly
+    # initialised net's logits ~1e-4) would pass the output bound with any channels crossed
+    layer = _first_divergent(pruned, got, want, kept)
+    if max_abs <= bound and layer is None:
         return Equivalence(step=step, status="held", max_abs=max_abs, bound=bound, removed_channels=removed)
-    layer = _first_divergent(pruned, got, want, kept) or "the model output"
-    return Equivalence(step=step, status="failed", max_abs=max_abs, bound=bound, layer=layer,
+    return Equivalence(step=step, status="failed", max_abs=max_abs, bound=bound, layer=layer or "the model output",
                        removed_channels=removed)

@@ -15,6 +15,8 @@ changing what gets pruned:
 * ``ops.SplitPruner``, whose 1.6.1 ``prune_out_channels`` stores the new split offsets on
   itself instead of on the split node, so the next step maps channels through the old offsets
   (:func:`split_offsets_follow_pruning`);
+* ``index_mapping.update_split_index_mapping``, which gives the i-th *consumer* of a split the
+  channels of the i-th chunk, whatever chunk it reads (:func:`split_outputs_by_index`);
 * ``Group.add_dep`` and ``DependencyGraph.get_all_groups``: group building bounded in work, a
   group past the bound left whole instead of the run never ending (:func:`bounded_groups`).
 
@@ -83,6 +85,7 @@ def group_aware_pruner(model, example, **kwargs):
     concat_with_unknown_sizes()
     bounded_groups()
     split_offsets_follow_pruning()
+    split_outputs_by_index()
     return GroupAwarePruner(model, example, **kwargs)
 
 
@@ -112,6 +115,50 @@ def split_offsets_follow_pruning() -> None:
     prune_out_channels.original = original  # type: ignore[attr-defined]
     ops.SplitPruner.prune_out_channels = prune_out_channels
     ops.SplitPruner.prune_in_channels = prune_out_channels
+
+
+def split_outputs_by_index() -> None:
+    """Maps each consumer of a split onto the chunk it reads (once, process-wide).
+
+    1.6.1's ``update_split_index_mapping`` gives the i-th node of ``split_node.outputs`` the
+    offsets of chunk i, but that list is in the order the graph was traced, not the order of the
+    chunks: in ``a, b = torch.split(x, [16, 16], 1); cat([conv_a(a), conv_b(b)])`` it held
+    ``conv_b`` first, so a channel cut from chunk 0 was cut from ``conv_b``'s input - the pruned
+    model ran, with the wrong channels (MixNet failed the structural-equivalence gate). The chunk
+    a consumer reads is in autograd: its ``grad_fn.next_functions`` holds ``(split grad_fn,
+    chunk number)``. After the library's own update (its checks of the split's dim are kept),
+    every split mapping it set is re-pointed at that chunk's offsets; a consumer that reads
+    several chunks keeps the library's mapping."""
+    from torch_pruning.dependency import index_mapping
+
+    original = index_mapping.update_split_index_mapping
+    if getattr(original, "_edgecompress", False):
+        return
+    mapping = index_mapping._SplitIndexMapping
+
+    def chunk_of(split_node, out_node) -> int | None:
+        nrs = {nr for fn, nr in getattr(out_node.grad_fn, "next_functions", ()) if fn is split_node.grad_fn}
+        return nrs.pop() if len(nrs) == 1 else None
+
+    def update_split_index_mapping(graph, split_node):
+        original(graph, split_node)
+        offsets = getattr(split_node.module, "offsets", None)
+        if offsets is None or split_node.grad_fn is None:
+            return
+        for out_node in split_node.outputs:
+            k = chunk_of(split_node, out_node)
+            if k is None or k + 2 > len(offsets):
+                continue
+            for dep in split_node.dependencies:
+                if dep.target is out_node and isinstance(dep.index_mapping[0], mapping):
+                    dep.index_mapping[0] = mapping(offset=offsets[k:k + 2], reverse=False)
+            for dep in out_node.dependencies:
+                if dep.target is split_node and isinstance(dep.index_mapping[0], mapping):
+                    dep.index_mapping[0] = mapping(offset=offsets[k:k + 2], reverse=True)
+
+    update_split_index_mapping._edgecompress = True  # type: ignore[attr-defined]
+    update_split_index_mapping.original = original  # type: ignore[attr-defined]
+    index_mapping.update_split_index_mapping = update_split_index_mapping
 
 
 def concat_with_unknown_sizes() -> None:
