@@ -1,6 +1,6 @@
 """Latency of one 3x3 convolution (C -> C channels, + ReLU) against its channel count, INT8 (onnxruntime
-static QDQ) and FP32, timed side by side: the per-device table that a width choice by measured
-latency would read (issue #20, item 3).
+static QDQ) and FP32, timed side by side: the measurement behind ``--structure``'s width table
+(edgecompress/quantize/widths.py, which times the INT8 column on the run's device and caches it).
 
     python benchmarks/conv_width.py --hw 28 --channels 48,56,64,104,112,120,128
 
@@ -15,32 +15,17 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import onnx
 from _common import RESULTS
-from onnx import TensorProto, helper, numpy_helper
 
-from edgecompress.config import QuantConfig
 from edgecompress.files import atomic_write_text
-from edgecompress.quantize import quantize_ptq
+from edgecompress.quantize.widths import conv_file
 from edgecompress.runtime.latency import round_robin
 from edgecompress.runtime.meter import LOCAL
 
 
 def conv_files(c: int, hw: int, d: Path) -> tuple[Path, Path]:
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.normal(0, 0.1, (c, c, 3, 3)).astype(np.float32), "w")
-    b = numpy_helper.from_array(np.zeros(c, np.float32), "b")
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
-             helper.make_node("Relu", ["c"], ["y"], name="relu")]
-    g = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, hw, hw])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", c, hw, hw])], [w, b])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    fp32, int8 = d / f"c{c}.onnx", d / f"c{c}.int8.onnx"
-    onnx.save(m, str(fp32))
-    quantize_ptq(fp32, int8, np.random.default_rng(1).random((8, c, hw, hw), dtype=np.float32), QuantConfig())
-    return fp32, int8
+    """The FP32 and INT8 files of ``--structure``'s width table (quantize.widths.conv_file)."""
+    return conv_file(c, d, int8=False, hw=hw), conv_file(c, d, int8=True, hw=hw)
 
 
 def main() -> None:

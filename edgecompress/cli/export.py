@@ -89,6 +89,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--prune-steps", "prune.steps", "iterative schedule: N rounds of prune -> distill"),
     Flag("--drop-blocks", "prune.drop_blocks", "depth pruning: remove the N residual blocks whose removal changes "
          "the output least, before pruning channels; they count towards --prune-ratio"),
+    Flag("--structure", "prune.structure", "fixed: --round-to and --drop-blocks as given; fastest: the channel "
+         "multiple from a width table measured on the device (cached) and the number of dropped residual blocks "
+         "whose INT8 file runs fastest, among 0-3, at the same budget; auto: fastest for models of >= 200M MACs "
+         "left at the default --round-to and --drop-blocks, else fixed"),
     Flag("--prune-max-seconds", "prune.max_seconds", "bound on each pruning step (dependency graph + channel "
          "removal) in seconds: past it, an error naming the slow part (0 = no bound)"),
     Flag("--prune-max-memory", "prune.max_memory", "bound on the resident memory while pruning, as a fraction of "

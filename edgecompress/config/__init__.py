@@ -12,6 +12,7 @@ from edgecompress.config.enums import (
     QuantMode,
     QuantTarget,
     Stage,
+    Structure,
     WeightStorage,
 )
 from edgecompress.config.parse import merge
@@ -31,5 +32,5 @@ from edgecompress.config.stages import (
 __all__ = [
     "CONFIG_VERSION", "Allocation", "BenchConfig", "CalibMethod", "DataConfig", "DistillConfig", "ExportOnnxConfig",
     "Exporter", "Importance", "ModelConfig", "OutputKind", "PruneConfig", "QType", "QatConfig", "QuantBackend", "QuantConfig",
-    "QuantMode", "QuantTarget", "RunConfig", "Stage", "VerifyConfig", "WeightStorage", "load_recipe", "merge",
+    "QuantMode", "QuantTarget", "RunConfig", "Stage", "Structure", "VerifyConfig", "WeightStorage", "load_recipe", "merge",
 ]  # fmt: skip

@@ -76,6 +76,14 @@ class Deliver(StrEnum):
     FASTEST = "fastest"  # the faster, on this CPU, of the INT8 file and its FP32 parent
 
 
+class Structure(StrEnum):
+    """How the pruned structure's channel multiple and dropped blocks are decided (pipeline.structure)."""
+
+    AUTO = "auto"  # FASTEST for models of >= 200M MACs left at the default --round-to 8 / --drop-blocks 0
+    FIXED = "fixed"  # --round-to and --drop-blocks as given
+    FASTEST = "fastest"  # measured on the device: the width table's multiple, the fastest number of dropped blocks
+
+
 class Stage(StrEnum):
     """The stages of a run: one name in the plan, the log and the manifest."""
 

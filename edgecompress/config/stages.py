@@ -20,6 +20,7 @@ from edgecompress.config.enums import (
     QuantMode,
     QuantTarget,
     ResizeMode,
+    Structure,
     WeightStorage,
 )
 from edgecompress.config.parse import EnumFields
@@ -118,6 +119,9 @@ class PruneConfig(EnumFields):
     target_latency_ms: float | None = None  # instead of ratio: prune until measured p50 <= this
     steps: int = 1  # iterative schedule: N rounds of prune -> short distillation
     drop_blocks: int = 0  # depth pruning: remove this many residual blocks before pruning channels
+    # round_to and drop_blocks as given, or chosen by measured latency on the device (pipeline.structure);
+    # auto = fastest for models of >= 200M MACs left at round_to 8 and drop_blocks 0
+    structure: Structure = Structure.AUTO
     sensitivity: str | None = None  # allocation=sensitivity: sensitivity.json to use; None = measure on val split
     # bounds on each pruning step (dependency graph + channel removal; prune.bounds): past either, a
     # one-line error naming the slow part instead of a hang or an OOM kill. 0 = no bound
@@ -160,6 +164,12 @@ class PruneConfig(EnumFields):
             raise ConfigError(f"--prune-ratio {self.ratio}: must be in [0, 1), e.g. 0.5 removes half the MACs")
         _choice("--importance", self.importance, Importance)
         _choice("--allocation", self.allocation, Allocation)
+        _choice("--structure", self.structure, Structure)
+        if self.structure == Structure.FASTEST and (self.target_latency_ms is not None or self.steps > 1
+                                                    or self.allocation == Allocation.SENSITIVITY):
+            raise ConfigError("--structure fastest chooses the structure for --prune-ratio / --target-params with "
+                              "one pruning step and uniform or global allocation; use --structure fixed with "
+                              "--target-latency-ms, --prune-steps > 1 or --allocation sensitivity")
         if self.round_to < 1:
             raise ConfigError(f"--round-to {self.round_to}: must be >= 1 (1 turns rounding off)")
         if not 0 < self.max_layer_ratio < 1:

@@ -43,7 +43,7 @@ def latency_criterion(example: torch.Tensor, calib_x: np.ndarray | None, *, onnx
                 if latency_aware:
                     path = latency_aware_ptq(path, q, calib, quant, rounds=3, profile_rounds=1, meter=meter)[0].path
                 else:
-                    path = quantize_ptq(path, q, calib, quant).path
+                    path = quantize_ptq(path, q, calib, quant, quiet=True).path
             p50 = meter.measure_latency(path, threads=1, batch=1, warmup=10, runs=runs).p50_ms
             if is_local(meter):
                 return p50

@@ -22,6 +22,7 @@ from edgecompress.pipeline.artifacts import fp32_artifact
 from edgecompress.pipeline.context import RunContext
 from edgecompress.pipeline.probe import latency_criterion
 from edgecompress.pipeline.prune_step import prune_step
+from edgecompress.pipeline.structure import choose as choose_structure
 from edgecompress.prune import count_macs_params, layer_table
 from edgecompress.prune.allocation import missing_warning
 from edgecompress.prune.sensitivity import SensitivityConfig, ratios_up_to, sensitivity
@@ -55,6 +56,7 @@ class PruneDistill:
     def run(self, ctx: RunContext) -> None:
         t0 = time.time()
         cfg, p, teacher = ctx.cfg, ctx.cfg.prune, ctx.lm.model
+        p, structure = choose_structure(ctx, p, _calib(ctx))
         ctx.log(f"pruning to {p.goal()} ({p.importance}, {p.allocation}, round-to {p.round_to}"
                 f"{f', {p.steps} steps' if p.steps > 1 else ''}"
                 f"{f', {p.drop_blocks} blocks dropped' if p.drop_blocks else ''})")
@@ -97,7 +99,8 @@ class PruneDistill:
         if p.steps > 1 and p.allocation == "sensitivity":
             pr.allocation = {"per_step": allocations}
         ctx.stages.append(Stage.PRUNE)
-        ctx.stage_results["prune"] = pr.summary() | _prune_settings(p) | ({"warnings": warnings_} if warnings_ else {})
+        ctx.stage_results["prune"] = (pr.summary() | _prune_settings(p) | {"structure": structure}
+                                      | ({"warnings": warnings_} if warnings_ else {}))
         ctx.log(f"pruned: MACs {pr.macs_before:,} -> {pr.macs_after:,} ({1 - pr.macs_after / pr.macs_before:.1%} "
                 f"removed), params {pr.params_before:,} -> {pr.params_after:,}")
         if history:

@@ -140,8 +140,9 @@ def preprocessed_model(fp32: Path):
         return onnx.load(str(preprocess(fp32, Path(d) / "pre.onnx")))
 
 
-def quantize_ptq(fp32: Path, out: Path, calib_x, cfg: QuantConfig) -> QuantResult:
-    """``calib_x``: an array, an array-like decoded on demand, or an iterable of batches."""
+def quantize_ptq(fp32: Path, out: Path, calib_x, cfg: QuantConfig, *, quiet: bool = False) -> QuantResult:
+    """``calib_x``: an array, an array-like decoded on demand, or an iterable of batches. ``quiet``:
+    no progress bar (the measurement files of latency probes and width tables)."""
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -162,7 +163,7 @@ def quantize_ptq(fp32: Path, out: Path, calib_x, cfg: QuantConfig) -> QuantResul
         is_array = hasattr(calib_x, "shape") and hasattr(calib_x, "__getitem__")
         reader = ArrayReader(input_name, calib_x, fixed=fixed) if is_array else BatchReader(input_name, calib_x)
         if is_array:
-            reader.bar = progress(len(calib_x), "calibrate")
+            reader.bar = progress(len(calib_x), "calibrate", disable=quiet)
 
         def write(tmp: Path) -> None:
             # Entropy/percentile calibration keep histograms; the aug model lives in a temp dir.

@@ -131,6 +131,19 @@ def _stage_lines(m: dict[str, Any]) -> list[str]:
         lines += ["", f"**Pruning**: {p['macs_removed']:.1%} of MACs removed ({p['importance']} importance, "
                   f"{p['allocation']} allocation, round-to {p['round_to']}); params "
                   f"{p['params_before']:,} → {p['params_after']:,}."]
+        st = p.get("structure") or {}
+        if st.get("candidates"):
+            wt = st.get("width_table", {})
+            eff = ", ".join(f"multiples of {g}: {v:.0f}" for g, v in wt.get("mmac_per_ms_by_multiple", {}).items())
+            cands = "; ".join(f"{c['drop_blocks']} dropped: skipped" if "skipped" in c else
+                              f"{c['drop_blocks']} dropped, round-to {c['round_to']}: {c['p50_ms']:.3f} ms "
+                              f"({c['macs_removed']:.1%} of MACs)" for c in st["candidates"])
+            lines += [f"**Structure chosen by measured latency** ({st.get('why', '')}): round-to {st['round_to']} "
+                      f"from the width table of {wt.get('device', '?')} (3x3 conv, MMAC/ms: {eff}"
+                      f"{', cached' if wt.get('cached') else ''}); {st['drop_blocks']} residual block(s) dropped, "
+                      f"the fastest of the candidates timed as {st.get('measured', 'shipped')}: {cands}."]
+        elif st:
+            lines += [f"**Structure**: fixed (--round-to, --drop-blocks as given; {st.get('why', '')})."]
         if p.get("dropped_blocks"):
             lines += [f"**Depth pruning**: {len(p['dropped_blocks'])} residual block(s) replaced by the identity: "
                       + ", ".join(f"`{b['name']}` (KL {b['kl']:.4f})" for b in p["dropped_blocks"]) + "."]
