@@ -1,6 +1,8 @@
 """The headline figures side by side in one sitting: ResNet-18 and MobileNetV2 at 224 px, random
-weights, ``--prune-ratio 0.8 --target-params 0.8`` with defaults otherwise and with the levers
-(``--drop-blocks``, ``--round-to``, ``--latency-aware-int8``); every INT8 file (and the FP32
+weights, ``--prune-ratio 0.8 --target-params 0.8`` with defaults otherwise (for these models the
+default ``--structure auto`` searches the structure by measured latency), with ``--structure
+fixed`` (the default before that search) and with the levers set by hand (``--drop-blocks``,
+``--round-to``, ``--latency-aware-int8``); every INT8 file (and the FP32
 pruned parent of each) against the FP32 original, 1 thread, batch 1.
 
     python benchmarks/headline.py [--runs-dir DIR] [--rounds 9] [--runs 30] [--remote DEST ...]
@@ -32,7 +34,9 @@ from edgecompress.runtime.meter import LOCAL
 COMMON = ["--input-shape", "1,3,224,224", "--data", "random", "--prune-ratio", "0.8", "--target-params", "0.8",
           "--calib-samples", "64", "--distill-epochs", "0"]
 VARIANTS: dict[str, list[str]] = {  # name -> extra flags
-    "default": [],
+    "default": [],  # --structure auto: the measured structure search for these >= 200M-MAC models
+    "fixed": ["--structure", "fixed"],  # the default before the search: round-to 8, no block dropped
+    "default+latency-aware": ["--latency-aware-int8"],
     "drop2": ["--drop-blocks", "2"],
     "latency-aware": ["--latency-aware-int8"],
     "drop2+latency-aware": ["--drop-blocks", "2", "--latency-aware-int8"],
@@ -42,8 +46,8 @@ VARIANTS: dict[str, list[str]] = {  # name -> extra flags
     "drop3": ["--drop-blocks", "3"],
     "drop4": ["--drop-blocks", "4"],
 }
-MODELS = {"resnet18": ["default", "drop2", "drop3", "drop2+latency-aware", "drop2+round-to-16", "drop2+round-to-32"],
-          "mobilenet_v2": ["default", "latency-aware", "round-to-16", "drop4"]}
+MODELS = {"resnet18": ["default", "fixed", "drop2", "drop2+round-to-16", "drop2+round-to-32"],
+          "mobilenet_v2": ["default", "fixed", "default+latency-aware", "round-to-16", "drop4"]}
 
 
 def export(model: str, variant: str, runs_dir: Path) -> Path:
