@@ -54,4 +54,9 @@ def test_fast_subset_of_the_timm_corpus_passes_end_to_end(tmp_path):
     for row in rows.values():
         assert row["macs_kept"] <= 0.5 and row["int8_bytes"] < row["fp32_bytes"] / 3
     assert rows["edgenext_xx_small"]["protected"]  # its fixed sizes need protection to pass at all
+    # MixNet: its split sizes follow the pruned convs, nothing needs protecting (23 groups were left whole and
+    # the target missed, and before that the run crashed with exit 3)
+    assert not rows["mixnet_s"]["protected"]
+    # ReXNet: the groups torch-pruning cannot build within bounds are left whole and named, the rest pruned
+    assert any("cannot trace this group" in p["reason"] for p in rows["rexnet_100"]["protected"])
     assert f"**{len(FAST)} of {len(FAST)} pass" in table.read_text()

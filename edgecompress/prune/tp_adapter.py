@@ -222,7 +222,7 @@ def bounded_groups() -> None:
         work = self.__dict__.get("_ec_work", 0) + len(idxs)
         self._ec_work = work
         if len(self._group) >= MAX_GROUP_ITEMS or work > MAX_GROUP_INDICES:
-            raise GroupTooLarge(f"its channel dependency group grew past {len(self._group)} layers / {work} channel "
+            raise GroupTooLarge(f"its channel dependency group grew past {len(self._group)} dependencies / {work} channel "
                                 "indices without closing (a reshape or slice torch-pruning cannot follow)")
         add_dep(self, dep, idxs)
 
