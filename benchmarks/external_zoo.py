@@ -5,13 +5,12 @@ Each architecture is written to a one-function factory file, as a user would wri
 download), and compressed by the CLI exactly as the README documents it, one subprocess per
 model with a timeout:
 
-    edgecompress export model.py:model --input-shape 1,3,64,64 --data random \\
-        --distill-epochs 0 --calib-samples 64
+    edgecompress export model.py:model --input-shape 1,3,64,64 --data random
 
-Defaults otherwise: 50 % of MACs removed (l2, uniform, round-to 8), INT8 static QDQ, parity
-gates. ``--distill-epochs 0`` keeps the corpus within hours on a 2-core machine (distillation on
-random data teaches nothing); ``--calib-samples 64`` because random data has 256 samples and
-the calibration default exceeded it until #23's data-derived default. 64 px except for the
+Defaults for everything else: 50 % of MACs removed (l2, uniform, round-to 8; ``--structure
+auto`` is fixed at these sizes), one epoch of distillation, INT8 static QDQ calibrated on what
+the data holds (at most 512 samples), parity and equivalence gates. ``--args`` runs it with other
+flags (e.g. ``--args="--distill-epochs 0"`` for a quicker pass). 64 px except for the
 architectures whose attention or positional tables are built for 224 px (``PX``).
 
 A model passes when the run completes (exit 0, manifest status "complete"): the INT8 file ran
@@ -36,6 +35,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -87,7 +87,7 @@ PX = {"efficientformer_l1": 224, "efficientformerv2_s0": 224}  # attention sized
 # channels and exit 3 before); ReXNet's slice-add residual grows a dependency group without end
 # (never finished pruning before the group bound)
 FAST = ("mobilenetv3_small_100", "lcnet_050", "edgenext_xx_small", "mixnet_s", "rexnet_100")
-ARGS = ("--data", "random", "--distill-epochs", "0", "--calib-samples", "64")
+ARGS = ("--data", "random")
 STAGE_OF = {"exporting original": "export", "pruning": "prune", "distilling": "distill", "exporting pruned": "export",
             "quantizing": "quantize", "evaluating": "evaluate", "benchmarking": "bench", "model ": "load"}
 
@@ -99,10 +99,10 @@ def model():
 '''
 
 
-def command(name: str, factory: Path, out: Path) -> list[str]:
+def command(name: str, factory: Path, out: Path, extra: tuple[str, ...] = ()) -> list[str]:
     px = PX.get(name, 64)
     return [sys.executable, "-m", "edgecompress", "export", f"{factory.name}:model", "--input-shape",
-            f"1,3,{px},{px}", *ARGS, "--out", str(out), "--overwrite"]
+            f"1,3,{px},{px}", *ARGS, *extra, "--out", str(out), "--overwrite"]
 
 
 def _stage(log: str) -> str:
@@ -124,13 +124,14 @@ def _message(log: str, rc: int | None) -> str:
     return re.sub(r"\s+", " ", lines[-1])[:300]
 
 
-def run_one(name: str, work: Path, timeout: float, env: dict[str, str]) -> dict[str, Any]:
+def run_one(name: str, work: Path, timeout: float, env: dict[str, str],
+            extra: tuple[str, ...] = ()) -> dict[str, Any]:
     d = work / name
     d.mkdir(parents=True, exist_ok=True)
     factory = d / "model.py"
     factory.write_text(FACTORY.format(name=name))
     out = d / "run"
-    cmd = command(name, factory, out)
+    cmd = command(name, factory, out, extra)
     t0 = time.time()
     try:
         p = subprocess.run(cmd, cwd=d, env=env | {"HOME": str(d)}, capture_output=True, text=True, timeout=timeout)
@@ -185,7 +186,8 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"{meta['cpu']}); raw rows in `benchmarks/results/external_zoo.json`.",
         "",
         "Each architecture: `timm.create_model(NAME, pretrained=False)` in a factory file, then",
-        f"`edgecompress export model.py:model --input-shape 1,3,PX,PX {' '.join(ARGS)}` with every other",
+        f"`edgecompress export model.py:model --input-shape 1,3,PX,PX {' '.join((*ARGS, *meta.get('args', ())))}` "
+        "with every other",
         "option at its default (50 % of MACs removed, INT8 static QDQ, parity gates). Random weights and",
         "random data: the table measures *coverage* (does the run complete, does the INT8 file run, is",
         "parity kept), MACs and speed, not accuracy. Latency: onnxruntime, 1 thread, batch 1, p50,",
@@ -221,6 +223,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=900, help="seconds per model (default 900)")
     ap.add_argument("--jobs", type=int, default=1, help="models compressed at once (default 1; latency is "
                     "measured while the others run)")
+    ap.add_argument("--args", default="", help="more export flags for every model, e.g. --args=\"--distill-epochs 0\"")
     ap.add_argument("--work", type=Path, default=WORK, help="factory files, runs and logs")
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--table", type=Path, default=TABLE)
@@ -233,12 +236,13 @@ def main() -> None:
              [n for n in CORPUS if not old.get(n, {}).get("passed")] if a.failed else CORPUS)
     env = timm_env(dict(os.environ) | {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)})
+    extra = tuple(shlex.split(a.args))
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "timm": TIMM_VERSION,
             "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "timeout_s": a.timeout,
-            "jobs": a.jobs}
+            "jobs": a.jobs, "args": list(extra)}
     rows = dict(old) if (a.models or a.failed) else {}
     with ThreadPoolExecutor(a.jobs) as pool:  # each job is a subprocess: threads only wait
-        futures = {pool.submit(run_one, name, a.work, a.timeout, env): name for name in names}
+        futures = {pool.submit(run_one, name, a.work, a.timeout, env, extra): name for name in names}
         for i, fut in enumerate(as_completed(futures), 1):
             row = rows[futures[fut]] = fut.result()
             print(f"[{i}/{len(names)}] {row['model']}: "

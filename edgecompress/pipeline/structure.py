@@ -8,8 +8,10 @@ blocks rather than many thin ones. ``fastest``:
    (``quantize.widths``: a 3x3 conv timed at 8..128 channels, measured once, cached); a model
    too narrow to meet the budget at that multiple gets the next finer one;
 2. the model is pruned to the budget with 0, 1, 2 and 3 residual blocks dropped first (as many
-   as it has), each candidate is exported and quantized as the run ships it (export and
-   quantization settings, ``--bench-on`` device) and timed, and the fastest one is kept.
+   as it has), at that multiple and at the next coarser one (coarser rounding steps past the
+   budget by more: fewer MACs, often the faster file); each candidate is exported and quantized
+   as the run ships it (export and quantization settings, ``--bench-on`` device) and timed, and
+   the fastest is kept. Every candidate meets the budget; how far past it each went is recorded.
 
 The run then prunes that candidate again (same settings, same structure: pruning is
 deterministic) under its bounds and structural-equivalence gate. ``auto`` (the default) is
@@ -59,20 +61,22 @@ def choose(ctx: RunContext, p: PruneConfig, calib: dict[str, np.ndarray | None])
     probe = latency_criterion(ctx.example, calib["calib_x"], onnx=ctx.cfg.onnx, quant=quant, meter=ctx.meter)
     candidates: list[dict[str, Any]] = []
     for n in range(min(MAX_DROPPED, len(blocks)) + 1):
-        for r in [c for c in CHOICES if c <= g][::-1]:  # a model too narrow for g: the next finer multiple
+        for r in [c for c in CHOICES if g <= c <= 2 * g]:  # the table's multiple and the next coarser one
             pr, why = _candidate(ctx, p, calib, r, n)
-            if pr is not None:
-                break
-        if pr is None:  # this depth cannot meet the budget (or breaks the model): not a candidate
-            candidates.append({"drop_blocks": n, "skipped": why})
-            ctx.log(f"structure: {n} block(s) dropped: skipped ({why[:120]})")
-            continue
-        p50 = probe(pr.model, repeats=3)
-        candidates.append({"drop_blocks": n, "round_to": r, "p50_ms": round(p50, 4),
-                           "macs_removed": round(1 - pr.macs_after / pr.macs_before, 4),
-                           "params_removed": round(1 - pr.params_after / pr.params_before, 4)})
-        ctx.log(f"structure: {n} block(s) dropped, round-to {r}: {candidates[-1]['macs_removed']:.1%} of MACs "
-                f"removed, {'INT8' if int8 else 'FP32'} p50 {p50:.3f} ms")
+            fallback = [c for c in CHOICES if c < g][::-1]  # a model too narrow for g: the finer multiples
+            while pr is None and r == g and fallback:
+                r = fallback.pop(0)
+                pr, why = _candidate(ctx, p, calib, r, n)
+            if pr is None:  # this depth cannot meet the budget (or breaks the model): not a candidate
+                candidates.append({"drop_blocks": n, "round_to": r, "skipped": why})
+                ctx.log(f"structure: {n} block(s) dropped, round-to {r}: skipped ({why[:120]})")
+                continue
+            p50 = probe(pr.model, repeats=3)
+            candidates.append({"drop_blocks": n, "round_to": r, "p50_ms": round(p50, 4),
+                               "macs_removed": round(1 - pr.macs_after / pr.macs_before, 4),
+                               "params_removed": round(1 - pr.params_after / pr.params_before, 4)})
+            ctx.log(f"structure: {n} block(s) dropped, round-to {r}: {candidates[-1]['macs_removed']:.1%} of MACs "
+                    f"removed, {'INT8' if int8 else 'FP32'} p50 {p50:.3f} ms")
     timed = [c for c in candidates if "p50_ms" in c]
     if not timed:
         raise BadInput(f"--structure {mode['mode']}: no candidate meets {p.goal()} "

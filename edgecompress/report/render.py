@@ -135,7 +135,7 @@ def _stage_lines(m: dict[str, Any]) -> list[str]:
         if st.get("candidates"):
             wt = st.get("width_table", {})
             eff = ", ".join(f"multiples of {g}: {v:.0f}" for g, v in wt.get("mmac_per_ms_by_multiple", {}).items())
-            cands = "; ".join(f"{c['drop_blocks']} dropped: skipped" if "skipped" in c else
+            cands = "; ".join(f"{c['drop_blocks']} dropped, round-to {c.get('round_to')}: skipped" if "skipped" in c else
                               f"{c['drop_blocks']} dropped, round-to {c['round_to']}: {c['p50_ms']:.3f} ms "
                               f"({c['macs_removed']:.1%} of MACs)" for c in st["candidates"])
             lines += [f"**Structure chosen by measured latency** ({st.get('why', '')}): round-to {st['round_to']} "
