@@ -77,3 +77,34 @@ def test_concat_mapping_gives_up_on_unknown_sizes_as_the_library_means_to(monkey
     with pytest.raises(TypeError):
         patched.original(None, node)  # the library's own function on that concat
     assert patched(None, node) is None
+
+
+def test_split_and_group_internals_keep_the_shapes_the_overrides_rely_on():
+    """tp_adapter.split_offsets_follow_pruning, split_outputs_by_index and bounded_groups."""
+    from torch_pruning import ops
+    from torch_pruning.dependency import index_mapping
+    from torch_pruning.dependency.graph import DependencyGraph
+    from torch_pruning.dependency.group import Group
+
+    from edgecompress.prune import tp_adapter
+
+    # the SplitPruner still computes the new sizes and still reads offsets from the split node
+    split = getattr(ops.SplitPruner.prune_out_channels, "original", ops.SplitPruner.prune_out_channels)
+    assert list(inspect.signature(split).parameters) == ["self", "layer", "idxs"]
+    assert "layer.split_sizes = new_split_sizes" in inspect.getsource(split)
+    upd = getattr(index_mapping.update_split_index_mapping, "original", index_mapping.update_split_index_mapping)
+    assert "split_node.module.offsets" in inspect.getsource(upd) and "enumerate(split_node.outputs)" in inspect.getsource(upd)
+    assert list(inspect.signature(index_mapping._SplitIndexMapping).parameters) == ["offset", "reverse"]
+    add = getattr(Group.add_dep, "original", Group.add_dep)
+    assert list(inspect.signature(add).parameters) == ["self", "dep", "idxs"]
+    groups = getattr(DependencyGraph.get_all_groups, "original", DependencyGraph.get_all_groups)
+    src = inspect.getsource(groups)  # the loop bounded_groups reproduces
+    for line in ("get_pruner_of_module(m)", "pruner.get_out_channels(m)", "self.IGNORED_LAYERS_IN_TRACING",
+                 "is_out_channel_pruning_fn(pruning_fn)"):
+        assert line in src
+    # once applied, each override is applied once, and keeps the library's function beside it
+    tp_adapter.split_offsets_follow_pruning()
+    tp_adapter.split_outputs_by_index()
+    tp_adapter.bounded_groups()
+    for fn in (ops.SplitPruner.prune_out_channels, index_mapping.update_split_index_mapping, Group.add_dep):
+        assert fn._edgecompress and callable(fn.original)
