@@ -36,7 +36,7 @@ COMMON = ["--input-shape", "1,3,224,224", "--data", "random", "--prune-ratio", "
 VARIANTS: dict[str, list[str]] = {  # name -> extra flags
     "default": [],  # --structure auto: the measured structure search for these >= 200M-MAC models
     "fixed": ["--structure", "fixed"],  # the default before the search: round-to 8, no block dropped
-    "default+latency-aware": ["--latency-aware-int8"],
+    "default+latency-aware": ["--latency-aware-int8"],  # the structure search, then the per-layer INT8 choice
     "drop2": ["--drop-blocks", "2"],
     "latency-aware": ["--latency-aware-int8"],
     "drop2+latency-aware": ["--drop-blocks", "2", "--latency-aware-int8"],

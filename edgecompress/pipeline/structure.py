@@ -58,7 +58,10 @@ def choose(ctx: RunContext, p: PruneConfig, calib: dict[str, np.ndarray | None])
             + ", ".join(f"multiples of {k}: {v:.0f} MMAC/ms" for k, v in eff.items())
             + (", cached" if table.cached else "") + ")")
     blocks = residual_blocks(ctx.lm.model, ctx.example)
-    probe = latency_criterion(ctx.example, calib["calib_x"], onnx=ctx.cfg.onnx, quant=quant, meter=ctx.meter)
+    # candidates are timed as plain INT8 files: --latency-aware-int8's per-layer choice (minutes per
+    # file) is made once, on the chosen structure
+    timed_as = replace(quant, latency_aware=False) if quant is not None else None
+    probe = latency_criterion(ctx.example, calib["calib_x"], onnx=ctx.cfg.onnx, quant=timed_as, meter=ctx.meter)
     candidates: list[dict[str, Any]] = []
     for n in range(min(MAX_DROPPED, len(blocks)) + 1):
         for r in [c for c in CHOICES if g <= c <= 2 * g]:  # the table's multiple and the next coarser one

@@ -116,7 +116,7 @@ def latency_aware_ptq(
         def quantize(excluded: list[str], name: str) -> tuple[QuantResult, Path]:
             c = dataclasses.replace(cfg, exclude_nodes=tuple(cfg.exclude_nodes) + tuple(excluded))
             path = tmp / f"{name}.onnx"
-            res = quantize_ptq(fp32, path, calib_x, c)
+            res = quantize_ptq(fp32, path, calib_x, c, quiet=True)
             if excluded and cfg.latency_aware_weights == WeightStorage.INT8:  # the files timed are the files shipped
                 m = onnx.load(str(path))
                 store_weights_int8(m, excluded)
