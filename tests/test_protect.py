@@ -60,19 +60,13 @@ class FixedSplit(nn.Module):
         return self.fc(self.post(x).mean((2, 3)))
 
 
-class MixedSplit(nn.Module):
+class MixedSplit(FixedSplit):
     """Splits the stem's channels with sizes kept as a list next to the convs they feed (MixNet's
     mixed-kernel convs, timm's MixedConv2d)."""
 
     def __init__(self):
         super().__init__()
         self.splits = [16, 16]
-        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
-        self.a = nn.Conv2d(16, 16, 3, padding=1, groups=16)
-        self.b = nn.Conv2d(16, 16, 5, padding=2, groups=16)
-        self.post = nn.Sequential(nn.Conv2d(32, 64, 1), nn.BatchNorm2d(64), nn.ReLU(),
-                                  nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU())
-        self.fc = nn.Linear(64, 10)
 
     def forward(self, x):
         a, b = torch.split(self.stem(x), self.splits, dim=1)
