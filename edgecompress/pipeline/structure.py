@@ -63,10 +63,12 @@ def choose(ctx: RunContext, p: PruneConfig, calib: dict[str, np.ndarray | None])
     timed_as = replace(quant, latency_aware=False) if quant is not None else None
     probe = latency_criterion(ctx.example, calib["calib_x"], onnx=ctx.cfg.onnx, quant=timed_as, meter=ctx.meter)
     candidates: list[dict[str, Any]] = []
+    multiples = [c for c in CHOICES if g <= c <= 2 * g]  # the table's multiple and the next coarser one
+    finer = [c for c in CHOICES if c < g][::-1]  # for a model too narrow for g: the finer multiples
     for n in range(min(MAX_DROPPED, len(blocks)) + 1):
-        for r in [c for c in CHOICES if g <= c <= 2 * g]:  # the table's multiple and the next coarser one
+        for r in multiples:
             pr, why = _candidate(ctx, p, calib, r, n)
-            fallback = [c for c in CHOICES if c < g][::-1]  # a model too narrow for g: the finer multiples
+            fallback = list(finer)
             while pr is None and r == g and fallback:
                 r = fallback.pop(0)
                 pr, why = _candidate(ctx, p, calib, r, n)
