@@ -111,7 +111,7 @@ def ptq_int8_latency_aware(fp32: Path, out: Path, calib) -> dict[str, Any]:
     from edgecompress.config import QuantConfig
     from edgecompress.quantize import latency_aware_ptq
 
-    cfg = QuantConfig(latency_aware=True)
+    cfg = QuantConfig(latency_aware="on")
     _, rec = latency_aware_ptq(fp32, out, calib, cfg, log=lambda m: print(f"    {m}", flush=True))
     return {"fp32_nodes": rec["fp32_nodes"], "latency_aware": {k: rec[k] for k in (
         "candidates", "p50_ms_all_int8", "p50_ms_final", "fp32_node_weights") if k in rec}}

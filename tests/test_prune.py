@@ -184,7 +184,7 @@ def test_latency_probe_times_the_latency_aware_file_when_asked(monkeypatch):
     onnx = ExportOnnxConfig(exporter="torchscript")
     plain = probe.latency_criterion(x, calib, onnx=onnx, quant=QuantConfig(), runs=20)
     assert plain(model) > 0 and calls == []
-    aware = probe.latency_criterion(x, calib, onnx=onnx, quant=QuantConfig(latency_aware=True), runs=20)
+    aware = probe.latency_criterion(x, calib, onnx=onnx, quant=QuantConfig(latency_aware="on"), runs=20)
     assert aware(model) > 0
     assert calls == [(True, {"rounds": 3, "profile_rounds": 1, "meter": LOCAL})]
     fp32 = probe.latency_criterion(x, None, onnx=onnx, quant=None, runs=20)

@@ -33,6 +33,7 @@ class Flag:
     parse: Callable[[str], Any] | None = None  # instead of the field's type
     append: bool = False  # repeatable (--ignore A --ignore B)
     default: str | None = None  # what --help says when the field's default is None
+    const: str | None = None  # the value of the flag given alone (``--flag`` = ``--flag CONST``)
 
 
 DATA_FLAGS: tuple[Flag, ...] = (  # image folders: edgecompress.data.preprocess
@@ -126,8 +127,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--target", "quant.target", "CPU the INT8 file is for: auto = this machine; x86-avx2: 7-bit weights "
          "against U8S8 saturation; arm64: S8S8"),
     Flag("--latency-aware-int8", "quant.latency_aware", "leave in FP32 the layers whose INT8 kernel is slower than "
-         "FP32 on this CPU (onnxruntime profiler), kept only if the model gets faster end to end; measured here, "
-         "so use it on the machine (class) the file is for"),
+         "FP32 on the measuring CPU (onnxruntime profiler), kept only if the model gets faster end to end, and never "
+         "ship an INT8 file slower than its FP32 parent (every layer FP32, weights stored as int8); auto = when "
+         "the INT8 file is not faster than its parent there, and for models of >= 200M MACs; the flag alone = on",
+         const="on"),
     Flag("--latency-aware-weights", "quant.latency_aware_weights", "how --latency-aware-int8's FP32 layers store "
          "their weights: int8 = per-channel int8 + Cast/Mul that onnxruntime folds to float at load (FP32 speed "
          "at INT8 size)"),
@@ -211,6 +214,9 @@ def _add(p: argparse.ArgumentParser, fl: Flag) -> None:
         p.add_argument(fl.flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_)
     elif base is bool:
         p.add_argument(fl.flag, dest=dest, action="store_true", default=None, help=help_)
+    elif fl.const is not None:
+        p.add_argument(fl.flag, dest=dest, nargs="?", const=fl.const, metavar="{" + ",".join(c.value for c in e) + "}"
+                       if e is not None else None, help=help_)
     elif fl.append:
         p.add_argument(fl.flag, dest=dest, action="append", help=help_)
     else:

@@ -6,6 +6,7 @@ from edgecompress.config.enums import (
     CalibMethod,
     Exporter,
     Importance,
+    LatencyAware,
     OutputKind,
     QType,
     QuantBackend,
@@ -31,6 +32,6 @@ from edgecompress.config.stages import (
 
 __all__ = [
     "CONFIG_VERSION", "Allocation", "BenchConfig", "CalibMethod", "DataConfig", "DistillConfig", "ExportOnnxConfig",
-    "Exporter", "Importance", "ModelConfig", "OutputKind", "PruneConfig", "QType", "QatConfig", "QuantBackend", "QuantConfig",
+    "Exporter", "Importance", "LatencyAware", "ModelConfig", "OutputKind", "PruneConfig", "QType", "QatConfig", "QuantBackend", "QuantConfig",
     "QuantMode", "QuantTarget", "RunConfig", "Stage", "Structure", "VerifyConfig", "WeightStorage", "load_recipe", "merge",
 ]  # fmt: skip

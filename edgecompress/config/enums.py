@@ -62,6 +62,16 @@ class Exporter(StrEnum):
     TORCHSCRIPT = "torchscript"  # the legacy tracer: ~10x faster to run
 
 
+class LatencyAware(StrEnum):
+    """When the per-layer INT8-or-FP32 choice of quantize.latency_aware runs (static onnxruntime PTQ)."""
+
+    # the INT8 file is timed against its FP32 parent on the measuring device; the pass runs when
+    # INT8 is not faster, and for models of >= 200M MACs (where it costs little against the run)
+    AUTO = "auto"
+    ON = "on"  # always
+    OFF = "off"  # never: every layer INT8, even when the file is slower than its FP32 parent
+
+
 class WeightStorage(StrEnum):
     """How layers left in FP32 by --latency-aware-int8 store their weights."""
 

@@ -14,6 +14,7 @@ from edgecompress.config.enums import (
     Deliver,
     Exporter,
     Importance,
+    LatencyAware,
     Layout,
     QType,
     QuantBackend,
@@ -254,6 +255,9 @@ class DistillConfig(EnumFields):
             raise ConfigError(f"batch_size={self.batch_size}: must be >= 2 (BatchNorm)")
 
 
+# a model this large gets the measured searches by default (--structure auto, --latency-aware-int8 auto):
+# their minutes are small against its run, and its measured gains were the largest
+LARGE_MODEL_MACS = 200_000_000
 DEFAULT_CALIB_SAMPLES = 512  # calibration samples when --calib-samples is not given (fewer if the data has fewer)
 
 
@@ -274,9 +278,10 @@ class QuantConfig(EnumFields):
     # activation_type / weight_type / reduce_range where those are left at their defaults.
     target: QuantTarget = QuantTarget.AUTO
     backend: QuantBackend = QuantBackend.ORT  # inc: Intel Neural Compressor 3.x pt2e
-    # leave in FP32 the layers whose INT8 kernel is slower than FP32 on this CPU, if the model gets
-    # faster end to end (edgecompress.quantize.latency_aware); measured here, so for a file that runs here
-    latency_aware: bool = False
+    # leave in FP32 the layers whose INT8 kernel is slower than FP32 on the measuring CPU, if the model
+    # gets faster end to end (edgecompress.quantize.latency_aware); auto = when the INT8 file is not
+    # faster than its FP32 parent there, and for models of >= LARGE_MODEL_MACS
+    latency_aware: LatencyAware = LatencyAware.AUTO
     # how those FP32 layers store their weights: int8 = per-channel int8 + Cast/Mul, which
     # onnxruntime folds back to float when the session starts (FP32 speed, INT8 bytes); float = as is
     latency_aware_weights: WeightStorage = WeightStorage.INT8
@@ -290,13 +295,14 @@ class QuantConfig(EnumFields):
         if self.backend == "inc" and self.mode != "ptq":
             raise ConfigError(f"--quant-backend inc does static INT8 only; use it with --quant ptq, not {self.mode}")
         _choice("--target", self.target, QuantTarget)
-        if self.latency_aware and (self.mode != "ptq" or self.backend != "ort"):
+        _choice("--latency-aware-int8", self.latency_aware, LatencyAware)
+        if self.latency_aware == LatencyAware.ON and (self.mode != "ptq" or self.backend != "ort"):
             raise ConfigError("--latency-aware-int8 re-quantizes with onnxruntime static PTQ; use it with --quant ptq "
                               f"and --quant-backend ort (got --quant {self.mode}, --quant-backend {self.backend})")
         _choice("--latency-aware-weights", self.latency_aware_weights, WeightStorage)
-        if self.latency_aware_weights != "int8" and not self.latency_aware:
+        if self.latency_aware_weights != "int8" and self.latency_aware == LatencyAware.OFF:
             raise ConfigError(f"--latency-aware-weights {self.latency_aware_weights} only applies to the FP32 layers "
-                              "of --latency-aware-int8; add --latency-aware-int8 or drop it")
+                              "of the latency-aware pass, which --latency-aware-int8 off turns off; drop one of them")
         _choice("--calib-method", self.method, CalibMethod)
         _choice("activation_type", self.activation_type, QType)
         _choice("weight_type", self.weight_type, QType)

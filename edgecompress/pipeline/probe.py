@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from edgecompress.config import ExportOnnxConfig, QuantBackend, QuantConfig, QuantMode
+from edgecompress.config import ExportOnnxConfig, LatencyAware, QuantBackend, QuantConfig, QuantMode
 from edgecompress.export import export_onnx
 from edgecompress.prune import LatencyCriterion
 from edgecompress.quantize import latency_aware_ptq, quantize_dynamic_onnx, quantize_ptq
@@ -27,7 +27,7 @@ from edgecompress.runtime.meter import LOCAL, Meter, is_local
 def latency_criterion(example: torch.Tensor, calib_x: np.ndarray | None, *, onnx: ExportOnnxConfig,
                       quant: QuantConfig | None, runs: int = 100, meter: Meter = LOCAL) -> LatencyCriterion:
     """p50 (onnxruntime, 1 thread, batch 1) of the deployed file; ``quant`` None = the FP32 file."""
-    latency_aware = quant is not None and quant.latency_aware and quant.mode == QuantMode.PTQ
+    latency_aware = quant is not None and quant.latency_aware == LatencyAware.ON and quant.mode == QuantMode.PTQ
     if quant is not None and quant.mode != QuantMode.DYNAMIC:
         quant = dataclasses.replace(quant, mode=QuantMode.PTQ, backend=QuantBackend.ORT)
 

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from edgecompress.config import PruneConfig, QuantMode
-from edgecompress.config.enums import Allocation, Structure
+from edgecompress.config.enums import Allocation, LatencyAware, Structure
+from edgecompress.config.stages import LARGE_MODEL_MACS
 from edgecompress.errors import BadInput, one_line
 from edgecompress.pipeline.context import RunContext
 from edgecompress.pipeline.probe import latency_criterion
@@ -39,7 +40,7 @@ from edgecompress.prune.depth import residual_blocks
 from edgecompress.prune.tp_adapter import count_macs_params
 from edgecompress.quantize.widths import CHOICES, width_table
 
-AUTO_MIN_MACS = 200_000_000
+AUTO_MIN_MACS = LARGE_MODEL_MACS
 MAX_DROPPED = 3  # candidates: 0..3 residual blocks dropped
 DEFAULT_ROUND_TO, DEFAULT_DROP = 8, 0
 
@@ -60,7 +61,7 @@ def choose(ctx: RunContext, p: PruneConfig, calib: dict[str, np.ndarray | None])
     blocks = residual_blocks(ctx.lm.model, ctx.example)
     # candidates are timed as plain INT8 files: --latency-aware-int8's per-layer choice (minutes per
     # file) is made once, on the chosen structure
-    timed_as = replace(quant, latency_aware=False) if quant is not None else None
+    timed_as = replace(quant, latency_aware=LatencyAware.OFF) if quant is not None else None
     probe = latency_criterion(ctx.example, calib["calib_x"], onnx=ctx.cfg.onnx, quant=timed_as, meter=ctx.meter)
     candidates: list[dict[str, Any]] = []
     multiples = [c for c in CHOICES if g <= c <= 2 * g]  # the table's multiple and the next coarser one

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 
-from edgecompress.config.enums import Deliver
+from edgecompress.config.enums import Deliver, LatencyAware
 from edgecompress.files import atomic_write_text, sha256_file
 from edgecompress.pipeline.context import RunRecord, RunResult
 from edgecompress.pipeline.evaluate import Evaluate
@@ -79,8 +79,8 @@ def write_manifest(ctx: RunRecord) -> RunResult:
         base = ctx.arts[ctx.fp32_parent]
         if int8.latency_ms_p50 >= base.latency_ms_p50:
             q = ctx.cfg.quant
-            hint = ("" if q.latency_aware or q.backend != "ort" or "ptq" not in ctx.stages else
-                    "; --latency-aware-int8 keeps in FP32 the layers whose INT8 kernel is the slower one")
+            hint = ("" if q.latency_aware != LatencyAware.OFF or q.backend != "ort" or "ptq" not in ctx.stages else
+                    "; without --latency-aware-int8 off, the layers whose INT8 kernel is the slower one stay FP32")
             where = "this CPU" if is_local(ctx.meter) else ctx.meter.info["key"]
             warnings_.append(f"INT8 p50 {int8.latency_ms_p50:.3f} ms is not below {ctx.fp32_parent} "
                              f"{base.latency_ms_p50:.3f} ms on {where}{hint}")

@@ -20,7 +20,10 @@ its own FP32 parent. The pass:
    Per-layer times do not see what a float island costs at its borders (a QuantizeLinear out, a
    DequantizeLinear in), the end-to-end time does;
 4. keeps the final set only if the model is faster than all-INT8 by more than ``min_gain``,
-   timed side by side once more.
+   timed side by side once more;
+5. never slower than the FP32 parent: the result is timed against its FP32 parent side by side;
+   when it is not faster, the file shipped runs every layer in FP32 (the parent, with its weights
+   stored as int8 as below: the parent's speed at the INT8 file's size), if that is the faster one.
 
 The layers left in FP32 compute in float but, by default (``QuantConfig.latency_aware_weights =
 "int8"``), store their weights as per-channel int8 behind ``Cast -> Mul`` (see
@@ -52,7 +55,7 @@ from edgecompress.config import QuantConfig, WeightStorage
 from edgecompress.files import atomic_write
 from edgecompress.quantize.graph import store_weights_int8
 from edgecompress.quantize.ptq import QuantResult, preprocessed_model, quantize_ptq
-from edgecompress.runtime.kernels import origin_keys
+from edgecompress.runtime.kernels import COMPUTE_OPS, origin_keys
 from edgecompress.runtime.meter import LOCAL, Meter, is_local
 
 LayerTimes = Callable[[Path], dict[str, float]]  # file -> compute node (pre-processed graph) -> ms per run
@@ -81,11 +84,13 @@ def latency_aware_ptq(
     times: LayerTimes | None = None,
     compare: Compare | None = None,
     meter: Meter = LOCAL,
+    start: QuantResult | None = None,
 ) -> tuple[QuantResult, dict[str, Any]]:
     """INT8 PTQ of ``fp32`` to ``out`` with the layers that are faster in FP32 left in FP32 (see
     the module doc). ``cfg.exclude_nodes`` stay FP32 whatever is measured. Every time is measured
     by ``meter`` (here, or the device over ssh: ``--bench-on``); ``times`` and ``compare`` replace
-    the measurements (tests)."""
+    the measurements (tests); ``start`` is the all-INT8 file of ``cfg`` when it is already made
+    (its calibration is not run again)."""
     import onnx
 
     keys = origin_keys(preprocessed_model(fp32))
@@ -123,7 +128,11 @@ def latency_aware_ptq(
                 onnx.save(m, str(path))
             return res, path
 
-        best_res, best = quantize([], "all-int8")
+        if start is None:
+            best_res, best = quantize([], "all-int8")
+        else:
+            best_res, best = start, tmp / "all-int8.onnx"
+            shutil.copyfile(start.path, best)
         # per-layer times: median of rounds that alternate the two files, so a drift in the
         # machine's load shifts both alike (one profile each read the same convs as "INT8
         # slower" when idle and "INT8 faster" while another process shared the CPU)
@@ -144,6 +153,11 @@ def latency_aware_ptq(
             found = _Search(quantize, compare, record, min_gain, log).run(gain, best)
             if found is not None:
                 chosen, best_res, best = found
+        whole = _not_slower_than_parent(fp32, best, tmp / "all-fp32.onnx", cfg, compare, record, log)
+        if whole is not None:
+            chosen, best = whole, tmp / "all-fp32.onnx"
+            best_res = QuantResult(best, best_res.calib_samples, best_res.settings | {"exclude_nodes": whole})
+            record["p50_ms_final"] = record["parent"]["p50_ms_all_fp32"]
         record["fp32_nodes"] = chosen
         record["kept"] = bool(chosen)
         if chosen and not is_local(meter) and per_visit:  # the build host's figures beside the device's
@@ -151,7 +165,8 @@ def latency_aware_ptq(
                                                     rounds=rounds, runs=per_visit, input_shape=input_shape)
             record["build_host"] = {"key": LOCAL.info["key"], "p50_ms_all_int8": p_int8, "p50_ms_final": p_final}
         atomic_write(out, lambda t: shutil.copyfile(best, t))
-    settings = best_res.settings | {"latency_aware": {"fp32_nodes": chosen, "fp32_node_weights": cfg.latency_aware_weights}}
+    settings = best_res.settings | {"latency_aware": {"fp32_nodes": chosen, "fp32_node_weights": cfg.latency_aware_weights,
+                                                      "all_fp32": record["parent"]["all_fp32"]}}
     return QuantResult(out, best_res.calib_samples, settings), record
 
 
@@ -199,3 +214,31 @@ class _Search:
         log(f"  {', '.join(cur)} in FP32: p50 {p_cur:.4f} ms against {p_int8:.4f} ms all-INT8: "
             + ("kept" if faster else f"not {min_gain:.0%} faster, all stay INT8"))
         return (cur, cur_res, cur_path) if faster else None
+
+
+def _not_slower_than_parent(fp32: Path, best: Path, out: Path, cfg: QuantConfig, compare: Compare,
+                            record: dict[str, Any], log: Callable[[str], None]) -> list[str] | None:
+    """Step 5 of the module doc: ``best`` against its FP32 parent, side by side; when it is not
+    faster, the parent with every layer's weights stored as int8 (``out``) is timed beside them,
+    and its compute layers' names are returned when it is the faster file. With ``--latency-aware-weights
+    float`` that file is the parent itself."""
+    import onnx
+
+    p_parent, p_best = compare([fp32, best])
+    rec = record["parent"] = {"p50_ms_parent": p_parent, "p50_ms_int8": p_best, "all_fp32": False}
+    if p_best < p_parent:
+        return None
+    m = onnx.load(str(fp32))
+    names = [n.name for n in m.graph.node if n.op_type in COMPUTE_OPS]
+    if cfg.latency_aware_weights == WeightStorage.INT8:
+        store_weights_int8(m, names)
+    onnx.save(m, str(out))
+    p_parent, p_best, p_whole = compare([fp32, best, out])
+    rec |= {"p50_ms_parent_again": p_parent, "p50_ms_int8_again": p_best, "p50_ms_all_fp32": p_whole}
+    if p_best < p_parent or p_whole >= p_best:
+        log(f"  INT8 p50 {p_best:.4f} ms against its FP32 parent's {p_parent:.4f} ms: kept")
+        return None
+    rec["all_fp32"] = True
+    log(f"  INT8 p50 {p_best:.4f} ms is not below its FP32 parent's {p_parent:.4f} ms: every layer stays FP32 "
+        f"({p_whole:.4f} ms)" + (", weights stored as int8" if cfg.latency_aware_weights == WeightStorage.INT8 else ""))
+    return names

@@ -81,6 +81,11 @@ def delivery_lines(m: dict[str, Any]) -> list[str]:
         note = ("" if fastest is None else " (the fastest file here)" if delivered == fastest else
                 f" (`--deliver fastest` delivers `{arts[fastest]['path']}`)")
         lines.append(f"Delivered: `{arts[delivered]['path']}`{note}.")
+        whole = (m.get("stage_results", {}).get("latency_aware") or {}).get("parent") or {}
+        if delivered == "int8" and whole.get("all_fp32"):
+            lines.append(f"Every layer of `{int8['path']}` computes in FP32: all-INT8 ran at "
+                         f"{whole['p50_ms_int8_again']:.4f} ms against its FP32 parent's {whole['p50_ms_parent_again']:.4f} "
+                         "ms here (latency-aware INT8); its weights are stored as int8.")
     return [*lines, ""]
 
 
@@ -189,10 +194,19 @@ def _stage_lines(m: dict[str, Any]) -> list[str]:
                          + (f"kept in FP32, most sensitive first: {', '.join(kept)}; " if kept else "no layer needed FP32; ")
                          + f"final validation drop {fb['steps'][-1]['val_drop']:.2f} points"
                          + ("" if fb.get("met") else " — bound NOT met") + ".")
-        la = st.get("latency_aware")
+        auto, la = st.get("latency_aware_auto"), st.get("latency_aware")
+        if auto:
+            lines.append(f"Latency-aware INT8 (auto): {'ran' if auto['runs'] else 'not run'}: {auto['why']}.")
+        whole = (la or {}).get("parent") or {}
         if la:
             kept = la.get("fp32_nodes") or []
-            if not la.get("candidates"):
+            if whole.get("all_fp32"):
+                lines.append(f"Latency-aware INT8: the INT8 file ({whole['p50_ms_int8_again']:.4f} ms) was not faster "
+                             f"than its FP32 parent ({whole['p50_ms_parent_again']:.4f} ms) here, so every layer "
+                             f"computes in FP32 ({whole['p50_ms_all_fp32']:.4f} ms)"
+                             + ("; the weights are stored as int8 (folded to float at load)."
+                                if la.get("fp32_node_weights") == "int8" else "."))
+            elif not la.get("candidates"):
                 lines.append("Latency-aware INT8: every layer's INT8 kernel is at least as fast as its FP32 one here; "
                              "all stay INT8.")
             elif kept:
