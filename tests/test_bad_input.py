@@ -420,9 +420,13 @@ def test_val_fraction_zero_with_early_stopping(tmp_path):
         needles=["--val-fraction 0 leaves no validation split", "--kd-patience 2"])
 
 
-def test_latency_aware_weights_without_latency_aware_int8(tmp_path):
-    bad(tmp_path, "export", ZOO, "--latency-aware-weights", "float",
-        needles=["--latency-aware-weights float", "add --latency-aware-int8"])
+def test_latency_aware_weights_with_latency_aware_int8_off(tmp_path):
+    bad(tmp_path, "export", ZOO, "--latency-aware-int8", "off", "--latency-aware-weights", "float",
+        needles=["--latency-aware-weights float", "--latency-aware-int8 off turns off"])
+
+
+def test_latency_aware_int8_unknown_mode(tmp_path):
+    bad(tmp_path, "export", ZOO, "--latency-aware-int8", "always", needles=["--latency-aware-int8 'always'", "auto, on, off"])
 
 
 def test_latency_aware_weights_unknown(tmp_path):

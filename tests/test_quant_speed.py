@@ -186,6 +186,19 @@ def test_user_excluded_layers_stay_fp32_and_are_not_candidates(fp32, calib, tmp_
     assert weight_dtypes(res.path, {nodes[0], nodes[3]}) == {nodes[0]: "float", nodes[3]: "int8"}
 
 
+def test_only_the_largest_gains_are_searched(fp32, calib, tmp_path):
+    """Each candidate costs an end-to-end trial: past ``max_candidates`` the smaller gains stay INT8."""
+    nodes = compute_nodes_cache.setdefault("nodes", compute_nodes(fp32))
+    calls = []
+    res, rec = latency_aware_ptq(fp32, tmp_path / "q.onnx", calib, QuantConfig(), max_candidates=2,
+                                 times=_fake_times({nodes[0]: 2.0, nodes[1]: 4.0, nodes[2]: 3.0}),
+                                 compare=_fake_compare({nodes[1]: -0.2, nodes[2]: -0.1, nodes[0]: +0.5}, calls))
+    assert list(rec["candidates"]) == [nodes[1], nodes[2]] and list(rec["candidates_left_int8"]) == [nodes[0]]
+    assert all(nodes[0] not in t["fp32_nodes"] for t in rec["trials"])
+    # all in FP32, each of the 2 offered back (both stay FP32), the final set against all-INT8
+    assert sorted(rec["fp32_nodes"]) == sorted([nodes[1], nodes[2]]) and len(rec["trials"]) == 4
+
+
 @pytest.mark.parametrize("weights", ["int8", "float"])
 def test_an_int8_file_slower_than_its_parent_is_not_shipped(fp32, calib, tmp_path, weights):
     """No layer is slower per layer, yet the INT8 file is slower end to end than its FP32 parent

@@ -43,8 +43,9 @@ class _Meter:
 
     def measure_latency(self, path, **kw) -> Latency:
         self.calls += 1
-        c = int(re.match(r"c(\d+)", Path(path).name).group(1))
-        ms = c * c * 9 * HW * HW / 1e6 / (300.0 if c % 16 == 0 else 200.0)
+        kind, c = re.match(r"(?:(\w+)-)?c(\d+)", Path(path).name).groups()
+        c = int(c)
+        ms = widths.macs(kind or "dense", c) / 1e6 / (300.0 if c % 16 == 0 else 200.0)
         return Latency(1, 1, 30, ms, ms, ms, ms, 1e3 / ms)
 
 
@@ -62,6 +63,53 @@ def test_width_table_is_measured_once_per_device_and_cached(tmp_path, monkeypatc
     assert t.to_dict()["round_to"] == 16 and t.to_dict()["mmac_per_ms_by_multiple"]["16"] == 300.0
 
 
+def test_each_layer_kind_has_its_own_table(tmp_path, monkeypatch):
+    """Depthwise and pointwise convs are timed in tables of their own (cached apart), whose MACs are
+    those of their kind."""
+    monkeypatch.setattr(widths, "is_local", lambda m: True)
+    a = _Meter("board-a")
+    dense = width_table(a, int8=False, cache=tmp_path)
+    dw = width_table(a, int8=False, cache=tmp_path, kind="depthwise")
+    pw = width_table(a, int8=False, cache=tmp_path, kind="pointwise")
+    assert a.calls == 3 * len(widths.WIDTHS) * widths.PASSES
+    assert {d.kind for d in (dense, dw, pw)} == {"dense", "depthwise", "pointwise"}
+    assert dw.ms[64] == pytest.approx(64 * 9 * HW * HW / 1e6 / 300.0)  # c*9 MACs per pixel, not c*c*9
+    assert pw.ms[40] == pytest.approx(40 * 40 * HW * HW / 1e6 / 200.0)
+    assert dw.granularity() == pw.granularity() == dense.granularity() == 16
+    names = sorted(f.name for f in tmp_path.glob("widths-*.json"))
+    assert len(names) == 3 and sum("depthwise" in n for n in names) == sum("pointwise" in n for n in names) == 1
+    assert width_table(a, int8=False, cache=tmp_path, kind="depthwise").cached and a.calls == 3 * 48
+
+
+def test_round_to_by_kind_rounds_each_group_to_its_kind():
+    """MobileNetV2's expanded channels pass through a depthwise conv: they round to the depthwise
+    multiple; its residual streams (1x1 convs only) to the pointwise one."""
+    from edgecompress.prune import prune
+
+    x = torch.zeros(1, 1, 28, 28)
+
+    def widths_of(cfg):
+        torch.manual_seed(0)
+        m = prune(create_model("mobilenetv2-small", num_classes=10).eval(), x, cfg).model
+        convs = [c for c in m.modules() if isinstance(c, torch.nn.Conv2d)]
+        dw = [c.out_channels for c in convs if c.groups > 1]
+        pw_only = [c.out_channels for c in convs if c.kernel_size == (1, 1) and c.groups == 1]
+        return dw, pw_only
+
+    dw, pw = widths_of(PruneConfig(ratio=0.6, round_to=8, round_to_by_kind=("depthwise=16", "pointwise=4")))
+    assert dw and all(c % 16 == 0 for c in dw)
+    assert any(c % 8 for c in pw)  # a residual stream rounded to 4, not to round_to 8
+    dw4, _ = widths_of(PruneConfig(ratio=0.6, round_to=4))
+    assert any(c % 16 for c in dw4)  # uniform rounding to 4 would not have kept them at 16
+
+
+def test_round_to_by_kind_is_parsed_strictly():
+    assert PruneConfig(round_to_by_kind=("depthwise=32", "dense=8")).round_to_kinds() == {"depthwise": 32, "dense": 8}
+    for bad in (("dw=16",), ("depthwise=0",), ("depthwise=x",), ("dense=8", "dense=16")):
+        with pytest.raises(ConfigError, match="round_to_by_kind"):
+            RunConfig.from_dict({"prune": {"round_to_by_kind": list(bad)}}).validate()
+
+
 def _ctx(model, example):
     return SimpleNamespace(lm=SimpleNamespace(model=model), example=example)
 
@@ -72,6 +120,7 @@ def test_auto_is_fixed_for_small_models_and_given_structure():
     assert structure._mode(_ctx(small, x), PruneConfig())["mode"] == Structure.FIXED
     assert "below the 200M" in structure._mode(_ctx(small, x), PruneConfig())["why"]
     assert structure._mode(_ctx(small, x), PruneConfig(round_to=16))["why"] == "auto: --round-to / --drop-blocks given"
+    assert structure._mode(_ctx(small, x), PruneConfig(round_to_by_kind=("dense=16",)))["mode"] == Structure.FIXED
     assert structure._mode(_ctx(small, x), PruneConfig(structure="fastest"))["mode"] == Structure.FASTEST
     monkey = structure.AUTO_MIN_MACS
     try:
@@ -107,3 +156,43 @@ def test_export_structure_fastest_times_the_candidates_and_keeps_the_fastest(tmp
     assert st["width_table"]["round_to"] in (8, 16, 32) and not st["width_table"]["cached"]
     assert list((tmp_path / ".cache" / "edgecompress").glob("widths-*-int8-t1.json"))  # cached under HOME
     assert "Structure chosen by measured latency" in (tmp_path / "o" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_structure_fastest_times_a_per_kind_candidate_when_the_tables_disagree(tmp_path):
+    """Width tables seeded in the cache (this device's key and onnxruntime version): depthwise
+    convs run best at multiples of 32, the others at 8. The search then times, beside the uniform
+    multiples, a candidate that rounds each group to its kind's multiple, and the pruned model
+    follows whichever it chose."""
+    import onnxruntime as ort
+
+    from edgecompress.runtime.meter import LOCAL
+
+    cache = tmp_path / ".cache" / "edgecompress"  # run_cli's HOME is tmp_path
+    cache.mkdir(parents=True)
+    for kind, fast in (("dense", 8), ("pointwise", 8), ("depthwise", 32)):
+        ms = {c: widths.macs(kind, c) / 1e6 / (300.0 if c % fast == 0 else 150.0) for c in widths.WIDTHS}
+        f = widths.table_file(cache, LOCAL.info["key"], ort.__version__, "int8", 1, kind)
+        f.write_text(json.dumps({"schema": widths.SCHEMA, "kind": kind, "device": LOCAL.info["key"], "precision": "int8",
+                                 "threads": 1, "onnxruntime": ort.__version__, "ms": {str(c): t for c, t in ms.items()}}))
+    p = run_cli(["export", "mobilenetv2-small", "--data", "random", "--distill-epochs", "0", "--prune-ratio", "0.5",
+                 "--calib-samples", "16", "--structure", "fastest", "--runs", "10", "--latency-aware-int8", "off",
+                 "--out", str(tmp_path / "o")], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    st = m["stage_results"]["prune"]["structure"]
+    assert {k: t["round_to"] for k, t in st["width_tables"].items()} == {"dense": 8, "depthwise": 32, "pointwise": 8}
+    assert all(t["cached"] for t in st["width_tables"].values())  # read from the seeded cache, not measured
+    per_kind = [c for c in st["candidates"] if c.get("round_to_by_kind")]
+    assert per_kind and all(c["round_to_by_kind"] == ["dense=8", "depthwise=32", "pointwise=8"] for c in per_kind)
+    timed = [c for c in st["candidates"] if "p50_ms" in c]
+    best = min(timed, key=lambda c: c["p50_ms"])
+    assert st["round_to_by_kind"] == best.get("round_to_by_kind", [])
+    assert m["config"]["prune"]["round_to_by_kind"] == []  # the user's config; the choice is in the record
+    if st["round_to_by_kind"]:
+        import onnx
+
+        g = onnx.load(str(tmp_path / "o" / "pruned.onnx")).graph
+        inits = {i.name: i for i in g.initializer}
+        dw = [n for n in g.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+        assert dw and all(inits[n.input[1]].dims[0] % 32 == 0 for n in dw if n.input[1] in inits)

@@ -7,6 +7,7 @@ from edgecompress.config.enums import (
     Exporter,
     Importance,
     LatencyAware,
+    LayerKind,
     OutputKind,
     QType,
     QuantBackend,
@@ -32,6 +33,6 @@ from edgecompress.config.stages import (
 
 __all__ = [
     "CONFIG_VERSION", "Allocation", "BenchConfig", "CalibMethod", "DataConfig", "DistillConfig", "ExportOnnxConfig",
-    "Exporter", "Importance", "LatencyAware", "ModelConfig", "OutputKind", "PruneConfig", "QType", "QatConfig", "QuantBackend", "QuantConfig",
+    "Exporter", "Importance", "LatencyAware", "LayerKind", "ModelConfig", "OutputKind", "PruneConfig", "QType", "QatConfig", "QuantBackend", "QuantConfig",
     "QuantMode", "QuantTarget", "RunConfig", "Stage", "Structure", "VerifyConfig", "WeightStorage", "load_recipe", "merge",
 ]  # fmt: skip

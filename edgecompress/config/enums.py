@@ -94,6 +94,15 @@ class Structure(StrEnum):
     FASTEST = "fastest"  # measured on the device: the width table's multiple, the fastest number of dropped blocks
 
 
+class LayerKind(StrEnum):
+    """Convolution kinds with a width table each (quantize.widths); a pruning group's kind decides
+    its channel multiple under a per-kind ``round_to_by_kind``."""
+
+    DENSE = "dense"  # a k x k convolution, k > 1, not grouped
+    POINTWISE = "pointwise"  # 1 x 1
+    DEPTHWISE = "depthwise"  # one filter per channel (groups == channels)
+
+
 class Stage(StrEnum):
     """The stages of a run: one name in the plan, the log and the manifest."""
 

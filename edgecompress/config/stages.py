@@ -15,6 +15,7 @@ from edgecompress.config.enums import (
     Exporter,
     Importance,
     LatencyAware,
+    LayerKind,
     Layout,
     QType,
     QuantBackend,
@@ -113,6 +114,11 @@ class PruneConfig(EnumFields):
     importance: Importance = Importance.L2
     allocation: Allocation = Allocation.UNIFORM
     round_to: int = 8  # keep channel counts multiples of this (SIMD / INT8 kernels); 1 = off
+    # per layer kind instead, "KIND=N" (dense, pointwise, depthwise; quantize.widths): a pruning group
+    # with a depthwise conv rounds to the depthwise multiple, one of 1x1 convs only to the pointwise
+    # one, others to the dense one; a kind not named (and a group of no conv) rounds to round_to.
+    # --structure fastest sets it from the device's width tables
+    round_to_by_kind: tuple[str, ...] = ()
     max_layer_ratio: float = 0.9  # no layer loses more than this fraction of its channels
     ignore: tuple[str, ...] = ()  # module names to leave alone (the classifier always is)
     taylor_batches: int = 4  # batches of gradients for taylor importance
@@ -173,6 +179,18 @@ class PruneConfig(EnumFields):
                               "--target-latency-ms, --prune-steps > 1 or --allocation sensitivity")
         if self.round_to < 1:
             raise ConfigError(f"--round-to {self.round_to}: must be >= 1 (1 turns rounding off)")
+        self.round_to_kinds()
+
+    def round_to_kinds(self) -> dict[str, int]:
+        """``round_to_by_kind`` as {kind: multiple}; a malformed entry is a ConfigError."""
+        out: dict[str, int] = {}
+        for entry in self.round_to_by_kind:
+            kind, _, n = str(entry).partition("=")
+            if kind not in {k.value for k in LayerKind} or not n.isdigit() or int(n) < 1 or kind in out:
+                raise ConfigError(f"[prune] round_to_by_kind entry {entry!r}: write KIND=N once per kind, KIND one of "
+                                  f"{', '.join(k.value for k in LayerKind)} and N >= 1 (e.g. \"depthwise=16\")")
+            out[kind] = int(n)
+        return out
         if not 0 < self.max_layer_ratio < 1:
             raise ConfigError(f"max_layer_ratio={self.max_layer_ratio}: must be in (0, 1)")
         if self.taylor_batches < 1:

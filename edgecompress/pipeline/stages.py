@@ -129,8 +129,8 @@ def _probe(ctx: RunContext):
 
 
 def _prune_settings(p: PruneConfig) -> dict[str, Any]:
-    return {"importance": p.importance, "allocation": p.allocation, "round_to": p.round_to, "steps": p.steps,
-            "macs_target": p.macs_target, "target_params": p.target_params, "target_latency_ms": p.target_latency_ms}
+    return {"importance": p.importance, "allocation": p.allocation, "round_to": p.round_to,
+            "round_to_by_kind": list(p.round_to_by_kind), "steps": p.steps, "macs_target": p.macs_target, "target_params": p.target_params, "target_latency_ms": p.target_latency_ms}
 
 
 def _distill_round(ctx: RunContext, student: nn.Module, step: int, steps: int, macs: int) -> dict[str, Any]:

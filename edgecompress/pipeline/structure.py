@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from edgecompress.config import PruneConfig, QuantMode
-from edgecompress.config.enums import Allocation, LatencyAware, Structure
+from edgecompress.config.enums import Allocation, LatencyAware, LayerKind, Structure
 from edgecompress.config.stages import LARGE_MODEL_MACS
 from edgecompress.errors import BadInput, one_line
 from edgecompress.pipeline.context import RunContext
@@ -52,12 +52,17 @@ def choose(ctx: RunContext, p: PruneConfig, calib: dict[str, np.ndarray | None])
         return p, mode
     quant = ctx.cfg.quant if ctx.cfg.quant_stage() is not None else None
     int8 = quant is not None and quant.mode != QuantMode.DYNAMIC
-    table = width_table(ctx.meter, threads=1, int8=int8, log=ctx.log)
+    tables = {k: width_table(ctx.meter, threads=1, int8=int8, log=ctx.log, kind=k)
+              for k in (LayerKind.DENSE, *sorted(layer_kinds(ctx.lm.model) - {LayerKind.DENSE}))}
+    table = tables[LayerKind.DENSE]
     g = table.granularity()
-    eff = table.efficiency()
-    ctx.log(f"structure: round-to {g} from the width table of {table.device} ("
-            + ", ".join(f"multiples of {k}: {v:.0f} MMAC/ms" for k, v in eff.items())
-            + (", cached" if table.cached else "") + ")")
+    for k, t in tables.items():
+        ctx.log(f"structure: {k} convs round to {t.granularity()} by the width table of {t.device} ("
+                + ", ".join(f"multiples of {m}: {v:.0f} MMAC/ms" for m, v in t.efficiency().items())
+                + (", cached" if t.cached else "") + ")")
+    # per kind, when the kinds' tables disagree: each pruning group rounds to its kind's multiple
+    by_kind = {str(k): t.granularity() for k, t in tables.items()}
+    per_kind = tuple(f"{k}={m}" for k, m in by_kind.items()) if len(set(by_kind.values())) > 1 else ()
     blocks = residual_blocks(ctx.lm.model, ctx.example)
     # candidates are timed as plain INT8 files: --latency-aware-int8's per-layer choice (minutes per
     # file) is made once, on the chosen structure
@@ -66,39 +71,71 @@ def choose(ctx: RunContext, p: PruneConfig, calib: dict[str, np.ndarray | None])
     candidates: list[dict[str, Any]] = []
     multiples = [c for c in CHOICES if g <= c <= 2 * g]  # the table's multiple and the next coarser one
     finer = [c for c in CHOICES if c < g][::-1]  # for a model too narrow for g: the finer multiples
+    timed_shapes: dict[tuple, dict[str, Any]] = {}  # pruned shapes -> the candidate that timed them
     for n in range(min(MAX_DROPPED, len(blocks)) + 1):
-        for r in multiples:
-            pr, why = _candidate(ctx, p, calib, r, n)
+        for r, kinds in [*((m, ()) for m in multiples), *([(by_kind[LayerKind.DENSE], per_kind)] if per_kind else [])]:
+            pr, why = _candidate(ctx, p, calib, r, n, kinds)
             fallback = list(finer)
-            while pr is None and r == g and fallback:
+            while pr is None and r == g and not kinds and fallback:
                 r = fallback.pop(0)
                 pr, why = _candidate(ctx, p, calib, r, n)
+            what = f"{n} block(s) dropped, " + (f"round-to {r}" if not kinds else "round-to per kind " + ", ".join(kinds))
+            rec: dict[str, Any] = {"drop_blocks": n, "round_to": r} | ({"round_to_by_kind": list(kinds)} if kinds else {})
             if pr is None:  # this depth cannot meet the budget (or breaks the model): not a candidate
-                candidates.append({"drop_blocks": n, "round_to": r, "skipped": why})
-                ctx.log(f"structure: {n} block(s) dropped, round-to {r}: skipped ({why[:120]})")
+                candidates.append(rec | {"skipped": why})
+                ctx.log(f"structure: {what}: skipped ({why[:120]})")
                 continue
-            p50 = probe(pr.model, repeats=3)
-            candidates.append({"drop_blocks": n, "round_to": r, "p50_ms": round(p50, 4),
-                               "macs_removed": round(1 - pr.macs_after / pr.macs_before, 4),
-                               "params_removed": round(1 - pr.params_after / pr.params_before, 4)})
-            ctx.log(f"structure: {n} block(s) dropped, round-to {r}: {candidates[-1]['macs_removed']:.1%} of MACs "
-                    f"removed, {'INT8' if int8 else 'FP32'} p50 {p50:.3f} ms")
+            shapes = _shapes(pr.model)
+            same = timed_shapes.get(shapes)
+            p50 = same["p50_ms"] if same is not None else probe(pr.model, repeats=3)
+            candidates.append(rec | {"p50_ms": round(p50, 4),
+                                     "macs_removed": round(1 - pr.macs_after / pr.macs_before, 4),
+                                     "params_removed": round(1 - pr.params_after / pr.params_before, 4)}
+                              | ({"same_shapes_as": candidates.index(same)} if same is not None else {}))
+            timed_shapes.setdefault(shapes, candidates[-1])
+            ctx.log(f"structure: {what}: {candidates[-1]['macs_removed']:.1%} of MACs removed, "
+                    + (f"{'INT8' if int8 else 'FP32'} p50 {p50:.3f} ms" if same is None else
+                       f"the same layer widths as candidate {candidates.index(same) + 1} (not timed again)"))
     timed = [c for c in candidates if "p50_ms" in c]
     if not timed:
         raise BadInput(f"--structure {mode['mode']}: no candidate meets {p.goal()} "
                        f"({candidates[0]['skipped']}); pass --structure fixed and lower the target")
-    best = min(timed, key=lambda c: c["p50_ms"])
-    chosen = replace(p, round_to=best["round_to"], drop_blocks=best["drop_blocks"])
-    ctx.log(f"structure: {best['drop_blocks']} block(s) dropped and round-to {best['round_to']}, the fastest "
-            f"({best['p50_ms']:.3f} ms, {probe.description})")
-    return chosen, mode | {"round_to": best["round_to"], "drop_blocks": best["drop_blocks"], "candidates": candidates,
-                           "measured": probe.description, "width_table": table.to_dict()}
+    best = min(timed, key=lambda c: c["p50_ms"])  # the first of equals: uniform before per kind, fewer blocks first
+    kinds = tuple(best.get("round_to_by_kind", ()))
+    chosen = replace(p, round_to=best["round_to"], drop_blocks=best["drop_blocks"], round_to_by_kind=kinds)
+    ctx.log(f"structure: {best['drop_blocks']} block(s) dropped and round-to "
+            + (", ".join(kinds) if kinds else str(best["round_to"]))
+            + f", the fastest ({best['p50_ms']:.3f} ms, {probe.description})")
+    return chosen, mode | {"round_to": best["round_to"], "round_to_by_kind": list(kinds),
+                           "drop_blocks": best["drop_blocks"], "candidates": candidates,
+                           "measured": probe.description, "width_table": table.to_dict(),
+                           "width_tables": {str(k): t.to_dict() for k, t in tables.items()}}
+
+
+def layer_kinds(model: Any) -> set[LayerKind]:
+    """The convolution kinds (width tables) of ``model``."""
+    import torch.nn as nn
+
+    kinds = set()
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            kinds.add(LayerKind.DEPTHWISE if m.groups > 1 and m.groups == m.in_channels else
+                      LayerKind.POINTWISE if tuple(m.kernel_size) == (1, 1) and m.groups == 1 else
+                      LayerKind.DENSE if m.groups == 1 else None)
+    return kinds - {None}
+
+
+def _shapes(model: Any) -> tuple:
+    """The widths of every weighted layer: two candidates with the same are the same file to time."""
+    return tuple((n, tuple(m.weight.shape)) for n, m in model.named_modules()
+                 if getattr(m, "weight", None) is not None and hasattr(m.weight, "shape"))
 
 
 def _candidate(ctx: RunContext, p: PruneConfig, calib: dict[str, np.ndarray | None], r: int,
-               n: int) -> tuple[Any, str]:
-    """The model pruned to the budget with round-to ``r`` after dropping ``n`` blocks, or why not."""
-    cand = replace(p, round_to=r, drop_blocks=n, structure=Structure.FIXED)
+               n: int, kinds: tuple[str, ...] = ()) -> tuple[Any, str]:
+    """The model pruned to the budget with round-to ``r`` (per kind: ``kinds``) after dropping
+    ``n`` blocks, or why not."""
+    cand = replace(p, round_to=r, drop_blocks=n, round_to_by_kind=kinds, structure=Structure.FIXED)
     try:
         with bounded(f"structure candidate ({n} blocks dropped, round-to {r})", seconds=p.max_seconds,
                      memory_fraction=p.max_memory, way_out="pass --structure fixed"):
@@ -116,7 +153,7 @@ def _mode(ctx: RunContext, p: PruneConfig) -> dict[str, Any]:
     if p.target_latency_ms is not None or p.steps > 1 or p.allocation == Allocation.SENSITIVITY:
         return {"mode": Structure.FIXED, "why": "auto: the latency target, iterative schedule or sensitivity "
                                                 "allocation decides the structure"}
-    if (p.round_to, p.drop_blocks) != (DEFAULT_ROUND_TO, DEFAULT_DROP):
+    if (p.round_to, p.drop_blocks) != (DEFAULT_ROUND_TO, DEFAULT_DROP) or p.round_to_by_kind:
         return {"mode": Structure.FIXED, "why": "auto: --round-to / --drop-blocks given"}
     macs = count_macs_params(ctx.lm.model, ctx.example)[0]
     if macs < AUTO_MIN_MACS:

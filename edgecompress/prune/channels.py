@@ -175,7 +175,8 @@ def _schedule(model, example, cfg, ignored, done: Criterion, calib_x, calib_y, d
             max_pruning_ratio=cfg.max_layer_ratio,
             iterative_steps=steps,
             ignored_layers=ignored,
-            round_to=cfg.round_to if cfg.round_to > 1 else None,
+            round_to=cfg.round_to if cfg.round_to > 1 or cfg.round_to_by_kind else None,
+            round_to_by_kind=cfg.round_to_kinds() or None,
         )
     guard = Guard(model, pruner, example, recheck)
     ratio, met = 0.0, False

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from edgecompress.config.enums import LayerKind
 from edgecompress.errors import BadInput, one_line
 
 TESTED_VERSIONS = ("1.6",)  # torch-pruning releases whose internals this module was checked against
@@ -51,8 +52,24 @@ def tp_errors(what: str, way_out: str) -> Iterator[None]:
                        f"{way_out}") from None
 
 
-def group_aware_pruner(model, example, **kwargs):
-    """Torch-Pruning's ``BasePruner`` with rounding that works for grouped convs.
+def group_kind(group) -> str | None:
+    """The ``LayerKind`` whose width table rounds a pruning group: depthwise if a depthwise conv
+    is in it (its channels are the depthwise conv's), pointwise if every conv in it is 1x1, dense
+    for other convs; None for a group without a conv (a Linear's)."""
+    convs = [dep.target.module for dep, _ in group if isinstance(dep.target.module, nn.Conv2d)]
+    if not convs:
+        return None
+    if any(c.groups > 1 and c.groups == c.in_channels for c in convs):
+        return LayerKind.DEPTHWISE.value
+    if all(tuple(c.kernel_size) == (1, 1) for c in convs):
+        return LayerKind.POINTWISE.value
+    return LayerKind.DENSE.value
+
+
+def group_aware_pruner(model, example, *, round_to_by_kind: dict[str, int] | None = None, **kwargs):
+    """Torch-Pruning's ``BasePruner`` with rounding that works for grouped convs, and per layer
+    kind when ``round_to_by_kind`` is given ({kind: multiple}; ``group_kind``; the ``round_to``
+    keyword for the rest; the multiples come from the device's width tables: quantize.widths).
 
     For a group whose channels are split in G groups (a grouped conv or its neighbours), 1.6.1's
     ``_prune`` passes ``_round_to`` the number of channels to cut *per group* but the layer's
@@ -73,6 +90,8 @@ def group_aware_pruner(model, example, **kwargs):
             return super()._is_atten_group(group)
 
         def _round_to(self, n_pruned, current_channels, round_to):
+            if round_to_by_kind and self._ec_group is not None:
+                round_to = round_to_by_kind.get(group_kind(self._ec_group) or "", round_to)
             g = self._get_channel_groups(self._ec_group) if self._ec_group is not None else 1
             if g <= 1 or current_channels % g or n_pruned > current_channels // g:
                 return super()._round_to(n_pruned, current_channels, round_to)

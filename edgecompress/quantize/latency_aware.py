@@ -12,7 +12,7 @@ its own FP32 parent. The pass:
    the pre-processed graph that ``quantize_static`` sees: INT8 kernels by their quantized weight
    (``<weight>_quantized``), float kernels by name or output tensor;
 2. candidates = the nodes whose INT8 kernel is slower than their FP32 kernel by more than
-   ``min_gain``;
+   ``min_gain`` (the ``max_candidates`` with the largest gains: each costs a trial);
 3. re-quantizes with every candidate excluded, then offers each candidate back to INT8, smallest
    per-layer gain first, timing each new file against the last one end to end (round-robin), and
    keeps each return that is not slower (a tie goes to INT8: one float island fewer, and 4x smaller
@@ -58,6 +58,7 @@ from edgecompress.quantize.ptq import QuantResult, preprocessed_model, quantize_
 from edgecompress.runtime.kernels import COMPUTE_OPS, origin_keys
 from edgecompress.runtime.meter import LOCAL, Meter, is_local
 
+MAX_CANDIDATES = 8  # layers searched (one end-to-end trial each); the whole file is still checked against its parent
 LayerTimes = Callable[[Path], dict[str, float]]  # file -> compute node (pre-processed graph) -> ms per run
 Compare = Callable[[list[Path]], list[float]]  # files -> p50 ms each, measured side by side
 
@@ -77,6 +78,7 @@ def latency_aware_ptq(
     threads: int = 1,
     batch: int = 1,
     min_gain: float = 0.03,
+    max_candidates: int = MAX_CANDIDATES,
     rounds: int = 7,
     profile_rounds: int = 3,
     input_shape: tuple[int, ...] | None = None,
@@ -145,7 +147,12 @@ def latency_aware_ptq(
         gain = {n: t_int8[n] - t_fp32[n] for n in t_int8
                 if n in t_fp32 and n not in cfg.exclude_nodes and t_int8[n] > t_fp32[n] * (1 + min_gain)}  # fmt: skip
         record["layer_ms"] = {n: {"int8": t_int8.get(n), "fp32": t_fp32.get(n)} for n in sorted(set(t_int8) | set(t_fp32))}
-        record["candidates"] = {n: gain[n] for n in sorted(gain, key=gain.get, reverse=True)}
+        ranked = sorted(gain, key=gain.get, reverse=True)
+        if len(ranked) > max_candidates:  # each candidate costs a trial: the largest gains are searched
+            record["candidates_left_int8"] = {n: gain.pop(n) for n in ranked[max_candidates:]}
+            log(f"{len(ranked)} layer(s) run slower as INT8 than as FP32 here; the {max_candidates} with the largest "
+                "gains are searched, the others stay INT8")
+        record["candidates"] = {n: gain[n] for n in ranked[:max_candidates]}
         chosen: list[str] = []
         if gain:
             log(f"{len(gain)} layer(s) run slower as INT8 than as FP32 here: "

@@ -3,13 +3,16 @@
 INT8 kernels are fastest at some channel counts: on this project's AVX512-VNNI machines a 3x3
 INT8 convolution with 104 or 120 channels costs about what 112 or 128 cost (26% and 8% fewer MACs
 per ms: benchmarks/results/conv_width-28.json), so a fixed ``--round-to 8`` leaves channels that
-cost time and do nothing. The table times one 3x3 convolution (C -> C channels, + ReLU, 28x28)
+cost time and do nothing. A table times one convolution of a kind (C -> C channels, + ReLU, 28x28)
 for C = 8, 16, ..., 128, as the run ships it (INT8 static QDQ, or FP32 for a run without INT8),
 on the device that measures the run (this CPU, or ``export --bench-on DEST``), and
 :meth:`WidthTable.granularity` picks the channel multiple whose widths run the most MACs per ms.
+The kinds (``LayerKind``): a dense 3x3 conv, a pointwise 1x1 conv and a depthwise 3x3 conv, since
+their kernels block channels differently (MobileNetV2 ran 31% faster in INT8 at multiples of 16
+where the dense table said 8).
 
-A table is measured once per device, onnxruntime version, thread count and precision and cached
-as JSON in ``$EDGECOMPRESS_CACHE`` (default ``$XDG_CACHE_HOME/edgecompress``, else
+A table is measured once per device, onnxruntime version, thread count, precision and kind and
+cached as JSON in ``$EDGECOMPRESS_CACHE`` (default ``$XDG_CACHE_HOME/edgecompress``, else
 ``~/.cache/edgecompress``). ``benchmarks/conv_width.py`` prints the same measurement side by side.
 """
 
@@ -28,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecompress.config import QuantConfig
+from edgecompress.config import LayerKind, QuantConfig
 from edgecompress.files import atomic_write_text
 from edgecompress.quantize.ptq import quantize_ptq
 from edgecompress.runtime.meter import Meter, is_local
@@ -49,26 +52,35 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgecompress"
 
 
-def conv_file(c: int, d: Path, *, int8: bool, hw: int = HW) -> Path:
-    """One 3x3 convolution C -> C (+ ReLU) at ``hw`` x ``hw``, random weights; INT8 static QDQ
-    (onnxruntime, the run's defaults) when ``int8``."""
+def macs(kind: LayerKind, c: int, hw: int = HW) -> int:
+    """MACs of the table's convolution of ``kind`` with C channels."""
+    per_pixel = {LayerKind.DENSE: c * c * 9, LayerKind.POINTWISE: c * c, LayerKind.DEPTHWISE: c * 9}[LayerKind(kind)]
+    return per_pixel * hw * hw
+
+
+def conv_file(c: int, d: Path, *, int8: bool, hw: int = HW, kind: LayerKind = LayerKind.DENSE) -> Path:
+    """One convolution of ``kind`` (dense 3x3, pointwise 1x1, depthwise 3x3), C -> C (+ ReLU) at
+    ``hw`` x ``hw``, random weights; INT8 static QDQ (onnxruntime, the run's defaults) when ``int8``."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    kind = LayerKind(kind)
     rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.normal(0, 0.1, (c, c, 3, 3)).astype(np.float32), "w")
+    k, cin, group = (1, c, 1) if kind == LayerKind.POINTWISE else (3, 1, c) if kind == LayerKind.DEPTHWISE else (3, c, 1)
+    w = numpy_helper.from_array(rng.normal(0, 0.1, (c, cin, k, k)).astype(np.float32), "w")
     b = numpy_helper.from_array(np.zeros(c, np.float32), "b")
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[k // 2] * 4, group=group, name="conv"),
              helper.make_node("Relu", ["c"], ["y"], name="relu")]
     g = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, hw, hw])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", c, hw, hw])], [w, b])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
-    fp32 = d / f"c{c}.onnx"
+    tag = "" if kind == LayerKind.DENSE else f"{kind}-"
+    fp32 = d / f"{tag}c{c}.onnx"
     onnx.save(m, str(fp32))
     if not int8:
         return fp32
-    q = d / f"c{c}.int8.onnx"
+    q = d / f"{tag}c{c}.int8.onnx"
     quantize_ptq(fp32, q, np.random.default_rng(1).random((8, c, hw, hw), dtype=np.float32), QuantConfig(), quiet=True)
     return q
 
@@ -79,12 +91,13 @@ class WidthTable:
     precision: str  # int8 | fp32
     threads: int
     onnxruntime: str
-    ms: dict[int, float]  # channel count -> p50 ms of the 3x3 conv (fastest pass)
+    ms: dict[int, float]  # channel count -> p50 ms of the conv (fastest pass)
     cached: bool = False
     path: str | None = field(default=None, compare=False)
+    kind: LayerKind = LayerKind.DENSE
 
     def mmac_per_ms(self) -> dict[int, float]:
-        return {c: c * c * 9 * HW * HW / 1e6 / t for c, t in self.ms.items() if t > 0}
+        return {c: macs(self.kind, c) / 1e6 / t for c, t in self.ms.items() if t > 0}
 
     def efficiency(self) -> dict[int, float]:
         """Per choice of channel multiple: the mean MMAC/ms over the table's widths (>= MIN_WIDTH)
@@ -102,34 +115,42 @@ class WidthTable:
 
     def to_dict(self) -> dict[str, Any]:
         eff = self.efficiency()
-        return {"device": self.device, "precision": self.precision, "threads": self.threads,
+        return {"kind": str(self.kind), "device": self.device, "precision": self.precision, "threads": self.threads,
                 "onnxruntime": self.onnxruntime, "hw": HW, "p50_ms": {str(c): round(t, 5) for c, t in self.ms.items()},
                 "mmac_per_ms_by_multiple": {str(g): round(e, 1) for g, e in eff.items()},
                 "round_to": self.granularity(), "cached": self.cached, "file": self.path}
 
 
+def table_file(cache: Path, device: str, onnxruntime: str, precision: str, threads: int, kind: LayerKind) -> Path:
+    """Where the table of (device, onnxruntime version, precision, threads, kind) is cached."""
+    tag = "" if kind == LayerKind.DENSE else f"-{kind}"  # the dense table keeps its first file name
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{device}-ort{onnxruntime}-{precision}-t{threads}{tag}")
+    return cache / f"widths-{slug}.json"
+
+
 def width_table(meter: Meter, *, threads: int = 1, int8: bool = True, cache: Path | None = None,
-                log: Callable[[str], None] = lambda m: None) -> WidthTable:
-    """The table for ``meter``'s device: from the cache, else measured (~10-30 s) and cached."""
+                log: Callable[[str], None] = lambda m: None, kind: LayerKind = LayerKind.DENSE) -> WidthTable:
+    """The table of ``kind`` for ``meter``'s device: from the cache, else measured (~10-30 s) and cached."""
     import onnxruntime as ort
 
+    kind = LayerKind(kind)
     device, version, precision = meter.info["key"], ort.__version__, "int8" if int8 else "fp32"
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{device}-ort{version}-{precision}-t{threads}")
-    path = (cache or cache_dir()) / f"widths-{slug}.json"
+    path = table_file(cache or cache_dir(), device, version, precision, threads, kind)
     if path.exists():
         try:
             d = json.loads(path.read_text())
-            if d.get("schema") == SCHEMA and d.get("device") == device:
+            if d.get("schema") == SCHEMA and d.get("device") == device and d.get("kind", "dense") == kind:
                 return WidthTable(device, precision, threads, version, {int(c): float(t) for c, t in d["ms"].items()},
-                                  cached=True, path=str(path))
+                                  cached=True, path=str(path), kind=kind)
         except (ValueError, KeyError, TypeError):
             pass  # a damaged cache entry is measured again
     where = "" if is_local(meter) else f" on {device}"
-    log(f"measuring the width table{where}: a 3x3 {precision.upper()} conv at {len(WIDTHS)} channel counts "
+    what = {LayerKind.DENSE: "3x3", LayerKind.POINTWISE: "1x1", LayerKind.DEPTHWISE: "3x3 depthwise"}[kind]
+    log(f"measuring the width table{where}: a {what} {precision.upper()} conv at {len(WIDTHS)} channel counts "
         f"({threads} thread(s); cached in {path.parent})")
     ms: dict[int, float] = {}
     with tempfile.TemporaryDirectory(prefix="edgecompress-widths-") as d:
-        files = {c: conv_file(c, Path(d), int8=int8) for c in WIDTHS}
+        files = {c: conv_file(c, Path(d), int8=int8, kind=kind) for c in WIDTHS}
         order = list(WIDTHS)
         rng = random.Random(0)
         for _ in range(PASSES):  # shuffled passes: drifts of a shared machine hit all widths alike
@@ -137,9 +158,9 @@ def width_table(meter: Meter, *, threads: int = 1, int8: bool = True, cache: Pat
             for c in order:
                 p50 = meter.measure_latency(files[c], threads=threads, batch=1, warmup=5, runs=30).p50_ms
                 ms[c] = min(ms.get(c, p50), p50)
-    table = WidthTable(device, precision, threads, version, dict(sorted(ms.items())), path=str(path))
+    table = WidthTable(device, precision, threads, version, dict(sorted(ms.items())), path=str(path), kind=kind)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"schema": SCHEMA, "device": device, "precision": precision,
+    atomic_write_text(path, json.dumps({"schema": SCHEMA, "kind": str(kind), "device": device, "precision": precision,
                                         "threads": threads, "onnxruntime": version,
                                         "ms": {str(c): t for c, t in table.ms.items()}}, indent=1) + "\n")
     return table

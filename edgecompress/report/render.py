@@ -133,19 +133,26 @@ def _stage_lines(m: dict[str, Any]) -> list[str]:
     st, lines = m.get("stage_results", {}), []
     if "prune" in st:
         p = st["prune"]
+        rt = ", ".join(p.get("round_to_by_kind") or []) or p["round_to"]
         lines += ["", f"**Pruning**: {p['macs_removed']:.1%} of MACs removed ({p['importance']} importance, "
-                  f"{p['allocation']} allocation, round-to {p['round_to']}); params "
+                  f"{p['allocation']} allocation, round-to {rt}); params "
                   f"{p['params_before']:,} → {p['params_after']:,}."]
         st = p.get("structure") or {}
         if st.get("candidates"):
-            wt = st.get("width_table", {})
-            eff = ", ".join(f"multiples of {g}: {v:.0f}" for g, v in wt.get("mmac_per_ms_by_multiple", {}).items())
-            cands = "; ".join(f"{c['drop_blocks']} dropped, round-to {c.get('round_to')}: skipped" if "skipped" in c else
-                              f"{c['drop_blocks']} dropped, round-to {c['round_to']}: {c['p50_ms']:.3f} ms "
+            wts = st.get("width_tables") or {"dense": st.get("width_table", {})}
+            tabs = "; ".join(f"{k}: round-to {wt.get('round_to')} (MMAC/ms " + ", ".join(
+                f"multiples of {g}: {v:.0f}" for g, v in wt.get("mmac_per_ms_by_multiple", {}).items())
+                + (", cached" if wt.get("cached") else "") + ")" for k, wt in wts.items())
+            device = next(iter(wts.values()), {}).get("device", "?")
+
+            def rounding(c: dict[str, Any]) -> str:
+                return "round-to " + (", ".join(c["round_to_by_kind"]) if c.get("round_to_by_kind") else str(c.get("round_to")))
+
+            cands = "; ".join(f"{c['drop_blocks']} dropped, {rounding(c)}: skipped" if "skipped" in c else
+                              f"{c['drop_blocks']} dropped, {rounding(c)}: {c['p50_ms']:.3f} ms "
                               f"({c['macs_removed']:.1%} of MACs)" for c in st["candidates"])
-            lines += [f"**Structure chosen by measured latency** ({st.get('why', '')}): round-to {st['round_to']} "
-                      f"from the width table of {wt.get('device', '?')} (3x3 conv, MMAC/ms: {eff}"
-                      f"{', cached' if wt.get('cached') else ''}); {st['drop_blocks']} residual block(s) dropped, "
+            lines += [f"**Structure chosen by measured latency** ({st.get('why', '')}): {rounding(st)}, "
+                      f"{st['drop_blocks']} residual block(s) dropped; width tables of {device} ({tabs}); "
                       f"the fastest of the candidates timed as {st.get('measured', 'shipped')}: {cands}."]
         elif st:
             lines += [f"**Structure**: fixed (--round-to, --drop-blocks as given; {st.get('why', '')})."]
