@@ -158,6 +158,29 @@ def test_export_structure_fastest_times_the_candidates_and_keeps_the_fastest(tmp
     assert "Structure chosen by measured latency" in (tmp_path / "o" / "report.md").read_text()
 
 
+TINY_MOBILENET = """
+import torch.nn as nn
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, c, e):
+        super().__init__()
+        h = c * e
+        self.f = nn.Sequential(nn.Conv2d(c, h, 1, bias=False), nn.BatchNorm2d(h), nn.ReLU6(),
+                               nn.Conv2d(h, h, 3, 1, 1, groups=h, bias=False), nn.BatchNorm2d(h), nn.ReLU6(),
+                               nn.Conv2d(h, c, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return x + self.f(x)
+
+
+def model():
+    return nn.Sequential(nn.Conv2d(1, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6(),
+                         InvertedResidual(32, 4), InvertedResidual(32, 4),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+"""
+
+
 @pytest.mark.slow
 def test_structure_fastest_times_a_per_kind_candidate_when_the_tables_disagree(tmp_path):
     """Width tables seeded in the cache (this device's key and onnxruntime version): depthwise
@@ -175,9 +198,10 @@ def test_structure_fastest_times_a_per_kind_candidate_when_the_tables_disagree(t
         f = widths.table_file(cache, LOCAL.info["key"], ort.__version__, "int8", 1, kind)
         f.write_text(json.dumps({"schema": widths.SCHEMA, "kind": kind, "device": LOCAL.info["key"], "precision": "int8",
                                  "threads": 1, "onnxruntime": ort.__version__, "ms": {str(c): t for c, t in ms.items()}}))
-    p = run_cli(["export", "mobilenetv2-small", "--data", "random", "--distill-epochs", "0", "--prune-ratio", "0.5",
-                 "--calib-samples", "16", "--structure", "fastest", "--runs", "10", "--latency-aware-int8", "off",
-                 "--out", str(tmp_path / "o")], cwd=tmp_path)
+    (tmp_path / "tiny_mbv2.py").write_text(TINY_MOBILENET)
+    p = run_cli(["export", "tiny_mbv2.py:model", "--input-shape", "1,1,28,28", "--data", "random", "--distill-epochs",
+                 "0", "--prune-ratio", "0.5", "--calib-samples", "16", "--structure", "fastest", "--runs", "10",
+                 "--latency-aware-int8", "off", "--out", str(tmp_path / "o")], cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     m = json.loads((tmp_path / "o" / "manifest.json").read_text())
     st = m["stage_results"]["prune"]["structure"]
