@@ -72,7 +72,7 @@ def pass_calls(monkeypatch):
 
 def job(fp32, tmp_path, meter, macs=1_000_000, **quant):
     return QuantJob(src=fp32, dst=tmp_path / "int8.onnx", cfg=QuantConfig(**quant), calib_x=quadrants(16, 0).x,
-                    input_shape=(1, 1, 16, 16), meter=meter, parent_macs=macs)
+                    input_shape=(1, 1, 16, 16), meter=meter, model_macs=macs)
 
 
 def test_auto_runs_the_pass_when_int8_is_not_faster_than_its_parent(fp32, tmp_path, pass_calls):
@@ -98,7 +98,7 @@ def test_auto_leaves_a_faster_int8_file_alone(fp32, tmp_path, pass_calls):
 def test_auto_runs_the_pass_on_a_large_model_without_comparing_first(fp32, tmp_path, pass_calls):
     meter = FakeMeter(parent_ms=1.0, int8_ms=0.5)
     out = ortq.run_static(job(fp32, tmp_path, meter, macs=300_000_000))
-    assert out.stage_results["latency_aware_auto"] == {"runs": True, "why": "300M MACs >= 200M"}
+    assert out.stage_results["latency_aware_auto"] == {"runs": True, "why": "the model has 300M MACs >= 200M"}
     assert meter.calls == [] and len(pass_calls) == 1 and pass_calls[0]["start"] is None
 
 

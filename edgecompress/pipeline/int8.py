@@ -76,7 +76,8 @@ class Quantize:
             calib_x=as_float(subset(splits.train.x, ctx.calib_idx)), val_x=as_float(splits.val.x),
             val_y=splits.val.y if ctx.classifier else None,
             max_accuracy_drop=cfg.verify.max_accuracy_drop, threads=cfg.bench.threads, batch=cfg.bench.batch,
-            input_shape=tuple(ctx.input_shape), meter=ctx.meter, parent_macs=ctx.arts[parent].macs, parity_x=ctx.parity_samples(256), qat=cfg.qat,
+            input_shape=tuple(ctx.input_shape), meter=ctx.meter, model_macs=ctx.arts.get("original", ctx.arts[parent]).macs,
+            parity_x=ctx.parity_samples(256), qat=cfg.qat,
             opset=cfg.onnx.opset, seed=cfg.seed, started_from=started, log=ctx.log, **ctx.torch_inputs())  # fmt: skip
         out = registry.quantizer_for(QuantMode(stage.value), cfg.quant.backend)(job)
         qr = out.result

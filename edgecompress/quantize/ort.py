@@ -28,8 +28,8 @@ def run_static(job: QuantJob) -> QuantOutcome:
         records["accuracy_fallback"] = fallback
         keep_fp32 = fallback["fp32_nodes"]
     mode = job.cfg.latency_aware
-    if mode == LatencyAware.AUTO and job.parent_macs is not None and job.parent_macs >= LARGE_MODEL_MACS:
-        why = f"{job.parent_macs / 1e6:.0f}M MACs >= {LARGE_MODEL_MACS / 1e6:.0f}M"
+    if mode == LatencyAware.AUTO and job.model_macs is not None and job.model_macs >= LARGE_MODEL_MACS:
+        why = f"the model has {job.model_macs / 1e6:.0f}M MACs >= {LARGE_MODEL_MACS / 1e6:.0f}M"
         records["latency_aware_auto"] = {"runs": True, "why": why}
         return _latency_pass(job, keep_fp32, records, start=qr, why=why)
     if mode == LatencyAware.ON:

@@ -37,7 +37,7 @@ class QuantJob:
     batch: int = 1
     input_shape: tuple[int, ...] | None = None
     meter: Meter = LOCAL  # where the latency-aware pass measures: here, or the --bench-on device
-    parent_macs: int | None = None  # MACs of the FP32 parent (--latency-aware-int8 auto)
+    model_macs: int | None = None  # MACs of the original model (--latency-aware-int8 auto, as --structure auto)
     # PyTorch-side backends (INC, QAT): the parent's model, the original (teacher), training data
     model: Any = None
     teacher: Any = None
