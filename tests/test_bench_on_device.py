@@ -85,7 +85,8 @@ def test_export_bench_on_measures_latency_aware_int8_and_benchmark_on_the_device
     # files, every trial side by side (+ the final one against all-INT8 when there was more than one)
     assert _calls(log, "latency") == 1 + 3
     assert _calls(log, "layer_times") == 2 * la["profile_rounds"]
-    assert _calls(log, "p50s") == len(la["trials"])
+    # + the result against its FP32 parent (and the all-FP32 file beside both when it was not faster)
+    assert _calls(log, "p50s") == len(la["trials"]) + (2 if "p50_ms_all_fp32" in la["parent"] else 1)
     assert set(m["artifacts"]) == {"original", "pruned", "int8"}
     for a in m["artifacts"].values():
         by = a["latency_by_device"]

@@ -186,7 +186,7 @@ def test_latency_probe_times_the_latency_aware_file_when_asked(monkeypatch):
     assert plain(model) > 0 and calls == []
     aware = probe.latency_criterion(x, calib, onnx=onnx, quant=QuantConfig(latency_aware="on"), runs=20)
     assert aware(model) > 0
-    assert calls == [(True, {"rounds": 3, "profile_rounds": 1, "meter": LOCAL})]
+    assert calls == [("on", {"rounds": 3, "profile_rounds": 1, "meter": LOCAL})]
     fp32 = probe.latency_criterion(x, None, onnx=onnx, quant=None, runs=20)
     fp32(model)  # --quant none: nothing to quantize, the flag does not apply
     assert len(calls) == 1

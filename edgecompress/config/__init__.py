@@ -17,14 +17,13 @@ from edgecompress.config.enums import (
     Structure,
     WeightStorage,
 )
+from edgecompress.config.inputs import DataConfig, ModelConfig
 from edgecompress.config.parse import merge
 from edgecompress.config.run import CONFIG_VERSION, RunConfig, load_recipe
 from edgecompress.config.stages import (
     BenchConfig,
-    DataConfig,
     DistillConfig,
     ExportOnnxConfig,
-    ModelConfig,
     PruneConfig,
     QatConfig,
     QuantConfig,

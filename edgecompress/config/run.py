@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from edgecompress.config.enums import QUANT_STAGES, Allocation, QuantMode, Stage
+from edgecompress.config.inputs import DataConfig, ModelConfig
 from edgecompress.config.onnx_input import is_onnx_model, pytorch_only_setting, refusal
 from edgecompress.config.parse import EnumFields, from_dict, read_toml, to_plain, to_toml
 from edgecompress.config.stages import (
     BenchConfig,
-    DataConfig,
     DistillConfig,
     ExportOnnxConfig,
-    ModelConfig,
     PruneConfig,
     QatConfig,
     QuantConfig,

@@ -1,5 +1,6 @@
-"""One frozen dataclass per stage, with its checks: ``validate()`` raises a one-line
-``ConfigError`` that names the flag and the fix. Choices are StrEnums (``config.enums``)."""
+"""One frozen dataclass per stage, with its checks: ``validate()`` raises a one-line ``ConfigError``
+that names the flag and the fix. Choices are StrEnums (``config.enums``). The model and data
+configs are in ``config.inputs``."""
 
 from __future__ import annotations
 
@@ -8,20 +9,16 @@ from dataclasses import dataclass
 
 from edgecompress.config.enums import (
     Allocation,
-    BadFiles,
     CalibMethod,
-    ChannelOrder,
     Deliver,
     Exporter,
     Importance,
     LatencyAware,
     LayerKind,
-    Layout,
     QType,
     QuantBackend,
     QuantMode,
     QuantTarget,
-    ResizeMode,
     Structure,
     WeightStorage,
 )
@@ -29,81 +26,6 @@ from edgecompress.config.parse import EnumFields
 from edgecompress.config.parse import choice as _choice
 from edgecompress.errors import ConfigError
 from edgecompress.runtime.latency import PROTOCOL
-from edgecompress.runtime.outputs import OutputKind
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelConfig(EnumFields):
-    name: str | None = None  # zoo name, path/to/file.py:factory, package.module:factory; None = default
-    weights: str | None = None  # state_dict path; None = the zoo's shipped checkpoint if any
-    input_shape: tuple[int, ...] | None = None  # N,C,H,W; None = from the data or the zoo entry
-    num_classes: int | None = None  # zoo models only; None = 10
-    trust_checkpoint: bool = False  # allow full unpickling of --weights (runs code in the file)
-    # the kind of an output, NAME=KIND (KIND alone for a one-output model), instead of the inferred one;
-    # kinds: edgecompress.runtime.outputs.OutputKind (logits, sigmoid, softmax, dense, regression)
-    output_kinds: tuple[str, ...] = ()
-
-    def validate(self) -> None:
-        for e in self.output_kinds:
-            _choice(f"--output-kind {e}", e.rpartition("=")[2], OutputKind)
-        if self.input_shape is not None:
-            if len(self.input_shape) != 4 or any(d <= 0 for d in self.input_shape):
-                raise ConfigError(
-                    f"--input-shape {','.join(map(str, self.input_shape))}: expected 4 positive "
-                    "integers N,C,H,W, e.g. 1,1,28,28"
-                )
-        if self.num_classes is not None and self.num_classes < 2:
-            raise ConfigError(f"num_classes={self.num_classes}: needs at least 2 classes")
-
-
-@dataclass(frozen=True, kw_only=True)
-class DataConfig(EnumFields):
-    data: str | None = None  # fashion-mnist | random | DIR with IDX files | FILE.npz; None = fashion-mnist
-    eval_data: str | None = None  # FILE.npz or IDX DIR; None = official test split / held-out part
-    # of the training data, for validation (never the eval set); 0 = train on all of it (then nothing
-    # that needs a validation split: early stopping, --max-accuracy-drop, a measured sensitivity table)
-    val_fraction: float = 0.1
-    eval_fraction: float = 0.2  # held out of --data when no eval set is given (npz only)
-    max_train: int | None = None  # use at most this many training samples (quick runs)
-    max_eval: int | None = None  # evaluate on at most this many samples (quick runs)
-    random_samples: int = 256  # with data=random
-    # image folders (edgecompress.data.folders): how files become samples, the same in training,
-    # calibration, evaluation and `edgecompress predict` (recorded in the ONNX metadata)
-    image_size: tuple[int, ...] | None = None  # H,W; None = the model's input, else the first image's
-    resize: ResizeMode = ResizeMode.STRETCH
-    crop_fraction: float = 1.0  # resize=crop: centre crop of this fraction of the resized shorter side
-    channels: ChannelOrder = ChannelOrder.AUTO
-    mean: tuple[float, ...] = ()  # subtracted per channel (after /255); () = 0
-    std: tuple[float, ...] = ()  # divided per channel; () = 1
-    layout: Layout = Layout.NCHW
-    bad_files: BadFiles = BadFiles.ERROR
-    workers: int = 0  # DataLoader worker processes that decode images for training and evaluation
-
-    def validate(self) -> None:
-        _choice("--resize", self.resize, ResizeMode)
-        _choice("--channels", self.channels, ChannelOrder)
-        _choice("--layout", self.layout, Layout)
-        _choice("--bad-files", self.bad_files, BadFiles)
-        if self.layout != "nchw":
-            raise ConfigError("--layout nhwc: training, pruning and export take NCHW models; use --layout nchw")
-        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
-            raise ConfigError(f"--image-size {','.join(map(str, self.image_size))}: expected H,W (two positive integers)")
-        if not 0 < self.crop_fraction <= 1:
-            raise ConfigError(f"--crop-fraction {self.crop_fraction}: must be in (0, 1]")
-        if any(s == 0 for s in self.std):
-            raise ConfigError("--std has a 0: every value must be non-zero")
-        if self.workers < 0:
-            raise ConfigError(f"--workers {self.workers}: must be >= 0 (0 = decode in the training process)")
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"--val-fraction {self.val_fraction}: must be in [0, 1), the fraction of the training "
-                              "data held out for validation (0 = none)")
-        if not 0 < self.eval_fraction < 1:
-            raise ConfigError(f"eval_fraction={self.eval_fraction}: must be in (0, 1), the fraction of the data held out")
-        for k in ("max_train", "max_eval", "random_samples"):
-            v = getattr(self, k)
-            if v is not None and v < 1:
-                name = f"--{k.replace('_', '-')} {v}" if k.startswith("max_") else f"{k}={v}"
-                raise ConfigError(f"{name}: must be a positive integer")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,10 +36,8 @@ class PruneConfig(EnumFields):
     importance: Importance = Importance.L2
     allocation: Allocation = Allocation.UNIFORM
     round_to: int = 8  # keep channel counts multiples of this (SIMD / INT8 kernels); 1 = off
-    # per layer kind instead, "KIND=N" (dense, pointwise, depthwise; quantize.widths): a pruning group
-    # with a depthwise conv rounds to the depthwise multiple, one of 1x1 convs only to the pointwise
-    # one, others to the dense one; a kind not named (and a group of no conv) rounds to round_to.
-    # --structure fastest sets it from the device's width tables
+    # "KIND=N" per layer kind (tp_adapter.group_kind; set by --structure fastest from the width tables);
+    # a kind not named, and a group without a conv, round to round_to
     round_to_by_kind: tuple[str, ...] = ()
     max_layer_ratio: float = 0.9  # no layer loses more than this fraction of its channels
     ignore: tuple[str, ...] = ()  # module names to leave alone (the classifier always is)
@@ -273,8 +193,7 @@ class DistillConfig(EnumFields):
             raise ConfigError(f"batch_size={self.batch_size}: must be >= 2 (BatchNorm)")
 
 
-# a model this large gets the measured searches by default (--structure auto, --latency-aware-int8 auto):
-# their minutes are small against its run, and its measured gains were the largest
+# a model this large gets the measured searches by default (--structure / --latency-aware-int8 auto)
 LARGE_MODEL_MACS = 200_000_000
 DEFAULT_CALIB_SAMPLES = 512  # calibration samples when --calib-samples is not given (fewer if the data has fewer)
 
@@ -296,9 +215,8 @@ class QuantConfig(EnumFields):
     # activation_type / weight_type / reduce_range where those are left at their defaults.
     target: QuantTarget = QuantTarget.AUTO
     backend: QuantBackend = QuantBackend.ORT  # inc: Intel Neural Compressor 3.x pt2e
-    # leave in FP32 the layers whose INT8 kernel is slower than FP32 on the measuring CPU, if the model
-    # gets faster end to end (edgecompress.quantize.latency_aware); auto = when the INT8 file is not
-    # faster than its FP32 parent there, and for models of >= LARGE_MODEL_MACS
+    # FP32 for the layers whose INT8 kernel is slower on the measuring CPU (quantize.latency_aware); auto =
+    # when the INT8 file is not faster than its FP32 parent there, and for models of >= LARGE_MODEL_MACS
     latency_aware: LatencyAware = LatencyAware.AUTO
     # how those FP32 layers store their weights: int8 = per-channel int8 + Cast/Mul, which
     # onnxruntime folds back to float when the session starts (FP32 speed, INT8 bytes); float = as is

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from edgecompress.config.stages import ModelConfig
+from edgecompress.config.inputs import ModelConfig
 from edgecompress.errors import BadInput, one_line
 from edgecompress.files import sha256_file
 from edgecompress.models import zoo
