@@ -60,7 +60,8 @@ def choose(ctx: RunContext, p: PruneConfig, calib: dict[str, np.ndarray | None])
         ctx.log(f"structure: {k} convs round to {t.granularity()} by the width table of {t.device} ("
                 + ", ".join(f"multiples of {m}: {v:.0f} MMAC/ms" for m, v in t.efficiency().items())
                 + (", cached" if t.cached else "") + ")")
-    # per kind, when the kinds' tables disagree: each pruning group rounds to its kind's multiple
+    # per kind, when the kinds' tables disagree: each pruning group rounds to its kind's multiple (one
+    # more candidate, at the depth of the fastest uniform one)
     by_kind = {str(k): t.granularity() for k, t in tables.items()}
     per_kind = tuple(f"{k}={m}" for k, m in by_kind.items()) if len(set(by_kind.values())) > 1 else ()
     blocks = residual_blocks(ctx.lm.model, ctx.example)
@@ -72,30 +73,36 @@ def choose(ctx: RunContext, p: PruneConfig, calib: dict[str, np.ndarray | None])
     multiples = [c for c in CHOICES if g <= c <= 2 * g]  # the table's multiple and the next coarser one
     finer = [c for c in CHOICES if c < g][::-1]  # for a model too narrow for g: the finer multiples
     timed_shapes: dict[tuple, dict[str, Any]] = {}  # pruned shapes -> the candidate that timed them
+
+    def add(n: int, r: int, kinds: tuple[str, ...] = ()) -> None:
+        pr, why = _candidate(ctx, p, calib, r, n, kinds)
+        fallback = list(finer)
+        while pr is None and r == g and not kinds and fallback:
+            r = fallback.pop(0)
+            pr, why = _candidate(ctx, p, calib, r, n)
+        what = f"{n} block(s) dropped, " + (f"round-to {r}" if not kinds else "round-to per kind " + ", ".join(kinds))
+        rec: dict[str, Any] = {"drop_blocks": n, "round_to": r} | ({"round_to_by_kind": list(kinds)} if kinds else {})
+        if pr is None:  # this depth cannot meet the budget (or breaks the model): not a candidate
+            candidates.append(rec | {"skipped": why})
+            ctx.log(f"structure: {what}: skipped ({why[:120]})")
+            return
+        shapes = _shapes(pr.model)
+        same = timed_shapes.get(shapes)
+        p50 = same["p50_ms"] if same is not None else probe(pr.model, repeats=3)
+        candidates.append(rec | {"p50_ms": round(p50, 4), "macs_removed": round(1 - pr.macs_after / pr.macs_before, 4),
+                                 "params_removed": round(1 - pr.params_after / pr.params_before, 4)}
+                          | ({"same_shapes_as": candidates.index(same)} if same is not None else {}))
+        timed_shapes.setdefault(shapes, candidates[-1])
+        ctx.log(f"structure: {what}: {candidates[-1]['macs_removed']:.1%} of MACs removed, "
+                + (f"{'INT8' if int8 else 'FP32'} p50 {p50:.3f} ms" if same is None else
+                   f"the same layer widths as candidate {candidates.index(same) + 1} (not timed again)"))
+
     for n in range(min(MAX_DROPPED, len(blocks)) + 1):
-        for r, kinds in [*((m, ()) for m in multiples), *([(by_kind[LayerKind.DENSE], per_kind)] if per_kind else [])]:
-            pr, why = _candidate(ctx, p, calib, r, n, kinds)
-            fallback = list(finer)
-            while pr is None and r == g and not kinds and fallback:
-                r = fallback.pop(0)
-                pr, why = _candidate(ctx, p, calib, r, n)
-            what = f"{n} block(s) dropped, " + (f"round-to {r}" if not kinds else "round-to per kind " + ", ".join(kinds))
-            rec: dict[str, Any] = {"drop_blocks": n, "round_to": r} | ({"round_to_by_kind": list(kinds)} if kinds else {})
-            if pr is None:  # this depth cannot meet the budget (or breaks the model): not a candidate
-                candidates.append(rec | {"skipped": why})
-                ctx.log(f"structure: {what}: skipped ({why[:120]})")
-                continue
-            shapes = _shapes(pr.model)
-            same = timed_shapes.get(shapes)
-            p50 = same["p50_ms"] if same is not None else probe(pr.model, repeats=3)
-            candidates.append(rec | {"p50_ms": round(p50, 4),
-                                     "macs_removed": round(1 - pr.macs_after / pr.macs_before, 4),
-                                     "params_removed": round(1 - pr.params_after / pr.params_before, 4)}
-                              | ({"same_shapes_as": candidates.index(same)} if same is not None else {}))
-            timed_shapes.setdefault(shapes, candidates[-1])
-            ctx.log(f"structure: {what}: {candidates[-1]['macs_removed']:.1%} of MACs removed, "
-                    + (f"{'INT8' if int8 else 'FP32'} p50 {p50:.3f} ms" if same is None else
-                       f"the same layer widths as candidate {candidates.index(same) + 1} (not timed again)"))
+        for r in multiples:
+            add(n, r)
+    if per_kind and any("p50_ms" in c for c in candidates):  # then per kind, at the fastest depth
+        add(min((c for c in candidates if "p50_ms" in c), key=lambda c: c["p50_ms"])["drop_blocks"],
+            by_kind[LayerKind.DENSE], per_kind)
     timed = [c for c in candidates if "p50_ms" in c]
     if not timed:
         raise BadInput(f"--structure {mode['mode']}: no candidate meets {p.goal()} "

@@ -234,6 +234,7 @@ def _not_slower_than_parent(fp32: Path, best: Path, out: Path, cfg: QuantConfig,
     p_parent, p_best = compare([fp32, best])
     rec = record["parent"] = {"p50_ms_parent": p_parent, "p50_ms_int8": p_best, "all_fp32": False}
     if p_best < p_parent:
+        log(f"  against its FP32 parent: p50 {p_best:.4f} ms against {p_parent:.4f} ms, faster")
         return None
     m = onnx.load(str(fp32))
     names = [n.name for n in m.graph.node if n.op_type in COMPUTE_OPS]

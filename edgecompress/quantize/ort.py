@@ -47,8 +47,7 @@ def _slower_than_parent(job: QuantJob, int8: Path, records: dict[str, Any]) -> s
     """--latency-aware-int8 auto: why the pass runs (the INT8 file is not faster than its FP32
     parent, timed side by side on the measuring device), or None; recorded either way."""
     if not _measurable(job):
-        records["latency_aware_auto"] = {"runs": False, "why": "the file is for another CPU class than the one "
-                                         f"measured ({job.meter.dest})"}
+        records["latency_aware_auto"] = _not_measured(job)
         return None
     est = job.meter.measure_latency(job.src, threads=job.threads, batch=job.batch, warmup=5, runs=20,
                                     input_shape=job.input_shape).p50_ms
@@ -60,6 +59,11 @@ def _slower_than_parent(job: QuantJob, int8: Path, records: dict[str, Any]) -> s
            f"INT8 p50 {p_int8:.4f} ms, its FP32 parent {p_parent:.4f} ms")
     records["latency_aware_auto"] = {"runs": slower, "why": why, "p50_ms_parent": p_parent, "p50_ms_int8": p_int8}
     return why if slower else None
+
+
+def _not_measured(job: QuantJob) -> dict[str, Any]:
+    """The auto record when the measuring CPU is not of the class the file is for."""
+    return {"runs": False, "why": f"the file is for another CPU class than the one measured ({job.meter.dest})"}
 
 
 def _measurable(job: QuantJob) -> bool:
@@ -90,8 +94,7 @@ def _latency_pass(job: QuantJob, keep_fp32: list[str], records: dict[str, Any], 
                 f"--latency-aware-int8 skipped: it measures on a {measuring} machine ({job.meter.dest}), and the file "
                 f"is for {tgt['target']}; run it on (or --bench-on) a {tgt['target']} machine")
         else:
-            records["latency_aware_auto"] = {"runs": False, "why": "the file is for another CPU class than the one "
-                                             f"measured ({job.meter.dest})"}
+            records["latency_aware_auto"] = _not_measured(job)
         return QuantOutcome(result=qr, stage_results=records, check_float_layers=True)
     where = "" if job.meter.dest == "local" else f" on {job.meter.info['key']}"
     job.log(("latency-aware INT8" if why is None else f"latency-aware INT8 (auto: {why})")
