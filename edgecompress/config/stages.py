@@ -100,17 +100,6 @@ class PruneConfig(EnumFields):
         if self.round_to < 1:
             raise ConfigError(f"--round-to {self.round_to}: must be >= 1 (1 turns rounding off)")
         self.round_to_kinds()
-
-    def round_to_kinds(self) -> dict[str, int]:
-        """``round_to_by_kind`` as {kind: multiple}; a malformed entry is a ConfigError."""
-        out: dict[str, int] = {}
-        for entry in self.round_to_by_kind:
-            kind, _, n = str(entry).partition("=")
-            if kind not in {k.value for k in LayerKind} or not n.isdigit() or int(n) < 1 or kind in out:
-                raise ConfigError(f"[prune] round_to_by_kind entry {entry!r}: write KIND=N once per kind, KIND one of "
-                                  f"{', '.join(k.value for k in LayerKind)} and N >= 1 (e.g. \"depthwise=16\")")
-            out[kind] = int(n)
-        return out
         if not 0 < self.max_layer_ratio < 1:
             raise ConfigError(f"max_layer_ratio={self.max_layer_ratio}: must be in (0, 1)")
         if self.taylor_batches < 1:
@@ -128,6 +117,17 @@ class PruneConfig(EnumFields):
         if self.allocation == "sensitivity" and self.target_latency_ms is not None:
             raise ConfigError("--allocation sensitivity picks ratios for --prune-ratio or --target-params, not "
                               "--target-latency-ms; use --allocation uniform or global with a latency target")
+
+    def round_to_kinds(self) -> dict[str, int]:
+        """``round_to_by_kind`` as {kind: multiple}; a malformed entry is a ConfigError."""
+        out: dict[str, int] = {}
+        for entry in self.round_to_by_kind:
+            kind, _, n = str(entry).partition("=")
+            if kind not in {k.value for k in LayerKind} or not n.isdigit() or int(n) < 1 or kind in out:
+                raise ConfigError(f"[prune] round_to_by_kind entry {entry!r}: write KIND=N once per kind, KIND one of "
+                                  f"{', '.join(k.value for k in LayerKind)} and N >= 1 (e.g. \"depthwise=16\")")
+            out[kind] = int(n)
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
