@@ -137,9 +137,9 @@ def _stage_lines(m: dict[str, Any]) -> list[str]:
         lines += ["", f"**Pruning**: {p['macs_removed']:.1%} of MACs removed ({p['importance']} importance, "
                   f"{p['allocation']} allocation, round-to {rt}); params "
                   f"{p['params_before']:,} → {p['params_after']:,}."]
-        st = p.get("structure") or {}
-        if st.get("candidates"):
-            wts = st.get("width_tables") or {"dense": st.get("width_table", {})}
+        ss = p.get("structure") or {}
+        if ss.get("candidates"):
+            wts = ss.get("width_tables") or {"dense": ss.get("width_table", {})}
             tabs = "; ".join(f"{k}: round-to {wt.get('round_to')} (MMAC/ms " + ", ".join(
                 f"multiples of {g}: {v:.0f}" for g, v in wt.get("mmac_per_ms_by_multiple", {}).items())
                 + (", cached" if wt.get("cached") else "") + ")" for k, wt in wts.items())
@@ -150,12 +150,12 @@ def _stage_lines(m: dict[str, Any]) -> list[str]:
 
             cands = "; ".join(f"{c['drop_blocks']} dropped, {rounding(c)}: skipped" if "skipped" in c else
                               f"{c['drop_blocks']} dropped, {rounding(c)}: {c['p50_ms']:.3f} ms "
-                              f"({c['macs_removed']:.1%} of MACs)" for c in st["candidates"])
-            lines += [f"**Structure chosen by measured latency** ({st.get('why', '')}): {rounding(st)}, "
-                      f"{st['drop_blocks']} residual block(s) dropped; width tables of {device} ({tabs}); "
-                      f"the fastest of the candidates timed as {st.get('measured', 'shipped')}: {cands}."]
-        elif st:
-            lines += [f"**Structure**: fixed (--round-to, --drop-blocks as given; {st.get('why', '')})."]
+                              f"({c['macs_removed']:.1%} of MACs)" for c in ss["candidates"])
+            lines += [f"**Structure chosen by measured latency** ({ss.get('why', '')}): {rounding(ss)}, "
+                      f"{ss['drop_blocks']} residual block(s) dropped; width tables of {device} ({tabs}); "
+                      f"the fastest of the candidates timed as {ss.get('measured', 'shipped')}: {cands}."]
+        elif ss:
+            lines += [f"**Structure**: fixed (--round-to, --drop-blocks as given; {ss.get('why', '')})."]
         if p.get("dropped_blocks"):
             lines += [f"**Depth pruning**: {len(p['dropped_blocks'])} residual block(s) replaced by the identity: "
                       + ", ".join(f"`{b['name']}` (KL {b['kl']:.4f})" for b in p["dropped_blocks"]) + "."]
